@@ -1,0 +1,265 @@
+//! The multi-Raft registry: every Raft group this node is a member of, and the transport
+//! handler that routes incoming RPCs to the right group by the group id in their header.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::Bytes;
+use chat4all_storage::Db;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::Snapshot;
+use openraft::error::{InitializeError, RaftError};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+use crate::Error;
+use crate::log_store::{FsyncObserver, LogStore};
+use crate::network::{GroupNetwork, RaftReply, SnapshotRequest, decode, encode};
+use crate::sm::controller::ControllerStateMachine;
+use crate::sm::partition::PartitionStateMachine;
+use crate::transport::{RpcClient, RpcHandler, RpcHeader, RpcKind};
+use crate::types::{GroupId, NodeId, NodeInfo, Raft, TypeConfig};
+
+/// Serves requests that other nodes forward to this one (the node crate implements it).
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Handles one forwarded request body and returns the response body.
+    fn handle_forward(&self, body: Bytes) -> BoxFuture<'static, Bytes>;
+}
+
+/// The state machine behind a group, for local reads.
+#[derive(Clone)]
+pub enum GroupState {
+    /// The controller group.
+    Controller(ControllerStateMachine),
+    /// A partition group.
+    Partition(PartitionStateMachine),
+}
+
+/// A running group on this node.
+#[derive(Clone)]
+pub struct Group {
+    /// The group id.
+    pub id: GroupId,
+    /// Its Raft instance.
+    pub raft: Raft,
+    /// Its state machine (shared with the Raft instance).
+    pub state: GroupState,
+}
+
+/// Every group on this node.
+pub struct Groups {
+    node_id: NodeId,
+    db: Db,
+    transport: OnceLock<Arc<dyn RpcClient>>,
+    /// Serializes group starts, so one group never gets two Raft instances over one store.
+    starting: tokio::sync::Mutex<()>,
+    config: Arc<openraft::Config>,
+    groups: RwLock<HashMap<GroupId, Group>>,
+    forward: OnceLock<Arc<dyn ForwardHandler>>,
+    observer: Option<Arc<dyn FsyncObserver>>,
+}
+
+/// The Raft timing used by every group. Elections start after 500-1000 ms without a leader, so
+/// a killed leader is replaced in about a second; heartbeats every 100 ms keep leaders in place.
+pub fn raft_config() -> Result<openraft::Config, Error> {
+    let config = openraft::Config {
+        cluster_name: "chat4all".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 512,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+        max_in_snapshot_log_to_keep: 2_000,
+        ..Default::default()
+    };
+    Ok(config.validate()?)
+}
+
+impl Groups {
+    /// An empty registry. The transport is attached later (it needs the registry as handler).
+    pub fn new(
+        node_id: NodeId,
+        db: Db,
+        config: openraft::Config,
+        observer: Option<Arc<dyn FsyncObserver>>,
+    ) -> Arc<Groups> {
+        Arc::new(Groups {
+            node_id,
+            db,
+            transport: OnceLock::new(),
+            starting: tokio::sync::Mutex::new(()),
+            config: Arc::new(config),
+            groups: RwLock::new(HashMap::new()),
+            forward: OnceLock::new(),
+            observer,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Attaches the transport used to reach peers (once).
+    pub fn set_transport(&self, transport: Arc<dyn RpcClient>) {
+        let _ = self.transport.set(transport);
+    }
+
+    /// The transport, if the node has peers.
+    pub fn transport(&self) -> Option<Arc<dyn RpcClient>> {
+        self.transport.get().cloned()
+    }
+
+    /// Sets who serves forwarded requests (once).
+    pub fn set_forward_handler(&self, handler: Arc<dyn ForwardHandler>) {
+        let _ = self.forward.set(handler);
+    }
+
+    /// The group, if this node runs it.
+    pub fn get(&self, id: GroupId) -> Option<Group> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Every group this node runs.
+    pub fn all(&self) -> Vec<Group> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the controller group (idempotent), initializing it with `voters` if it is new.
+    pub async fn start_controller(
+        &self,
+        voters: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<Group, Error> {
+        let sm = ControllerStateMachine::open(self.db.clone())?;
+        self.start(
+            GroupId::CONTROLLER,
+            GroupState::Controller(sm.clone()),
+            voters,
+            sm,
+        )
+        .await
+    }
+
+    /// Starts a partition group (idempotent), initializing it with `replicas` if it is new.
+    pub async fn start_partition(
+        &self,
+        id: GroupId,
+        replicas: BTreeMap<NodeId, NodeInfo>,
+    ) -> Result<Group, Error> {
+        if let Some(g) = self.get(id) {
+            return Ok(g);
+        }
+        let sm = PartitionStateMachine::open(self.db.clone(), id)?;
+        self.start(id, GroupState::Partition(sm.clone()), replicas, sm)
+            .await
+    }
+
+    async fn start<SM>(
+        &self,
+        id: GroupId,
+        state: GroupState,
+        members: BTreeMap<NodeId, NodeInfo>,
+        sm: SM,
+    ) -> Result<Group, Error>
+    where
+        SM: openraft::storage::RaftStateMachine<TypeConfig>,
+    {
+        let _starting = self.starting.lock().await;
+        if let Some(g) = self.get(id) {
+            return Ok(g);
+        }
+        let log = LogStore::new(self.db.clone(), id, self.observer.clone());
+        let pristine = log.is_pristine()?;
+        let network = GroupNetwork::new(self.transport.get().cloned(), id);
+        let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm).await?;
+        if pristine {
+            // Every replica initializes with the same membership, so whichever runs first, the
+            // logs agree; a replica that already has state never re-initializes.
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let group = Group { id, raft, state };
+        let mut map = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry(id).or_insert(group).clone())
+    }
+
+    /// Stops every group's Raft instance.
+    pub async fn shutdown(&self) {
+        let groups = self.all();
+        for g in groups {
+            if let Err(e) = g.raft.shutdown().await {
+                tracing::warn!(group = %g.id, "raft shutdown: {e}");
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, header: RpcHeader, body: Bytes) -> Bytes {
+        if header.kind == RpcKind::Forward {
+            return match self.forward.get() {
+                Some(f) => f.handle_forward(body).await,
+                None => reply::<(), ()>(RaftReply::UnknownGroup),
+            };
+        }
+        let Some(group) = self.get(GroupId(header.group)) else {
+            return reply::<(), ()>(RaftReply::UnknownGroup);
+        };
+        match header.kind {
+            RpcKind::AppendEntries => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
+                Ok(req) => reply(result(group.raft.append_entries(req).await)),
+                Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
+            },
+            RpcKind::Vote => match decode::<VoteRequest<NodeId>>(&body) {
+                Ok(req) => reply(result(group.raft.vote(req).await)),
+                Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
+            },
+            RpcKind::FullSnapshot => match decode::<SnapshotRequest>(&body) {
+                Ok(req) => {
+                    let snapshot = Snapshot {
+                        meta: req.meta,
+                        snapshot: Box::new(std::io::Cursor::new(req.data)),
+                    };
+                    reply(result(
+                        group.raft.install_full_snapshot(req.vote, snapshot).await,
+                    ))
+                }
+                Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
+            },
+            RpcKind::Forward => reply::<(), ()>(RaftReply::UnknownGroup),
+        }
+    }
+}
+
+fn result<T, E>(r: Result<T, E>) -> RaftReply<T, E> {
+    match r {
+        Ok(t) => RaftReply::Ok(t),
+        Err(e) => RaftReply::Err(e),
+    }
+}
+
+fn reply<T: serde::Serialize, E: serde::Serialize>(r: RaftReply<T, E>) -> Bytes {
+    encode(&r).unwrap_or_else(|e| {
+        tracing::error!("cannot encode a raft reply: {e}");
+        Bytes::new()
+    })
+}
+
+/// Routes the transport's incoming RPCs to the registry.
+pub struct GroupsHandler(pub Arc<Groups>);
+
+impl RpcHandler for GroupsHandler {
+    fn handle(&self, header: RpcHeader, body: Bytes) -> BoxFuture<'static, Bytes> {
+        self.0.clone().serve(header, body).boxed()
+    }
+}

@@ -1,0 +1,251 @@
+//! The controller group's state machine: topics, their partition groups and replicas, and
+//! idempotent-producer ids. Small and rarely written, so it lives in memory and is persisted
+//! whole on every apply.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use chat4all_storage::{Cf, Db, keys};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    AppliedMeta, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
+    save_snapshot, snapshot_id, write_err,
+};
+use crate::types::{
+    Command, CommandResponse, ControllerCommand, ControllerResponse, Entry, GroupId, NodeId,
+    NodeInfo, PartitionMeta, RaftStorageError, TopicMeta, TypeConfig,
+};
+
+/// Cluster metadata as applied by the controller group.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ControllerState {
+    /// Raft bookkeeping.
+    pub applied: AppliedMeta,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+    /// The next partition group id to hand out (group 0 is the controller).
+    pub next_group: u64,
+    /// The next producer id to hand out.
+    pub next_producer_id: i64,
+    /// Allocated producer ids and their current epochs.
+    pub producer_epochs: BTreeMap<i64, i16>,
+}
+
+impl ControllerState {
+    fn apply(&mut self, cmd: ControllerCommand) -> ControllerResponse {
+        match cmd {
+            ControllerCommand::CreateTopic(spec) => {
+                if self.topics.contains_key(&spec.name) {
+                    return ControllerResponse::TopicExists;
+                }
+                let first = self.next_group.max(1);
+                let partitions: Vec<PartitionMeta> = spec
+                    .assignments
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, replicas)| PartitionMeta {
+                        group: GroupId(first + i as u64),
+                        replicas,
+                    })
+                    .collect();
+                self.next_group = first + partitions.len() as u64;
+                let meta = TopicMeta {
+                    name: spec.name.clone(),
+                    partitions,
+                    retention_ms: spec.retention_ms,
+                    retention_bytes: spec.retention_bytes,
+                    created_at_ms: spec.created_at_ms,
+                };
+                self.topics.insert(spec.name, meta.clone());
+                ControllerResponse::TopicCreated(meta)
+            }
+            ControllerCommand::AllocateProducer { bump: None } => {
+                let id = self.next_producer_id;
+                self.next_producer_id += 1;
+                self.producer_epochs.insert(id, 0);
+                ControllerResponse::Producer { id, epoch: 0 }
+            }
+            ControllerCommand::AllocateProducer { bump: Some(id) } => {
+                match self.producer_epochs.get_mut(&id) {
+                    None => ControllerResponse::UnknownProducer,
+                    Some(e) if *e == i16::MAX => ControllerResponse::EpochExhausted,
+                    Some(e) => {
+                        *e += 1;
+                        ControllerResponse::Producer { id, epoch: *e }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The controller's state machine; clones share it.
+#[derive(Clone)]
+pub struct ControllerStateMachine {
+    db: Db,
+    state: Arc<RwLock<Arc<ControllerState>>>,
+    tx: watch::Sender<Arc<ControllerState>>,
+}
+
+/// Builds the controller snapshot captured at `get_snapshot_builder`.
+pub struct ControllerSnapshotBuilder {
+    db: Db,
+    snapshot: Option<StoredSnapshot>,
+}
+
+impl ControllerStateMachine {
+    /// Opens the controller state, recovering what was applied before a restart.
+    pub fn open(db: Db) -> Result<ControllerStateMachine, RaftStorageError> {
+        let state: ControllerState = db
+            .get(
+                Cf::GroupMeta,
+                &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
+            )
+            .map_err(read_err)?
+            .unwrap_or_default();
+        let state = Arc::new(state);
+        let (tx, _) = watch::channel(state.clone());
+        Ok(ControllerStateMachine {
+            db,
+            state: Arc::new(RwLock::new(state)),
+            tx,
+        })
+    }
+
+    /// The metadata now.
+    pub fn state(&self) -> Arc<ControllerState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Subscribes to metadata changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ControllerState>> {
+        self.tx.subscribe()
+    }
+
+    fn replace(&self, state: ControllerState) -> Result<(), RaftStorageError> {
+        let mut b = self.db.batch();
+        b.put(
+            Cf::GroupMeta,
+            &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
+            &state,
+        )
+        .map_err(write_err)?;
+        self.db.write(b, false).map_err(write_err)?;
+        let state = Arc::new(state);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        self.tx.send_replace(state);
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ControllerSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let snap = self.snapshot.take().ok_or_else(|| {
+            super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
+        })?;
+        save_snapshot(&self.db, GroupId::CONTROLLER, &snap)?;
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
+    type SnapshotBuilder = ControllerSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), RaftStorageError> {
+        let s = self.state();
+        Ok((s.applied.last_applied, s.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = (*self.state()).clone();
+        let mut responses = Vec::new();
+        for entry in entries {
+            state.applied.last_applied = Some(entry.log_id);
+            responses.push(match entry.payload {
+                EntryPayload::Blank => CommandResponse::None,
+                EntryPayload::Membership(m) => {
+                    state.applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::None
+                }
+                EntryPayload::Normal(Command::Controller(cmd)) => {
+                    CommandResponse::Controller(state.apply(cmd))
+                }
+                EntryPayload::Normal(Command::Partition(_)) => {
+                    tracing::error!("partition command in the controller log; ignored");
+                    CommandResponse::None
+                }
+            });
+        }
+        self.replace(state)?;
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let state = self.state();
+        let meta = SnapshotMeta {
+            last_log_id: state.applied.last_applied,
+            last_membership: state.applied.membership.clone(),
+            snapshot_id: snapshot_id(GroupId::CONTROLLER, &state.applied.last_applied),
+        };
+        let snapshot = encode(&*state)
+            .ok()
+            .map(|data| StoredSnapshot { meta, data });
+        ControllerSnapshotBuilder {
+            db: self.db.clone(),
+            snapshot,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        let mut state: ControllerState = decode(&data)?;
+        state.applied = AppliedMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        self.replace(state)?;
+        save_snapshot(
+            &self.db,
+            GroupId::CONTROLLER,
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            },
+        )
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        Ok(
+            load_snapshot(&self.db, GroupId::CONTROLLER)?.map(|s| Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(Cursor::new(s.data)),
+            }),
+        )
+    }
+}

@@ -1,0 +1,92 @@
+//! State machines and what they share: the applied-state record and snapshot persistence.
+//!
+//! A state machine's applied state is written in the same RocksDB batch as the data an apply
+//! produced, without fsync: the Raft log is the durable copy, and after a crash openraft
+//! re-applies every entry after the persisted `last_applied`.
+
+pub mod controller;
+pub mod partition;
+
+use chat4all_storage::{Cf, Db, StorageError, keys};
+use openraft::{LogId, SnapshotMeta, StorageIOError, StoredMembership};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError};
+
+pub(crate) const TAG_APPLIED: u8 = 1;
+pub(crate) const TAG_SNAPSHOT: u8 = 2;
+
+/// A built snapshot as stored: its meta and its encoded data.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct StoredSnapshot {
+    pub meta: SnapshotMeta<NodeId, NodeInfo>,
+    pub data: Vec<u8>,
+}
+
+/// Raft bookkeeping every state machine keeps.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct AppliedMeta {
+    /// The last entry applied.
+    pub last_applied: Option<LogId<NodeId>>,
+    /// The last membership applied.
+    pub membership: StoredMembership<NodeId, NodeInfo>,
+}
+
+pub(crate) fn read_err(e: StorageError) -> RaftStorageError {
+    StorageIOError::read_state_machine(openraft::AnyError::new(&e)).into()
+}
+
+pub(crate) fn write_err(e: StorageError) -> RaftStorageError {
+    StorageIOError::write_state_machine(openraft::AnyError::new(&e)).into()
+}
+
+pub(crate) fn snapshot_err(e: impl std::error::Error + 'static) -> RaftStorageError {
+    StorageIOError::write_snapshot(None, openraft::AnyError::new(&e)).into()
+}
+
+/// Loads the stored snapshot of `group`.
+pub(crate) fn load_snapshot(
+    db: &Db,
+    group: GroupId,
+) -> Result<Option<StoredSnapshot>, RaftStorageError> {
+    db.get(Cf::GroupMeta, &keys::group_tag(group.0, TAG_SNAPSHOT))
+        .map_err(read_err)
+}
+
+/// Stores `snapshot` as the current snapshot of `group` (synced: openraft may purge the log
+/// entries it covers as soon as this returns).
+pub(crate) fn save_snapshot(
+    db: &Db,
+    group: GroupId,
+    snapshot: &StoredSnapshot,
+) -> Result<(), RaftStorageError> {
+    let mut b = db.batch();
+    b.put(
+        Cf::GroupMeta,
+        &keys::group_tag(group.0, TAG_SNAPSHOT),
+        snapshot,
+    )
+    .map_err(write_err)?;
+    db.write(b, true).map_err(write_err)
+}
+
+/// A snapshot id unique per group and log position.
+pub(crate) fn snapshot_id(group: GroupId, last: &Option<LogId<NodeId>>) -> String {
+    match last {
+        Some(l) => format!(
+            "{group}-{}-{}-{}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("{group}-empty"),
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RaftStorageError> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(snapshot_err)
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RaftStorageError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StorageIOError::read_snapshot(None, openraft::AnyError::new(&e)).into())
+}

@@ -1,0 +1,530 @@
+//! The state machine of one topic-partition: the partition log itself, its offsets and its
+//! idempotent-producer state. Offsets are assigned here, in apply, so they are dense and every
+//! replica assigns the same ones; an offset is never reused because the log only moves forward.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use chat4all_storage::{Cf, Db, StoredRecord, keys};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    AppliedMeta, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
+    save_snapshot, snapshot_id, write_err,
+};
+use crate::producer_state::{self, Decision, ProducerEntry};
+use crate::types::{
+    AppendBatch, Command, CommandResponse, Entry, GroupId, NodeId, NodeInfo, PartitionCommand,
+    PartitionResponse, RaftStorageError, TypeConfig,
+};
+
+/// The partition's applied state, persisted with every apply.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct PartitionState {
+    /// Raft bookkeeping.
+    pub applied: AppliedMeta,
+    /// The first offset still in the log.
+    pub log_start_offset: u64,
+    /// The next offset to assign: the high watermark, since only committed entries are applied.
+    pub next_offset: u64,
+    /// Bytes of the records in `[log_start_offset, next_offset)`, for size retention.
+    pub total_bytes: u64,
+}
+
+/// Everything a snapshot carries.
+#[derive(Serialize, Deserialize)]
+struct PartitionSnapshot {
+    state: PartitionState,
+    producers: Vec<(i64, ProducerEntry)>,
+    records: Vec<(u64, StoredRecord)>,
+}
+
+/// Records read from a partition.
+#[derive(Clone, Debug)]
+pub struct ReadBatch {
+    /// `(offset, record)` pairs, ascending.
+    pub records: Vec<(u64, StoredRecord)>,
+    /// The high watermark when read.
+    pub high_watermark: u64,
+    /// The log start offset when read.
+    pub log_start_offset: u64,
+}
+
+/// A read outside `[log_start_offset, high_watermark]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffsetOutOfRange {
+    /// The lowest readable offset.
+    pub log_start_offset: u64,
+    /// The high watermark (reading at it waits for new records).
+    pub high_watermark: u64,
+}
+
+struct Inner {
+    db: Db,
+    group: GroupId,
+    state: RwLock<(PartitionState, HashMap<i64, ProducerEntry>)>,
+    hw: watch::Sender<u64>,
+}
+
+/// The state machine of one partition; clones share it (openraft owns one, readers the others).
+#[derive(Clone)]
+pub struct PartitionStateMachine {
+    inner: Arc<Inner>,
+}
+
+/// Builds a snapshot captured when openraft asked for the builder.
+pub struct PartitionSnapshotBuilder {
+    db: Db,
+    group: GroupId,
+    snapshot: Option<StoredSnapshot>,
+}
+
+fn producer_key(group: GroupId, id: i64) -> [u8; keys::GROUP_U64_KEY_LEN] {
+    keys::group_i64(group.0, id)
+}
+
+impl PartitionStateMachine {
+    /// Opens the partition state of `group`, recovering what was applied before a restart.
+    pub fn open(db: Db, group: GroupId) -> Result<PartitionStateMachine, RaftStorageError> {
+        let state: PartitionState = db
+            .get(Cf::GroupMeta, &keys::group_tag(group.0, TAG_APPLIED))
+            .map_err(read_err)?
+            .unwrap_or_default();
+        let end = keys::group_end(group.0)
+            .map(|k| k.to_vec())
+            .unwrap_or_else(|| vec![0xff; 17]);
+        let rows: Vec<(Vec<u8>, ProducerEntry)> = db
+            .scan(
+                Cf::ProducerState,
+                &keys::group_start(group.0),
+                &end,
+                usize::MAX,
+            )
+            .map_err(read_err)?;
+        let producers = rows
+            .into_iter()
+            .filter_map(|(k, v)| keys::decode_group_i64(&k).map(|(_, id)| (id, v)))
+            .collect();
+        let (hw, _) = watch::channel(state.next_offset);
+        Ok(PartitionStateMachine {
+            inner: Arc::new(Inner {
+                db,
+                group,
+                state: RwLock::new((state, producers)),
+                hw,
+            }),
+        })
+    }
+
+    /// The group this state machine belongs to.
+    pub fn group(&self) -> GroupId {
+        self.inner.group
+    }
+
+    /// The applied state now.
+    pub fn state(&self) -> PartitionState {
+        self.lock_read().0.clone()
+    }
+
+    /// Subscribes to high-watermark changes (for long-polling fetches).
+    pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
+        self.inner.hw.subscribe()
+    }
+
+    fn lock_read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, (PartitionState, HashMap<i64, ProducerEntry>)> {
+        // A poisoned lock means an apply panicked half-way; the in-memory copy is still the
+        // last fully applied state because it is only replaced after a successful write.
+        self.inner.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads up to `max_records` committed records from `offset`, stopping early once
+    /// `max_bytes` are collected (at least one record is returned if any is available).
+    pub fn read(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Result<ReadBatch, OffsetOutOfRange>, chat4all_storage::StorageError> {
+        let (log_start_offset, high_watermark) = {
+            let s = self.lock_read();
+            (s.0.log_start_offset, s.0.next_offset)
+        };
+        if offset < log_start_offset || offset > high_watermark {
+            return Ok(Err(OffsetOutOfRange {
+                log_start_offset,
+                high_watermark,
+            }));
+        }
+        let g = self.inner.group.0;
+        let rows: Vec<(Vec<u8>, StoredRecord)> = self.inner.db.scan(
+            Cf::OffsetRecord,
+            &keys::group_u64(g, offset),
+            &keys::group_u64(g, high_watermark),
+            max_records,
+        )?;
+        let mut records = Vec::with_capacity(rows.len());
+        let mut bytes = 0u64;
+        for (k, r) in rows {
+            let Some((_, off)) = keys::decode_group_u64(&k) else {
+                continue;
+            };
+            bytes += r.size_bytes();
+            records.push((off, r));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(Ok(ReadBatch {
+            records,
+            high_watermark,
+            log_start_offset,
+        }))
+    }
+
+    /// The offset retention should advance the log start to: the first record that is neither
+    /// older than `retention_ms` (relative to `now_ms`) nor beyond `retention_bytes`. Decided by
+    /// the leader and proposed, so every replica deletes the same records.
+    pub fn retention_target(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+    ) -> Result<u64, chat4all_storage::StorageError> {
+        let (start, end, total) = {
+            let s = self.lock_read();
+            (s.0.log_start_offset, s.0.next_offset, s.0.total_bytes)
+        };
+        let g = self.inner.group.0;
+        let mut target = start;
+        let mut remaining = total;
+        const CHUNK: usize = 1024;
+        while target < end {
+            let rows: Vec<(Vec<u8>, StoredRecord)> = self.inner.db.scan(
+                Cf::OffsetRecord,
+                &keys::group_u64(g, target),
+                &keys::group_u64(g, end),
+                CHUNK,
+            )?;
+            if rows.is_empty() {
+                return Ok(end);
+            }
+            for (k, r) in &rows {
+                let Some((_, off)) = keys::decode_group_u64(k) else {
+                    continue;
+                };
+                let too_old =
+                    retention_ms.is_some_and(|ms| r.timestamp_ms < now_ms.saturating_sub(ms));
+                let too_big = retention_bytes.is_some_and(|b| remaining > b.max(0) as u64);
+                if !too_old && !too_big {
+                    return Ok(off);
+                }
+                remaining = remaining.saturating_sub(r.size_bytes());
+                target = off + 1;
+            }
+        }
+        Ok(target)
+    }
+
+    fn apply_command(
+        &self,
+        batch: &mut chat4all_storage::Batch<'_>,
+        state: &mut PartitionState,
+        producers: &mut HashMap<i64, ProducerEntry>,
+        cmd: PartitionCommand,
+    ) -> Result<PartitionResponse, RaftStorageError> {
+        let g = self.inner.group;
+        match cmd {
+            PartitionCommand::Append(AppendBatch { producer, records }) => {
+                let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
+                if let Some(p) = producer {
+                    match producer_state::decide(
+                        producers.get(&p.id),
+                        p.epoch,
+                        p.base_sequence,
+                        count,
+                    ) {
+                        Decision::Append => {}
+                        Decision::Duplicate(b) => {
+                            return Ok(PartitionResponse::Appended {
+                                base_offset: b.base_offset,
+                                count: b.count,
+                                duplicate: true,
+                            });
+                        }
+                        Decision::OutOfOrder { expected } => {
+                            return Ok(PartitionResponse::OutOfOrderSequence { expected });
+                        }
+                        Decision::Fenced { current_epoch } => {
+                            return Ok(PartitionResponse::Fenced { current_epoch });
+                        }
+                    }
+                    let entry = producer_state::record_append(
+                        producers.remove(&p.id),
+                        p.epoch,
+                        p.base_sequence,
+                        count,
+                        state.next_offset,
+                    );
+                    batch
+                        .put(Cf::ProducerState, &producer_key(g, p.id), &entry)
+                        .map_err(write_err)?;
+                    producers.insert(p.id, entry);
+                }
+                let base_offset = state.next_offset;
+                for r in &records {
+                    batch
+                        .put(
+                            Cf::OffsetRecord,
+                            &keys::group_u64(g.0, state.next_offset),
+                            r,
+                        )
+                        .map_err(write_err)?;
+                    state.total_bytes += r.size_bytes();
+                    state.next_offset += 1;
+                }
+                Ok(PartitionResponse::Appended {
+                    base_offset,
+                    count,
+                    duplicate: false,
+                })
+            }
+            PartitionCommand::AppendMany(batches) => {
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    out.push(self.apply_command(
+                        batch,
+                        state,
+                        producers,
+                        PartitionCommand::Append(b),
+                    )?);
+                }
+                Ok(PartitionResponse::Many(out))
+            }
+            PartitionCommand::AdvanceLogStart { offset } => {
+                let target = offset.min(state.next_offset);
+                if target > state.log_start_offset {
+                    let from = keys::group_u64(g.0, state.log_start_offset);
+                    let to = keys::group_u64(g.0, target);
+                    let removed: Vec<(Vec<u8>, StoredRecord)> = self
+                        .inner
+                        .db
+                        .scan(Cf::OffsetRecord, &from, &to, usize::MAX)
+                        .map_err(read_err)?;
+                    let bytes: u64 = removed.iter().map(|(_, r)| r.size_bytes()).sum();
+                    state.total_bytes = state.total_bytes.saturating_sub(bytes);
+                    batch.delete_range(Cf::OffsetRecord, &from, &to);
+                    state.log_start_offset = target;
+                }
+                Ok(PartitionResponse::LogStartAdvanced {
+                    log_start_offset: state.log_start_offset,
+                })
+            }
+        }
+    }
+
+    fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snap: PartitionSnapshot,
+    ) -> Result<(), RaftStorageError> {
+        let db = &self.inner.db;
+        let g = self.inner.group.0;
+        let end = keys::group_end(g)
+            .map(|k| k.to_vec())
+            .unwrap_or_else(|| vec![0xff; 17]);
+        let mut b = db.batch();
+        b.delete_range(Cf::OffsetRecord, &keys::group_start(g), &end);
+        b.delete_range(Cf::ProducerState, &keys::group_start(g), &end);
+        for (off, r) in &snap.records {
+            b.put(Cf::OffsetRecord, &keys::group_u64(g, *off), r)
+                .map_err(write_err)?;
+        }
+        for (id, p) in &snap.producers {
+            b.put(Cf::ProducerState, &producer_key(self.inner.group, *id), p)
+                .map_err(write_err)?;
+        }
+        let mut state = snap.state;
+        state.applied = AppliedMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        b.put(Cf::GroupMeta, &keys::group_tag(g, TAG_APPLIED), &state)
+            .map_err(write_err)?;
+        db.write(b, true).map_err(write_err)?;
+        let hw = state.next_offset;
+        *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) =
+            (state, snap.producers.into_iter().collect());
+        self.inner.hw.send_replace(hw);
+        Ok(())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let snap = self.snapshot.take().ok_or_else(|| {
+            super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
+        })?;
+        save_snapshot(&self.db, self.group, &snap)?;
+        Ok(Snapshot {
+            meta: snap.meta,
+            snapshot: Box::new(Cursor::new(snap.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
+    type SnapshotBuilder = PartitionSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>), RaftStorageError> {
+        let s = self.lock_read();
+        Ok((s.0.applied.last_applied, s.0.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (mut state, mut producers) = {
+            let s = self.lock_read();
+            (s.0.clone(), s.1.clone())
+        };
+        let db = self.inner.db.clone();
+        let mut batch = db.batch();
+        let mut responses = Vec::new();
+        for entry in entries {
+            state.applied.last_applied = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => CommandResponse::None,
+                EntryPayload::Membership(m) => {
+                    state.applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    CommandResponse::None
+                }
+                EntryPayload::Normal(Command::Partition(cmd)) => {
+                    if matches!(cmd, PartitionCommand::AdvanceLogStart { .. }) && !batch.is_empty()
+                    {
+                        // Retention reads the records it deletes (to account their bytes), so
+                        // earlier appends of this call must be visible first: the result must
+                        // not depend on how openraft grouped entries into apply calls.
+                        db.write(std::mem::replace(&mut batch, db.batch()), false)
+                            .map_err(write_err)?;
+                    }
+                    CommandResponse::Partition(self.apply_command(
+                        &mut batch,
+                        &mut state,
+                        &mut producers,
+                        cmd,
+                    )?)
+                }
+                EntryPayload::Normal(Command::Controller(_)) => {
+                    tracing::error!(group = %self.inner.group, "controller command in a partition log; ignored");
+                    CommandResponse::None
+                }
+            };
+            responses.push(resp);
+        }
+        batch
+            .put(
+                Cf::GroupMeta,
+                &keys::group_tag(self.inner.group.0, TAG_APPLIED),
+                &state,
+            )
+            .map_err(write_err)?;
+        db.write(batch, false).map_err(write_err)?;
+        let hw = state.next_offset;
+        *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = (state, producers);
+        self.inner.hw.send_if_modified(|old| {
+            let changed = *old != hw;
+            *old = hw;
+            changed
+        });
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Captured here, where openraft calls us in order with `apply`, so the records, the
+        // producer state and the applied id are one consistent point (building later, in the
+        // spawned builder, would race with applies and retention).
+        let (state, producers) = {
+            let s = self.lock_read();
+            (s.0.clone(), s.1.clone())
+        };
+        let g = self.inner.group;
+        let records = self
+            .inner
+            .db
+            .scan(
+                Cf::OffsetRecord,
+                &keys::group_u64(g.0, state.log_start_offset),
+                &keys::group_u64(g.0, state.next_offset),
+                usize::MAX,
+            )
+            .map(|rows| {
+                rows.into_iter()
+                    .filter_map(|(k, r)| keys::decode_group_u64(&k).map(|(_, o)| (o, r)))
+                    .collect()
+            });
+        let snapshot = records.ok().and_then(|records: Vec<(u64, StoredRecord)>| {
+            let meta = SnapshotMeta {
+                last_log_id: state.applied.last_applied,
+                last_membership: state.applied.membership.clone(),
+                snapshot_id: snapshot_id(g, &state.applied.last_applied),
+            };
+            let data = encode(&PartitionSnapshot {
+                state,
+                producers: producers.into_iter().collect(),
+                records,
+            })
+            .ok()?;
+            Some(StoredSnapshot { meta, data })
+        });
+        PartitionSnapshotBuilder {
+            db: self.inner.db.clone(),
+            group: g,
+            snapshot,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let data = snapshot.into_inner();
+        let snap: PartitionSnapshot = decode(&data)?;
+        self.install(meta, snap)?;
+        save_snapshot(
+            &self.inner.db,
+            self.inner.group,
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            },
+        )
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        Ok(
+            load_snapshot(&self.inner.db, self.inner.group)?.map(|s| Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(Cursor::new(s.data)),
+            }),
+        )
+    }
+}

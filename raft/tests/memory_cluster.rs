@@ -1,0 +1,349 @@
+//! Three nodes in one process: real openraft, real RocksDB stores and state machines, with the
+//! network replaced by an in-memory router whose links can be cut (the fault knob). Shows that a
+//! partition's offsets stay dense and identical on every replica across a leader isolation, that
+//! an isolated leader never commits, and that idempotent-producer state follows the leader.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chat4all_raft::groups::{Group, GroupState, Groups, GroupsHandler, raft_config};
+use chat4all_raft::transport::{RpcClient, RpcHandler, RpcHeader, TransportError};
+use chat4all_raft::types::{
+    AppendBatch, Command, CommandResponse, GroupId, NodeId, NodeInfo, PartitionCommand,
+    PartitionResponse, ProducerBatch,
+};
+use chat4all_storage::{Db, DbConfig, Payload, PayloadFormat, StoredRecord};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+const PARTITION: GroupId = GroupId(7);
+
+/// Routes requests between in-process nodes; a cut link fails like an unreachable peer.
+#[derive(Default)]
+struct MemNet {
+    handlers: RwLock<BTreeMap<SocketAddr, Arc<dyn RpcHandler>>>,
+    cut: Mutex<HashSet<(SocketAddr, SocketAddr)>>,
+}
+
+impl MemNet {
+    fn isolate(&self, node: SocketAddr, peers: &[SocketAddr]) {
+        let mut cut = self.cut.lock().expect("lock");
+        for &p in peers.iter().filter(|&&p| p != node) {
+            cut.insert((node, p));
+            cut.insert((p, node));
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.lock().expect("lock").clear();
+    }
+}
+
+struct MemClient {
+    me: SocketAddr,
+    net: Arc<MemNet>,
+}
+
+impl RpcClient for MemClient {
+    fn call(
+        &self,
+        addr: SocketAddr,
+        header: RpcHeader,
+        body: Bytes,
+        deadline: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
+        async move {
+            if self
+                .net
+                .cut
+                .lock()
+                .map_err(|_| TransportError::Closed)?
+                .contains(&(self.me, addr))
+            {
+                return Err(TransportError::Connect(format!(
+                    "link {} -> {addr} is cut",
+                    self.me
+                )));
+            }
+            let handler = self
+                .net
+                .handlers
+                .read()
+                .map_err(|_| TransportError::Closed)?
+                .get(&addr)
+                .cloned();
+            let handler =
+                handler.ok_or_else(|| TransportError::Connect(format!("{addr}: nobody there")))?;
+            let reply = tokio::time::timeout(deadline, handler.handle(header, body))
+                .await
+                .map_err(|_| TransportError::Timeout)?;
+            // A link cut while the request was served loses the answer.
+            if self
+                .net
+                .cut
+                .lock()
+                .map_err(|_| TransportError::Closed)?
+                .contains(&(addr, self.me))
+            {
+                return Err(TransportError::Stream("link cut before the answer".into()));
+            }
+            Ok(reply)
+        }
+        .boxed()
+    }
+}
+
+struct Node {
+    addr: SocketAddr,
+    groups: Arc<Groups>,
+    _dir: tempfile::TempDir,
+}
+
+fn addr(id: NodeId) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, id as u8], 7000))
+}
+
+async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
+    let members: BTreeMap<NodeId, NodeInfo> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                NodeInfo {
+                    raft_addr: addr(id).to_string(),
+                    api_addr: String::new(),
+                },
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let dir = tempfile::tempdir()?;
+        let db = Db::open(&DbConfig {
+            path: dir.path().join("db"),
+        })?;
+        let groups = Groups::new(id, db, raft_config()?, None);
+        groups.set_transport(Arc::new(MemClient {
+            me: addr(id),
+            net: net.clone(),
+        }));
+        net.handlers
+            .write()
+            .map_err(|_| anyhow::anyhow!("lock"))?
+            .insert(addr(id), Arc::new(GroupsHandler(groups.clone())));
+        nodes.push(Node {
+            addr: addr(id),
+            groups,
+            _dir: dir,
+        });
+    }
+    for n in &nodes {
+        n.groups.start_partition(PARTITION, members.clone()).await?;
+    }
+    Ok(nodes)
+}
+
+fn group(n: &Node) -> anyhow::Result<Group> {
+    n.groups
+        .get(PARTITION)
+        .ok_or_else(|| anyhow::anyhow!("partition not running"))
+}
+
+/// Polls until some node in `among` leads the partition, as that node itself reports.
+async fn leader(nodes: &[Node], among: &[usize]) -> anyhow::Result<usize> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        for &i in among {
+            let m = group(&nodes[i])?.raft.metrics().borrow().clone();
+            if m.current_leader == Some(i as NodeId + 1) && m.state.is_leader() {
+                return Ok(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("no leader among {among:?} within 20 s")
+}
+
+fn record(v: &str) -> StoredRecord {
+    StoredRecord {
+        timestamp_ms: 1,
+        key: None,
+        value: Payload {
+            format: PayloadFormat::Text,
+            bytes: v.as_bytes().to_vec(),
+        },
+        headers: Vec::new(),
+    }
+}
+
+async fn append(
+    g: &Group,
+    values: &[&str],
+    producer: Option<ProducerBatch>,
+) -> anyhow::Result<PartitionResponse> {
+    let cmd = PartitionCommand::Append(AppendBatch {
+        producer,
+        records: values.iter().map(|v| record(v)).collect(),
+    });
+    match g.raft.client_write(Command::Partition(cmd)).await?.data {
+        CommandResponse::Partition(r) => Ok(r),
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+}
+
+fn values(n: &Node) -> anyhow::Result<Vec<(u64, String)>> {
+    let GroupState::Partition(sm) = &group(n)?.state else {
+        anyhow::bail!("not a partition")
+    };
+    let read = sm
+        .read(0, 10_000, u64::MAX)?
+        .map_err(|r| anyhow::anyhow!("out of range {r:?}"))?;
+    Ok(read
+        .records
+        .into_iter()
+        .map(|(o, r)| (o, String::from_utf8_lossy(&r.value.bytes).into_owned()))
+        .collect())
+}
+
+/// Waits until every node has applied `count` records, then returns node 0's.
+async fn converged(nodes: &[Node], count: usize) -> anyhow::Result<Vec<(u64, String)>> {
+    let start = Instant::now();
+    loop {
+        let all: Vec<_> = nodes.iter().map(values).collect::<Result<_, _>>()?;
+        if all.iter().all(|v| v.len() == count) {
+            for v in &all[1..] {
+                assert_eq!(v, &all[0], "replicas disagree");
+            }
+            return Ok(all[0].clone());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "not converged: {:?}",
+            all.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> anyhow::Result<()> {
+    let net = Arc::new(MemNet::default());
+    let nodes = cluster(&net).await?;
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let first = leader(&nodes, &[0, 1, 2]).await?;
+    let producer = |seq| {
+        Some(ProducerBatch {
+            id: 1,
+            epoch: 0,
+            base_sequence: seq,
+        })
+    };
+    let r = append(&group(&nodes[first])?, &["a", "b"], producer(0)).await?;
+    assert_eq!(
+        r,
+        PartitionResponse::Appended {
+            base_offset: 0,
+            count: 2,
+            duplicate: false
+        }
+    );
+
+    // Cut the leader off. Its proposal can never reach a majority.
+    net.isolate(nodes[first].addr, &all);
+    let stale = group(&nodes[first])?;
+    let lost = tokio::spawn(async move { append(&stale, &["lost"], None).await });
+    let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let second = leader(&nodes, &rest).await?;
+    let g2 = group(&nodes[second])?;
+    // The new leader knows the producer: a retry of its first batch is a duplicate.
+    let r = append(&g2, &["a", "b"], producer(0)).await?;
+    assert_eq!(
+        r,
+        PartitionResponse::Appended {
+            base_offset: 0,
+            count: 2,
+            duplicate: true
+        }
+    );
+    let r = append(&g2, &["c"], producer(2)).await?;
+    assert_eq!(
+        r,
+        PartitionResponse::Appended {
+            base_offset: 2,
+            count: 1,
+            duplicate: false
+        }
+    );
+    let r = append(&g2, &["x"], producer(9)).await?;
+    assert_eq!(r, PartitionResponse::OutOfOrderSequence { expected: 3 });
+    assert!(
+        !lost.is_finished(),
+        "the isolated leader answered a write it cannot have committed"
+    );
+
+    // Heal: the old leader's entry is truncated and its proposer learns it was not written.
+    net.heal();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), lost).await??;
+    assert!(
+        outcome.is_err(),
+        "the isolated write must fail, got {outcome:?}"
+    );
+    let r = append(
+        &group(&nodes[leader(&nodes, &[0, 1, 2]).await?])?,
+        &["d"],
+        None,
+    )
+    .await?;
+    assert_eq!(
+        r,
+        PartitionResponse::Appended {
+            base_offset: 3,
+            count: 1,
+            duplicate: false
+        }
+    );
+    let got = converged(&nodes, 4).await?;
+    let want: Vec<(u64, String)> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u64, v.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    for n in &nodes {
+        n.groups.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_minority_side_cannot_elect_or_commit() -> anyhow::Result<()> {
+    let net = Arc::new(MemNet::default());
+    let nodes = cluster(&net).await?;
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let first = leader(&nodes, &[0, 1, 2]).await?;
+    append(&group(&nodes[first])?, &["kept"], None).await?;
+    // Isolate a follower: it may campaign, but never wins, and the majority keeps writing.
+    let follower = (0..3).find(|&i| i != first).unwrap_or(0);
+    net.isolate(nodes[follower].addr, &all);
+    for i in 0..20 {
+        append(&group(&nodes[first])?, &[&format!("w{i}")], None).await?;
+    }
+    let m = group(&nodes[follower])?.raft.metrics().borrow().clone();
+    assert!(!m.state.is_leader(), "an isolated follower became leader");
+    assert!(
+        values(&nodes[follower])?.len() <= 1,
+        "the isolated follower cannot have applied more"
+    );
+    net.heal();
+    let got = converged(&nodes, 21).await?;
+    assert!(
+        got.iter().enumerate().all(|(i, (o, _))| *o == i as u64),
+        "dense offsets"
+    );
+    for n in &nodes {
+        n.groups.shutdown().await;
+    }
+    Ok(())
+}
