@@ -1,0 +1,169 @@
+//! The REST API: routes, JSON shapes, and the one place where service errors become HTTP.
+
+mod ops;
+mod payload;
+mod records;
+mod topics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::error::ServiceError;
+use crate::service::Service;
+
+/// Shared state of every handler.
+pub type AppState = Arc<Service>;
+
+/// The whole HTTP surface, in one place.
+pub fn router(service: Arc<Service>) -> Router {
+    let body_limit = service.limits().max_request_bytes;
+    Router::new()
+        .route("/health", get(ops::get_health))
+        .route("/ready", get(ops::get_ready))
+        .route("/metrics", get(ops::get_metrics))
+        .route(
+            "/v1/topics",
+            post(topics::post_topic).get(topics::list_topics),
+        )
+        .route("/v1/topics/{name}", get(topics::get_topic))
+        .route("/v1/topics/{name}/records", post(records::post_records))
+        .route(
+            "/v1/topics/{name}/partitions/{partition}/records",
+            get(records::get_records),
+        )
+        .route("/v1/producers", post(records::post_producer))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(service)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such route; see the README for the API",
+    )
+}
+
+/// An HTTP error: `{"error":{"code","message","details"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    details: Vec<Value>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a message.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    /// A 400 with `code`.
+    pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Adds a detail object.
+    pub fn with_detail(mut self, detail: Value) -> ApiError {
+        self.details.push(detail);
+        self
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let status = match &e {
+            ServiceError::Invalid { .. } | ServiceError::UnknownProducer(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ServiceError::RecordTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::UnknownTopic(_) | ServiceError::UnknownPartition { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ServiceError::TopicExists(_)
+            | ServiceError::OutOfOrderSequence { .. }
+            | ServiceError::Fenced { .. } => StatusCode::CONFLICT,
+            ServiceError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ServiceError::Unavailable(_) | ServiceError::OutcomeUnknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut err = ApiError::new(status, e.code(), e.to_string());
+        match e {
+            ServiceError::OffsetOutOfRange {
+                log_start_offset,
+                high_watermark,
+                ..
+            } => {
+                err = err.with_detail(
+                    json!({"log_start_offset": log_start_offset, "high_watermark": high_watermark}),
+                );
+            }
+            ServiceError::OutOfOrderSequence { expected, .. } => {
+                err = err.with_detail(json!({"expected_sequence": expected}))
+            }
+            ServiceError::Fenced { current, .. } => {
+                err = err.with_detail(json!({"current_epoch": current}))
+            }
+            ServiceError::RecordTooLarge { index, limit, .. } => {
+                err = err.with_detail(json!({"record": index, "max_record_bytes": limit}));
+            }
+            _ => {}
+        }
+        err
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = %self.code, "{}", self.message);
+        }
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if !self.details.is_empty() {
+            body["error"]["details"] = Value::Array(self.details);
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON body, answering `INVALID_JSON` or `REQUEST_TOO_LARGE` as a user can act on.
+pub fn parse_json(
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_TOO_LARGE",
+                format!("request body too large: {e}"),
+            )
+        } else {
+            ApiError::bad_request("INVALID_BODY", e.to_string())
+        }
+    })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("INVALID_JSON", format!("body is not valid JSON: {e}"))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "INVALID_JSON",
+            "body must be a JSON object",
+        ));
+    }
+    Ok(value)
+}

@@ -1,0 +1,320 @@
+//! Configuration: `cluster.toml` (the same file on every node), `--node-id`, and `CHAT4ALL_*`
+//! environment overrides. With no file at all the embedded default is a single-node cluster with
+//! data in `./data` and the API on 127.0.0.1:8080.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chat4all_raft::types::{NodeId, NodeInfo};
+use serde::Deserialize;
+
+/// The whole `cluster.toml`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every node of the cluster.
+    pub nodes: Vec<NodeConfig>,
+    /// Mutual TLS between nodes. Required when the cluster has more than one node.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Background work.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// One node's addresses and data directory.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node id (unique, non-zero).
+    pub id: NodeId,
+    /// Where peers reach this node's QUIC endpoint (`host:port`).
+    pub raft_addr: String,
+    /// Where clients reach this node's HTTP API (`host:port`).
+    pub api_addr: String,
+    /// The address to bind QUIC to, if not `raft_addr` (e.g. `0.0.0.0:7000` in a container).
+    #[serde(default)]
+    pub raft_bind: Option<String>,
+    /// The address to bind HTTP to, if not `api_addr`.
+    #[serde(default)]
+    pub api_bind: Option<String>,
+    /// Data directory, relative to the working directory unless absolute.
+    pub data_dir: PathBuf,
+}
+
+/// Where the cluster's certificates are.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Directory with `ca.pem` and `node-<id>.pem` / `node-<id>.key` (from `chat4all certs`).
+    pub dir: PathBuf,
+    /// Create the directory's CA and node certificates if it has none. Meant for a local
+    /// cluster whose nodes share one working directory; production sets it to false and
+    /// distributes certificates made once with `chat4all certs`.
+    #[serde(default)]
+    pub auto_generate: bool,
+}
+
+/// Request limits.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest record (key + value + headers) accepted, in bytes. Kafka's default is 1 MiB.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Largest produce request body, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// How long a produce waits for a majority before answering `OUTCOME_UNKNOWN`, in ms.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+}
+
+/// Retention.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How often each leader checks its partitions' retention, in ms.
+    #[serde(default = "default_retention_check_ms")]
+    pub check_interval_ms: u64,
+}
+
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+fn default_max_request_bytes() -> usize {
+    16 << 20
+}
+fn default_write_timeout_ms() -> u64 {
+    10_000
+}
+fn default_retention_check_ms() -> u64 {
+    30_000
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_record_bytes: default_max_record_bytes(),
+            max_request_bytes: default_max_request_bytes(),
+            write_timeout_ms: default_write_timeout_ms(),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            check_interval_ms: default_retention_check_ms(),
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// The content is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ClusterConfig {
+    /// The embedded default: one node, API on 127.0.0.1:8080, data in `./data`, no TLS.
+    pub fn single_node() -> ClusterConfig {
+        ClusterConfig {
+            nodes: vec![NodeConfig {
+                id: 1,
+                raft_addr: "127.0.0.1:7080".into(),
+                api_addr: "127.0.0.1:8080".into(),
+                raft_bind: None,
+                api_bind: None,
+                data_dir: PathBuf::from("data"),
+            }],
+            tls: None,
+            limits: LimitsConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+
+    /// Reads and checks a `cluster.toml`.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: ClusterConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ids, addresses and TLS.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(ConfigError::Invalid("no [[nodes]]".into()));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for n in &self.nodes {
+            if n.id == 0 || !ids.insert(n.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "node id {} is zero or repeated",
+                    n.id
+                )));
+            }
+        }
+        if self.nodes.len() > 1 && self.tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "a cluster of several nodes needs [tls] (run `chat4all certs` and set tls.dir)"
+                    .into(),
+            ));
+        }
+        if self.limits.max_record_bytes == 0
+            || self.limits.max_record_bytes > self.limits.max_request_bytes
+        {
+            return Err(ConfigError::Invalid(
+                "limits.max_record_bytes must be in 1..=max_request_bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's entry.
+    pub fn node(&self, id: NodeId) -> Result<&NodeConfig, ConfigError> {
+        self.nodes.iter().find(|n| n.id == id).ok_or_else(|| {
+            let ids: Vec<_> = self.nodes.iter().map(|n| n.id).collect();
+            ConfigError::Invalid(format!(
+                "node id {id} is not in the configuration (nodes: {ids:?})"
+            ))
+        })
+    }
+
+    /// Every node as Raft membership sees it.
+    pub fn members(&self) -> BTreeMap<NodeId, NodeInfo> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.id,
+                    NodeInfo {
+                        raft_addr: n.raft_addr.clone(),
+                        api_addr: n.api_addr.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Applies `CHAT4ALL_*` overrides for this node: `CHAT4ALL_DATA_DIR`, `CHAT4ALL_API_BIND`,
+    /// `CHAT4ALL_RAFT_BIND`, `CHAT4ALL_TLS_DIR`, `CHAT4ALL_MAX_RECORD_BYTES`,
+    /// `CHAT4ALL_RETENTION_CHECK_MS`.
+    pub fn apply_env(
+        &mut self,
+        id: NodeId,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let num = |k: &str, v: String| {
+            v.parse::<u64>()
+                .map_err(|_| ConfigError::Invalid(format!("{k}={v} is not a number")))
+        };
+        if let Some(v) = env("CHAT4ALL_MAX_RECORD_BYTES") {
+            self.limits.max_record_bytes = num("CHAT4ALL_MAX_RECORD_BYTES", v)? as usize;
+        }
+        if let Some(v) = env("CHAT4ALL_RETENTION_CHECK_MS") {
+            self.retention.check_interval_ms = num("CHAT4ALL_RETENTION_CHECK_MS", v)?;
+        }
+        if let Some(v) = env("CHAT4ALL_TLS_DIR") {
+            match &mut self.tls {
+                Some(t) => t.dir = v.into(),
+                None => {
+                    self.tls = Some(TlsConfig {
+                        dir: v.into(),
+                        auto_generate: false,
+                    })
+                }
+            }
+        }
+        let node = self.nodes.iter_mut().find(|n| n.id == id);
+        if let Some(node) = node {
+            if let Some(v) = env("CHAT4ALL_DATA_DIR") {
+                node.data_dir = v.into();
+            }
+            if let Some(v) = env("CHAT4ALL_API_BIND") {
+                node.api_bind = Some(v);
+            }
+            if let Some(v) = env("CHAT4ALL_RAFT_BIND") {
+                node.raft_bind = Some(v);
+            }
+        }
+        self.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_top_level_cluster_toml_is_a_valid_three_node_cluster() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.toml");
+        let c = ClusterConfig::load(&path).expect("cluster.toml loads");
+        let apis: Vec<_> = c.nodes.iter().map(|n| n.api_addr.as_str()).collect();
+        assert_eq!(apis, ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]);
+        assert!(c.nodes.iter().all(|n| n.data_dir.is_relative()));
+    }
+
+    #[test]
+    fn the_default_is_one_node_on_8080_with_data_in_dot_data() {
+        let c = ClusterConfig::single_node();
+        c.validate().expect("valid");
+        assert_eq!(c.nodes[0].api_addr, "127.0.0.1:8080");
+        assert_eq!(c.nodes[0].data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_a_reason() {
+        let mut c = ClusterConfig::single_node();
+        c.nodes.push(c.nodes[0].clone());
+        assert!(c.validate().is_err(), "repeated id");
+        c.nodes[1].id = 2;
+        let err = c.validate().expect_err("two nodes without tls");
+        assert!(err.to_string().contains("tls"), "{err}");
+        let parse = toml::from_str::<ClusterConfig>("[[nodes]]\nid = 1\nbogus = 2");
+        assert!(parse.is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn environment_overrides_apply_to_this_node() {
+        let mut c = ClusterConfig::single_node();
+        let env = |k: &str| match k {
+            "CHAT4ALL_DATA_DIR" => Some("/tmp/x".to_string()),
+            "CHAT4ALL_MAX_RECORD_BYTES" => Some("2048".to_string()),
+            _ => None,
+        };
+        c.apply_env(1, &env).expect("valid");
+        assert_eq!(c.nodes[0].data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.limits.max_record_bytes, 2048);
+        let bad = |k: &str| (k == "CHAT4ALL_MAX_RECORD_BYTES").then(|| "lots".to_string());
+        assert!(c.apply_env(1, &bad).is_err());
+    }
+}

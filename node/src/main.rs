@@ -1,0 +1,289 @@
+//! `chat4all`: one binary, identical nodes. `serve` runs a node; `certs` makes the cluster CA
+//! and node certificates; `bench` measures a running cluster.
+//!
+//! `serve` reads top-down: configuration, telemetry, storage, Raft groups and transport,
+//! workers, REST.
+
+mod api;
+mod bench;
+mod config;
+mod error;
+mod manager;
+mod metrics;
+mod partitioner;
+mod retention;
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chat4all_raft::certs::{TlsFiles, ensure_cluster_certs, generate_cluster_certs};
+use chat4all_raft::groups::{Groups, GroupsHandler, raft_config};
+use chat4all_raft::network::resolve;
+use chat4all_raft::transport::{DEFAULT_MAX_MESSAGE_BYTES, Transport, TransportConfig};
+use chat4all_raft::types::NodeId;
+use chat4all_storage::{Db, DbConfig};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::manager::PartitionManagerWorker;
+use crate::metrics::Metrics;
+use crate::retention::RetentionWorker;
+use crate::service::{ForwardHandlerImpl, Service};
+
+#[derive(Parser)]
+#[command(
+    name = "chat4all",
+    version,
+    about = "Chat4All: replicated partition logs for unified messaging"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs a node. Without --config: a single-node cluster, data in ./data, API on 127.0.0.1:8080.
+    Serve(ServeArgs),
+    /// Writes a cluster CA and node certificates (ca.pem, node-<id>.pem, node-<id>.key).
+    Certs(CertsArgs),
+    /// Benchmarks a running cluster.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The cluster file (the same on every node).
+    #[arg(long, env = "CHAT4ALL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Which node of the cluster file this is.
+    #[arg(long, env = "CHAT4ALL_NODE_ID")]
+    node_id: Option<NodeId>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "CHAT4ALL_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct CertsArgs {
+    /// Output directory.
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// Node ids to make certificates for, e.g. 1,2,3 (default: the nodes of --config).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<NodeId>,
+    /// Take the node ids from this cluster file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // One TLS provider for the whole process (quinn and reqwest both use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Cmd::Serve(args) => runtime.block_on(serve(args)),
+        Cmd::Certs(args) => certs(args),
+        Cmd::Bench(cmd) => runtime.block_on(bench::run(cmd)),
+    }
+}
+
+fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    let mut nodes = args.nodes;
+    if let Some(path) = &args.config {
+        nodes.extend(ClusterConfig::load(path)?.nodes.iter().map(|n| n.id));
+    }
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.is_empty() {
+        bail!("name the nodes with --nodes 1,2,3 or --config cluster.toml");
+    }
+    if args.dir.join("ca.pem").exists() && !args.force {
+        bail!(
+            "{} already has a CA; use --force to replace it (every node then needs the new files)",
+            args.dir.display()
+        );
+    }
+    generate_cluster_certs(&args.dir, &nodes)?;
+    println!(
+        "wrote a cluster CA and certificates for nodes {nodes:?} to {}",
+        args.dir.display()
+    );
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,quinn=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Configuration.
+    let mut config = match &args.config {
+        Some(path) => ClusterConfig::load(path)?,
+        None => ClusterConfig::single_node(),
+    };
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None if config.nodes.len() == 1 => config.nodes[0].id,
+        None => bail!(
+            "this cluster has several nodes: say which one this is with --node-id or CHAT4ALL_NODE_ID"
+        ),
+    };
+    config.apply_env(node_id, &|k| std::env::var(k).ok())?;
+    let me = config.node(node_id)?.clone();
+
+    // Telemetry.
+    init_tracing(args.log_format);
+    let metrics = Metrics::new()?;
+    tracing::info!(node_id, api = %me.api_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "starting");
+
+    // Storage.
+    std::fs::create_dir_all(&me.data_dir)
+        .with_context(|| format!("create {}", me.data_dir.display()))?;
+    let db = Db::open(&DbConfig {
+        path: me.data_dir.join("db"),
+    })
+    .with_context(|| {
+        format!(
+            "open the database in {} (damaged files are refused, never repaired silently)",
+            me.data_dir.display()
+        )
+    })?;
+
+    // Raft groups and the transport that connects them.
+    let shutdown = CancellationToken::new();
+    let groups = Groups::new(node_id, db.clone(), raft_config()?, Some(metrics.clone()));
+    let transport = if config.nodes.len() > 1 {
+        let tls = config
+            .tls
+            .clone()
+            .context("[tls] is required for several nodes")?;
+        let ids: Vec<NodeId> = config.nodes.iter().map(|n| n.id).collect();
+        if tls.auto_generate && ensure_cluster_certs(&tls.dir, &ids)? {
+            tracing::info!(dir = %tls.dir.display(), "generated cluster certificates (tls.auto_generate)");
+        }
+        let bind = resolve(me.raft_bind.as_deref().unwrap_or(&me.raft_addr))
+            .await
+            .context("raft bind address")?;
+        let tconfig = TransportConfig {
+            bind,
+            tls: TlsFiles::for_node(&tls.dir, node_id),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        };
+        let t = Transport::bind(
+            &tconfig,
+            Arc::new(GroupsHandler(groups.clone())),
+            shutdown.clone(),
+        )
+        .await?;
+        groups.set_transport(t.clone());
+        Some(t)
+    } else {
+        None
+    };
+    let controller_group = groups.start_controller(config.members()).await?;
+    let chat4all_raft::groups::GroupState::Controller(controller) = controller_group.state.clone()
+    else {
+        bail!("group 0 is not the controller");
+    };
+    let service = Service::new(
+        node_id,
+        config.members(),
+        groups.clone(),
+        controller.clone(),
+        config.limits.clone(),
+        metrics,
+    );
+    groups.set_forward_handler(Arc::new(ForwardHandlerImpl(Arc::downgrade(&service))));
+
+    // Workers.
+    let manager = PartitionManagerWorker {
+        groups: groups.clone(),
+        controller: controller.clone(),
+        members: config.members(),
+    };
+    let manager = tokio::spawn(manager.run(shutdown.clone()));
+    let retention = RetentionWorker {
+        groups: groups.clone(),
+        controller,
+        db,
+        interval: Duration::from_millis(config.retention.check_interval_ms.max(10)),
+    };
+    let retention = tokio::spawn(retention.run(shutdown.clone()));
+
+    // REST.
+    let api_bind: SocketAddr = resolve(me.api_bind.as_deref().unwrap_or(&me.api_addr))
+        .await
+        .context("api bind address")?;
+    let listener = tokio::net::TcpListener::bind(api_bind)
+        .await
+        .with_context(|| format!("bind the API on {api_bind}"))?;
+    tracing::info!(node_id, %api_bind, "API listening");
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal_token.cancel();
+    });
+    let token = shutdown.clone();
+    axum::serve(listener, api::router(service))
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
+
+    // Clean shutdown: workers, then Raft groups, then the transport.
+    shutdown.cancel();
+    let _ = tokio::join!(manager, retention);
+    groups.shutdown().await;
+    if let Some(t) = transport {
+        t.close().await;
+    }
+    tracing::info!(node_id, "stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

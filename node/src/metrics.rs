@@ -1,0 +1,205 @@
+//! Prometheus metrics. Counters and histograms are updated where things happen; per-partition
+//! Raft gauges are read from openraft's metrics when `/metrics` is scraped.
+
+use std::sync::Arc;
+
+use chat4all_raft::groups::{GroupState, Groups};
+use chat4all_raft::log_store::FsyncObserver;
+use chat4all_raft::sm::controller::ControllerState;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// `chat4all_produce_requests_total{outcome}`.
+    pub produce_requests: IntCounterVec,
+    /// `chat4all_produce_latency_seconds`.
+    pub produce_latency: Histogram,
+    /// `chat4all_fetch_requests_total{outcome}`.
+    pub fetch_requests: IntCounterVec,
+    /// `chat4all_fetch_latency_seconds`.
+    pub fetch_latency: Histogram,
+    /// `chat4all_storage_fsync_seconds`.
+    pub fsync: Histogram,
+    /// `chat4all_forward_requests_total{kind}`.
+    pub forwarded: IntCounterVec,
+    /// `chat4all_fetch_waiting`: long polls parked on this node, waiting for records.
+    pub fetch_waiting: IntGauge,
+    partition: PartitionGauges,
+}
+
+struct PartitionGauges {
+    leader: IntGaugeVec,
+    term: IntGaugeVec,
+    commit: IntGaugeVec,
+    applied: IntGaugeVec,
+    lag: IntGaugeVec,
+    hw: IntGaugeVec,
+    log_start: IntGaugeVec,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ]
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Arc<Metrics>, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let h =
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(latency_buckets()))?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["topic", "partition"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let fetch_waiting = IntGauge::new(
+            "chat4all_fetch_waiting",
+            "Long-poll fetches parked on this node, waiting for records",
+        )?;
+        registry.register(Box::new(fetch_waiting.clone()))?;
+        let m = Metrics {
+            fetch_waiting,
+            produce_requests: counter(
+                "chat4all_produce_requests_total",
+                "Produce requests by outcome (ok, error, unknown)",
+                &["outcome"],
+            )?,
+            produce_latency: histogram(
+                "chat4all_produce_latency_seconds",
+                "Produce latency until a majority fsynced",
+            )?,
+            fetch_requests: counter(
+                "chat4all_fetch_requests_total",
+                "Fetch requests by outcome",
+                &["outcome"],
+            )?,
+            fetch_latency: histogram(
+                "chat4all_fetch_latency_seconds",
+                "Fetch latency, long polls included",
+            )?,
+            fsync: histogram(
+                "chat4all_storage_fsync_seconds",
+                "Duration of synchronous (fsynced) RocksDB writes",
+            )?,
+            forwarded: counter(
+                "chat4all_forward_requests_total",
+                "Requests forwarded to another node, by kind",
+                &["kind"],
+            )?,
+            partition: PartitionGauges {
+                leader: gauge(
+                    "chat4all_partition_leader",
+                    "Leader node id of the partition (0 if unknown), as seen by this replica",
+                )?,
+                term: gauge(
+                    "chat4all_partition_term",
+                    "Current Raft term of the partition on this replica",
+                )?,
+                commit: gauge(
+                    "chat4all_partition_commit_index",
+                    "Raft log index committed, on this replica",
+                )?,
+                applied: gauge(
+                    "chat4all_partition_apply_index",
+                    "Raft log index applied, on this replica",
+                )?,
+                lag: gauge(
+                    "chat4all_partition_replication_lag",
+                    "On the leader: entries the slowest follower lacks",
+                )?,
+                hw: gauge(
+                    "chat4all_partition_high_watermark",
+                    "High watermark of the partition on this replica",
+                )?,
+                log_start: gauge(
+                    "chat4all_partition_log_start_offset",
+                    "Log start offset of the partition on this replica",
+                )?,
+            },
+            registry,
+        };
+        Ok(Arc::new(m))
+    }
+
+    /// Renders every metric in Prometheus text format, refreshing the partition gauges.
+    pub fn render(&self, groups: &Groups, meta: &ControllerState) -> String {
+        for topic in meta.topics.values() {
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let Some(g) = groups.get(p.group) else {
+                    continue;
+                };
+                let labels = [topic.name.as_str(), &i.to_string()];
+                let m = g.raft.metrics().borrow().clone();
+                let gm = &self.partition;
+                gm.leader
+                    .with_label_values(&labels)
+                    .set(m.current_leader.unwrap_or(0) as i64);
+                gm.term
+                    .with_label_values(&labels)
+                    .set(m.current_term as i64);
+                gm.applied
+                    .with_label_values(&labels)
+                    .set(m.last_applied.map_or(0, |l| l.index) as i64);
+                // openraft 0.9 has no committed-index metric: on the leader it is the index a
+                // majority has matched; on a follower, what it applied is committed.
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                let committed = m.replication.as_ref().map_or(applied, |r| {
+                    let mut matched: Vec<u64> =
+                        r.values().map(|l| l.map_or(0, |l| l.index)).collect();
+                    if !r.contains_key(&m.id) {
+                        matched.push(m.last_log_index.unwrap_or(0));
+                    }
+                    matched.sort_unstable_by(|a, b| b.cmp(a));
+                    matched
+                        .get(matched.len() / 2)
+                        .copied()
+                        .unwrap_or(0)
+                        .max(applied)
+                });
+                gm.commit.with_label_values(&labels).set(committed as i64);
+                let lag = m.replication.as_ref().map_or(0, |r| {
+                    let last = m.last_log_index.unwrap_or(0);
+                    r.values()
+                        .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                        .max()
+                        .unwrap_or(0)
+                });
+                gm.lag.with_label_values(&labels).set(lag as i64);
+                if let GroupState::Partition(sm) = &g.state {
+                    let s = sm.state();
+                    gm.hw.with_label_values(&labels).set(s.next_offset as i64);
+                    gm.log_start
+                        .with_label_values(&labels)
+                        .set(s.log_start_offset as i64);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("metrics encoding failed: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl FsyncObserver for Metrics {
+    fn observe_fsync(&self, seconds: f64) {
+        self.fsync.observe(seconds);
+    }
+}

@@ -1,0 +1,129 @@
+//! Reading committed records from a partition's leader, with long polling.
+
+use std::time::{Duration, Instant};
+
+use chat4all_raft::groups::GroupState;
+use chat4all_storage::StoredRecord;
+use serde::{Deserialize, Serialize};
+
+use super::{ForwardRequest, ForwardResponse, Route, Service};
+use crate::error::ServiceError;
+
+/// Longest long poll a client may ask for.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Bytes a fetch collects before it stops adding records (at least one is always returned).
+const FETCH_MAX_BYTES: u64 = 8 << 20;
+
+/// A read of one partition.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct FetchRequest {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// First offset wanted; `None` means the log start.
+    pub offset: Option<u64>,
+    /// At most this many records.
+    pub max_records: u32,
+    /// Wait up to this long for records when none are available at `offset`.
+    pub max_wait_ms: u64,
+}
+
+/// Records read, with the partition's offsets at the time.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct FetchResult {
+    /// `(offset, record)`, ascending and dense.
+    pub records: Vec<(u64, StoredRecord)>,
+    /// The high watermark.
+    pub high_watermark: u64,
+    /// The log start offset.
+    pub log_start_offset: u64,
+}
+
+impl Service {
+    /// Reads committed records, from the partition's leader.
+    pub async fn fetch(&self, req: FetchRequest, hops: u8) -> Result<FetchResult, ServiceError> {
+        let started = Instant::now();
+        let res = self.fetch_inner(req, hops).await;
+        if hops == 0 {
+            let outcome = if res.is_ok() { "ok" } else { "error" };
+            self.metrics
+                .fetch_requests
+                .with_label_values(&[outcome])
+                .inc();
+            self.metrics
+                .fetch_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        res
+    }
+
+    async fn fetch_inner(&self, req: FetchRequest, hops: u8) -> Result<FetchResult, ServiceError> {
+        let meta = self.partition(&req.topic, req.partition)?;
+        let wait = Duration::from_millis(req.max_wait_ms.min(MAX_WAIT_MS));
+        let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms) + wait;
+        match self.route(meta.group, &meta.replicas, deadline).await? {
+            Route::Remote(n) => {
+                let fwd = ForwardRequest::Fetch {
+                    req: req.clone(),
+                    hops: hops + 1,
+                };
+                match self.forward(n, meta.group, fwd, hops, deadline).await? {
+                    ForwardResponse::Fetched(r) => Ok(r),
+                    other => Err(ServiceError::Internal(format!(
+                        "unexpected forward answer {other:?}"
+                    ))),
+                }
+            }
+            Route::Local(g) => {
+                let GroupState::Partition(sm) = &g.state else {
+                    return Err(ServiceError::Internal(format!(
+                        "group {} is not a partition",
+                        g.id
+                    )));
+                };
+                // Subscribe before the first read, so a record committed in between wakes us.
+                let mut hw = sm.watch_high_watermark();
+                let wait_until = tokio::time::Instant::now() + wait;
+                loop {
+                    let offset = req.offset.unwrap_or_else(|| sm.state().log_start_offset);
+                    let read = sm
+                        .read(offset, req.max_records as usize, FETCH_MAX_BYTES)
+                        .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
+                    let batch = read.map_err(|r| ServiceError::OffsetOutOfRange {
+                        offset,
+                        log_start_offset: r.log_start_offset,
+                        high_watermark: r.high_watermark,
+                    })?;
+                    if !batch.records.is_empty() || tokio::time::Instant::now() >= wait_until {
+                        return Ok(FetchResult {
+                            records: batch.records,
+                            high_watermark: batch.high_watermark,
+                            log_start_offset: batch.log_start_offset,
+                        });
+                    }
+                    // Nothing yet: wait for the high watermark to move past `offset`, or time
+                    // out; either way the next turn reads again and answers.
+                    let _parked = Parked::new(&self.metrics.fetch_waiting);
+                    let _ = tokio::time::timeout_at(wait_until, hw.wait_for(|&h| h > offset)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a parked long poll for as long as it lives, also when the client goes away.
+struct Parked<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Parked<'a> {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

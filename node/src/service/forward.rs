@@ -1,0 +1,207 @@
+//! Requests forwarded between nodes over the QUIC transport (`RpcKind::Forward`): the wire
+//! shapes, the client side (`Service::forward`) and the server side (`ForwardHandlerImpl`).
+
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use bytes::Bytes;
+use chat4all_raft::groups::{ForwardHandler, GroupState};
+use chat4all_raft::network::resolve;
+use chat4all_raft::transport::{PROTOCOL_VERSION, RpcHeader, RpcKind, TransportError};
+use chat4all_raft::types::{ControllerCommand, ControllerResponse, GroupId, NodeId};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::{FetchRequest, FetchResult, MAX_HOPS, PartitionStatus, ProduceBatch, Service};
+use crate::error::ServiceError;
+
+/// A request one node asks another to serve.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum ForwardRequest {
+    /// Append a batch to a partition.
+    Produce {
+        /// The batch.
+        batch: ProduceBatch,
+        /// Hops so far.
+        hops: u8,
+    },
+    /// Read from a partition.
+    Fetch {
+        /// The read.
+        req: FetchRequest,
+        /// Hops so far.
+        hops: u8,
+    },
+    /// Propose a controller command.
+    Controller {
+        /// The command.
+        cmd: ControllerCommand,
+        /// Hops so far.
+        hops: u8,
+    },
+    /// Describe a partition group the sender does not run.
+    Describe {
+        /// The group.
+        group: GroupId,
+    },
+}
+
+/// The answers to [`ForwardRequest`]s.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum ForwardResponse {
+    /// Offsets of the appended batch.
+    Produced {
+        /// First offset.
+        base_offset: u64,
+        /// Record count.
+        count: u32,
+    },
+    /// Records read.
+    Fetched(FetchResult),
+    /// A controller command's result.
+    Controller(ControllerResponse),
+    /// A partition's status, if the receiver runs it.
+    Described(Option<PartitionStatus>),
+}
+
+type Wire = Result<ForwardResponse, ServiceError>;
+
+fn encode(w: &Wire) -> Bytes {
+    bincode::serde::encode_to_vec(w, bincode::config::standard())
+        .map(Bytes::from)
+        .unwrap_or_else(|e| {
+            tracing::error!("cannot encode a forward reply: {e}");
+            Bytes::new()
+        })
+}
+
+impl Service {
+    /// Sends `req` to node `to` and returns its answer. Errors from the transport are mapped by
+    /// what they mean for the request: a failed connect never delivered it (definite), while a
+    /// timeout or a broken stream after sending leaves the outcome unknown.
+    pub(super) async fn forward(
+        &self,
+        to: NodeId,
+        group: GroupId,
+        req: ForwardRequest,
+        hops: u8,
+        deadline: Instant,
+    ) -> Result<ForwardResponse, ServiceError> {
+        if hops >= MAX_HOPS {
+            return Err(ServiceError::Unavailable(format!(
+                "no leader found for group {group} after {hops} hops"
+            )));
+        }
+        let kind = match &req {
+            ForwardRequest::Produce { .. } => "produce",
+            ForwardRequest::Fetch { .. } => "fetch",
+            ForwardRequest::Controller { .. } => "controller",
+            ForwardRequest::Describe { .. } => "describe",
+        };
+        let writes = matches!(
+            req,
+            ForwardRequest::Produce { .. } | ForwardRequest::Controller { .. }
+        );
+        let transport = self.groups.transport().ok_or_else(|| {
+            ServiceError::Internal("forwarding needs the cluster transport".into())
+        })?;
+        let info = self
+            .members
+            .get(&to)
+            .ok_or_else(|| ServiceError::Internal(format!("unknown node {to}")))?;
+        let addr = resolve(&info.raft_addr).await.map_err(|e| {
+            ServiceError::Unavailable(format!(
+                "cannot resolve node {to} ({}): {e}",
+                info.raft_addr
+            ))
+        })?;
+        let body = bincode::serde::encode_to_vec(&req, bincode::config::standard())
+            .map_err(|e| ServiceError::Internal(format!("encode forward: {e}")))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let header = RpcHeader {
+            version: PROTOCOL_VERSION,
+            group: group.0,
+            kind: RpcKind::Forward,
+            deadline_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.metrics.forwarded.with_label_values(&[kind]).inc();
+        match transport.call(addr, header, Bytes::from(body), left).await {
+            Ok(bytes) => {
+                bincode::serde::decode_from_slice::<Wire, _>(&bytes, bincode::config::standard())
+                    .map_err(|e| {
+                        ServiceError::Internal(format!("decode forward reply from node {to}: {e}"))
+                    })?
+                    .0
+            }
+            Err(TransportError::Connect(e)) => Err(ServiceError::Unavailable(format!(
+                "node {to} unreachable: {e}"
+            ))),
+            Err(e) if writes => Err(ServiceError::OutcomeUnknown(format!(
+                "forward to node {to}: {e}"
+            ))),
+            Err(e) => Err(ServiceError::Unavailable(format!(
+                "forward to node {to}: {e}"
+            ))),
+        }
+    }
+
+    /// Serves a request another node forwarded here.
+    pub async fn serve_forward(&self, req: ForwardRequest) -> Wire {
+        match req {
+            ForwardRequest::Produce { batch, hops } => self
+                .produce_batch(batch, hops)
+                .await
+                .map(|(base_offset, count)| ForwardResponse::Produced { base_offset, count }),
+            ForwardRequest::Fetch { req, hops } => {
+                self.fetch(req, hops).await.map(ForwardResponse::Fetched)
+            }
+            ForwardRequest::Controller { cmd, hops } => self
+                .controller_write(cmd, hops)
+                .await
+                .map(ForwardResponse::Controller),
+            ForwardRequest::Describe { group } => {
+                let status = self.groups.get(group).and_then(|g| match &g.state {
+                    GroupState::Partition(sm) => {
+                        let s = sm.state();
+                        Some(PartitionStatus {
+                            leader: g.raft.metrics().borrow().current_leader,
+                            high_watermark: s.next_offset,
+                            log_start_offset: s.log_start_offset,
+                        })
+                    }
+                    GroupState::Controller(_) => None,
+                });
+                Ok(ForwardResponse::Described(status))
+            }
+        }
+    }
+}
+
+/// Plugs [`Service::serve_forward`] into the transport. Holds the service weakly: the service
+/// owns the groups, which own this handler.
+pub struct ForwardHandlerImpl(pub Weak<Service>);
+
+impl ForwardHandler for ForwardHandlerImpl {
+    fn handle_forward(&self, body: Bytes) -> BoxFuture<'static, Bytes> {
+        let service: Option<Arc<Service>> = self.0.upgrade();
+        async move {
+            let Some(service) = service else {
+                return encode(&Err(ServiceError::Unavailable(
+                    "node is shutting down".into(),
+                )));
+            };
+            match bincode::serde::decode_from_slice::<ForwardRequest, _>(
+                &body,
+                bincode::config::standard(),
+            ) {
+                Ok((req, _)) => encode(&service.serve_forward(req).await),
+                Err(e) => encode(&Err(ServiceError::invalid(
+                    "BAD_FORWARD",
+                    format!("undecodable forward: {e}"),
+                ))),
+            }
+        }
+        .boxed()
+    }
+}

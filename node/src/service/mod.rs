@@ -1,0 +1,340 @@
+//! The node's operations on topics, records and producers, each served locally when this node
+//! leads the group involved and forwarded over QUIC otherwise. Any node serves any request.
+//!
+//! The acknowledgement contract lives here: a write is answered with success only after its
+//! Raft entry is committed (a majority fsynced it) and applied; a definite failure means nothing
+//! was written; anything in between is `OUTCOME_UNKNOWN`.
+
+mod batcher;
+pub mod fetch;
+mod forward;
+mod produce;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat4all_raft::groups::{Group, Groups};
+use chat4all_raft::sm::controller::{ControllerState, ControllerStateMachine};
+use chat4all_raft::types::{
+    Command, CommandResponse, ControllerCommand, ControllerResponse, GroupId, NodeId, NodeInfo,
+    PartitionMeta, TopicMeta,
+};
+use openraft::error::{ClientWriteError, RaftError};
+
+pub use fetch::{FetchRequest, FetchResult};
+pub use forward::{ForwardHandlerImpl, ForwardRequest, ForwardResponse};
+pub use produce::ProduceBatch;
+
+use crate::config::LimitsConfig;
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+
+/// Forwarding stops after this many hops (a stale leader hint can send a request around once).
+const MAX_HOPS: u8 = 3;
+/// How long a request waits for a group to have a leader before answering `UNAVAILABLE`.
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// Where an operation on a group runs.
+enum Route {
+    /// This node leads the group.
+    Local(Group),
+    /// Another node leads it (or is a replica that knows more).
+    Remote(NodeId),
+}
+
+/// The outcome of proposing on a group this node believed it led.
+enum Proposed<T> {
+    Done(T),
+    /// Definitely not written: this node is not the leader (maybe it knows who is).
+    NotLeader(Option<NodeId>),
+}
+
+/// The node's services. Cheap to share.
+pub struct Service {
+    node_id: NodeId,
+    members: BTreeMap<NodeId, NodeInfo>,
+    groups: Arc<Groups>,
+    controller: ControllerStateMachine,
+    limits: LimitsConfig,
+    metrics: Arc<Metrics>,
+    unkeyed: std::sync::atomic::AtomicU32,
+    batcher: batcher::Batcher,
+}
+
+/// A partition's leader and offsets, as `GET /v1/topics/{name}` shows them.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+pub struct PartitionStatus {
+    /// The leader's node id, if known.
+    pub leader: Option<NodeId>,
+    /// The high watermark.
+    pub high_watermark: u64,
+    /// The log start offset.
+    pub log_start_offset: u64,
+}
+
+impl Service {
+    /// Services over the node's groups.
+    pub fn new(
+        node_id: NodeId,
+        members: BTreeMap<NodeId, NodeInfo>,
+        groups: Arc<Groups>,
+        controller: ControllerStateMachine,
+        limits: LimitsConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Service> {
+        let batcher = batcher::Batcher::new(Duration::from_millis(limits.write_timeout_ms));
+        Arc::new(Service {
+            batcher,
+            node_id,
+            members,
+            groups,
+            controller,
+            limits,
+            metrics,
+            unkeyed: std::sync::atomic::AtomicU32::new(rand::random()),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The cluster's nodes.
+    pub fn members(&self) -> &BTreeMap<NodeId, NodeInfo> {
+        &self.members
+    }
+
+    /// The node's request limits.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The node's groups.
+    pub fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    /// The controller state machine.
+    pub fn controller(&self) -> &ControllerStateMachine {
+        &self.controller
+    }
+
+    /// The cluster metadata as this node has applied it.
+    pub fn metadata(&self) -> Arc<ControllerState> {
+        self.controller.state()
+    }
+
+    /// A topic, or `UNKNOWN_TOPIC`.
+    pub fn topic(&self, name: &str) -> Result<TopicMeta, ServiceError> {
+        self.metadata()
+            .topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownTopic(name.to_string()))
+    }
+
+    /// A topic's partition, or `UNKNOWN_TOPIC` / `UNKNOWN_PARTITION`.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<PartitionMeta, ServiceError> {
+        let t = self.topic(topic)?;
+        let n = t.partitions.len() as u32;
+        t.partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or(ServiceError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: n,
+            })
+    }
+
+    /// The next partition for a request of unkeyed records: they stick to one partition per
+    /// request and move round-robin between requests (Kafka's sticky partitioning, per batch).
+    pub fn next_unkeyed_partition(&self, partitions: u32) -> u32 {
+        self.unkeyed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % partitions.max(1)
+    }
+
+    /// Where to run an operation on `group`, waiting (bounded) for a leader to be known.
+    async fn route(
+        &self,
+        group: GroupId,
+        replicas: &[NodeId],
+        deadline: Instant,
+    ) -> Result<Route, ServiceError> {
+        loop {
+            if let Some(g) = self.groups.get(group) {
+                let leader = g.raft.metrics().borrow().current_leader;
+                match leader {
+                    Some(l) if l == self.node_id => return Ok(Route::Local(g)),
+                    Some(l) => return Ok(Route::Remote(l)),
+                    None => {
+                        let left = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(LEADER_WAIT);
+                        let waited = g
+                            .raft
+                            .wait(Some(left))
+                            .metrics(|m| m.current_leader.is_some(), "leader known")
+                            .await;
+                        if waited.is_err() {
+                            return Err(ServiceError::Unavailable(format!(
+                                "group {group} has no leader (no majority reachable)"
+                            )));
+                        }
+                    }
+                }
+            } else if replicas.contains(&self.node_id) || group == GroupId::CONTROLLER {
+                // A replica that has not started the group yet (the topic was just created).
+                if Instant::now() >= deadline {
+                    return Err(ServiceError::Unavailable(format!(
+                        "group {group} is not running on this node yet"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            } else {
+                // Not a replica: a replica will know the leader and forward if need be.
+                let pick = replicas
+                    .get(self.node_id as usize % replicas.len().max(1))
+                    .copied();
+                return pick.map(Route::Remote).ok_or_else(|| {
+                    ServiceError::Internal(format!("group {group} has no replicas"))
+                });
+            }
+        }
+    }
+
+    /// Proposes `cmd` on a group this node leads, waiting at most until `deadline`.
+    async fn propose(
+        &self,
+        g: &Group,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<Proposed<CommandResponse>, ServiceError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, g.raft.client_write(cmd)).await {
+            Err(_) => Err(ServiceError::OutcomeUnknown(format!(
+                "group {} did not commit within {} ms (no majority reachable?)",
+                g.id,
+                left.as_millis()
+            ))),
+            Ok(Ok(resp)) => Ok(Proposed::Done(resp.data)),
+            // openraft answers ForwardToLeader before proposing, or when the entry was truncated
+            // by a new leader (so it was never committed): either way nothing was written.
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Ok(Proposed::NotLeader(f.leader_id))
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => Err(
+                ServiceError::Internal(format!("unexpected membership error: {e}")),
+            ),
+            Ok(Err(RaftError::Fatal(f))) => Err(ServiceError::OutcomeUnknown(format!(
+                "raft group {} stopped: {f}",
+                g.id
+            ))),
+        }
+    }
+
+    /// Proposes a controller command on the controller leader, wherever it is.
+    pub async fn controller_write(
+        &self,
+        cmd: ControllerCommand,
+        hops: u8,
+    ) -> Result<ControllerResponse, ServiceError> {
+        let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
+        let mut hint: Option<NodeId> = None;
+        for _ in 0..MAX_HOPS + 2 {
+            let route = match hint.take() {
+                Some(n) if n != self.node_id => Route::Remote(n),
+                _ => self.route(GroupId::CONTROLLER, &[], deadline).await?,
+            };
+            match route {
+                Route::Local(g) => match self
+                    .propose(&g, Command::Controller(cmd.clone()), deadline)
+                    .await?
+                {
+                    Proposed::Done(CommandResponse::Controller(r)) => return Ok(r),
+                    Proposed::Done(other) => {
+                        return Err(ServiceError::Internal(format!(
+                            "controller answered {other:?}"
+                        )));
+                    }
+                    Proposed::NotLeader(l) => hint = l,
+                },
+                Route::Remote(n) => {
+                    let req = ForwardRequest::Controller {
+                        cmd: cmd.clone(),
+                        hops: hops + 1,
+                    };
+                    return match self
+                        .forward(n, GroupId::CONTROLLER, req, hops, deadline)
+                        .await?
+                    {
+                        ForwardResponse::Controller(r) => Ok(r),
+                        other => Err(ServiceError::Internal(format!(
+                            "unexpected forward answer {other:?}"
+                        ))),
+                    };
+                }
+            }
+        }
+        Err(ServiceError::Unavailable(
+            "the controller leader keeps moving; retry".into(),
+        ))
+    }
+
+    /// The leader and offsets of one partition as its leader sees them (a follower's applied
+    /// state may trail), falling back to this node's replica, or any replica, when the leader
+    /// cannot be asked.
+    pub async fn partition_status(
+        &self,
+        meta: &PartitionMeta,
+        hops: u8,
+    ) -> Option<PartitionStatus> {
+        let local = self.groups.get(meta.group).and_then(|g| {
+            let chat4all_raft::groups::GroupState::Partition(sm) = &g.state else {
+                return None;
+            };
+            let s = sm.state();
+            Some(PartitionStatus {
+                leader: g.raft.metrics().borrow().current_leader,
+                high_watermark: s.next_offset,
+                log_start_offset: s.log_start_offset,
+            })
+        });
+        if let Some(status) = &local {
+            match status.leader {
+                Some(l) if l != self.node_id && hops == 0 => {
+                    let deadline = Instant::now() + Duration::from_millis(500);
+                    let req = ForwardRequest::Describe { group: meta.group };
+                    if let Ok(ForwardResponse::Described(Some(s))) =
+                        self.forward(l, meta.group, req, hops, deadline).await
+                    {
+                        return Some(s);
+                    }
+                }
+                _ => {}
+            }
+            return local;
+        }
+        if hops >= 1 {
+            return None;
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for &r in &meta.replicas {
+            let req = ForwardRequest::Describe { group: meta.group };
+            if let Ok(ForwardResponse::Described(s)) =
+                self.forward(r, meta.group, req, hops, deadline).await
+            {
+                return s;
+            }
+        }
+        None
+    }
+}

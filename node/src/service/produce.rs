@@ -1,0 +1,149 @@
+//! Appending a batch to a partition: on its leader, or forwarded there.
+
+use std::time::{Duration, Instant};
+
+use chat4all_raft::types::{AppendBatch, PartitionResponse, ProducerBatch};
+use chat4all_storage::StoredRecord;
+use serde::{Deserialize, Serialize};
+
+use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
+use crate::error::ServiceError;
+
+/// Records bound for one partition, validated and timestamped.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ProduceBatch {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: u32,
+    /// The records, in order.
+    pub records: Vec<StoredRecord>,
+    /// Idempotent producer fields, if any.
+    pub producer: Option<ProducerBatch>,
+}
+
+impl Service {
+    /// Appends `batch`, returning its first offset and count once a majority has it on disk.
+    pub async fn produce_batch(
+        &self,
+        batch: ProduceBatch,
+        hops: u8,
+    ) -> Result<(u64, u32), ServiceError> {
+        let started = Instant::now();
+        let res = self.produce_inner(batch, hops).await;
+        let outcome = match &res {
+            Ok(_) => "ok",
+            Err(e) if e.is_definite() => "error",
+            Err(_) => "unknown",
+        };
+        if hops == 0 {
+            self.metrics
+                .produce_requests
+                .with_label_values(&[outcome])
+                .inc();
+            self.metrics
+                .produce_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        res
+    }
+
+    async fn produce_inner(
+        &self,
+        batch: ProduceBatch,
+        hops: u8,
+    ) -> Result<(u64, u32), ServiceError> {
+        let meta = self.partition(&batch.topic, batch.partition)?;
+        if let Some(p) = batch.producer {
+            // The controller allocates producer ids and epochs; a partition only sees batches.
+            match self.metadata().producer_epochs.get(&p.id) {
+                None => return Err(ServiceError::UnknownProducer(p.id)),
+                Some(&current) if p.epoch < current => {
+                    return Err(ServiceError::Fenced {
+                        got: p.epoch,
+                        current,
+                    });
+                }
+                Some(&current) if p.epoch > current => {
+                    return Err(ServiceError::invalid(
+                        "INVALID_PRODUCER_EPOCH",
+                        format!(
+                            "producer {} has epoch {current}; {} was never issued",
+                            p.id, p.epoch
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
+        let mut hint = None;
+        for _ in 0..=MAX_HOPS {
+            let route = match hint.take() {
+                Some(n) if n != self.node_id => Route::Remote(n),
+                _ => self.route(meta.group, &meta.replicas, deadline).await?,
+            };
+            match route {
+                Route::Local(g) => {
+                    let append = AppendBatch {
+                        producer: batch.producer,
+                        records: batch.records.clone(),
+                    };
+                    match self
+                        .batcher
+                        .propose(g.id, &g.raft, append, deadline)
+                        .await?
+                    {
+                        Proposed::Done(r) => return answer(r, batch.producer),
+                        Proposed::NotLeader(l) => {
+                            hint = l;
+                            if l.is_none() {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+                Route::Remote(n) => {
+                    let req = ForwardRequest::Produce {
+                        batch: batch.clone(),
+                        hops: hops + 1,
+                    };
+                    return match self.forward(n, meta.group, req, hops, deadline).await? {
+                        ForwardResponse::Produced { base_offset, count } => {
+                            Ok((base_offset, count))
+                        }
+                        other => Err(ServiceError::Internal(format!(
+                            "unexpected forward answer {other:?}"
+                        ))),
+                    };
+                }
+            }
+        }
+        Err(ServiceError::Unavailable(format!(
+            "partition {} of '{}' keeps changing leader; retry",
+            batch.partition, batch.topic
+        )))
+    }
+}
+
+fn answer(
+    r: PartitionResponse,
+    producer: Option<ProducerBatch>,
+) -> Result<(u64, u32), ServiceError> {
+    match r {
+        PartitionResponse::Appended {
+            base_offset, count, ..
+        } => Ok((base_offset, count)),
+        PartitionResponse::OutOfOrderSequence { expected } => {
+            Err(ServiceError::OutOfOrderSequence {
+                got: producer.map_or(0, |p| p.base_sequence),
+                expected,
+            })
+        }
+        PartitionResponse::Fenced { current_epoch } => Err(ServiceError::Fenced {
+            got: producer.map_or(0, |p| p.epoch),
+            current: current_epoch,
+        }),
+        other => Err(ServiceError::Internal(format!("append answered {other:?}"))),
+    }
+}

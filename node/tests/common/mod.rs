@@ -1,0 +1,287 @@
+//! A real cluster for tests: `chat4all` processes spawned with a generated `cluster.toml` in a
+//! temp dir, talking real QUIC with mutual TLS, storing in real RocksDB; killed with SIGKILL.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// One test cluster. Dropping it kills every node.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub nodes: Vec<Node>,
+    pub http: reqwest::Client,
+}
+
+pub struct Node {
+    pub id: u64,
+    pub api: String,
+    pub child: Option<Child>,
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing the test after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `extra` appended to the generated cluster file, and waits until
+    /// every node is ready.
+    pub async fn start(n: u64, extra: &str) -> Cluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut toml = String::new();
+        if n > 1 {
+            toml.push_str("[tls]\ndir = \"certs\"\nauto_generate = true\n\n");
+        }
+        toml.push_str(extra);
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let api = format!("127.0.0.1:{}", free_tcp_port());
+            let raft = format!("127.0.0.1:{}", free_udp_port());
+            toml.push_str(&format!(
+                "\n[[nodes]]\nid = {id}\nraft_addr = \"{raft}\"\napi_addr = \"{api}\"\ndata_dir = \"data/node{id}\"\n"
+            ));
+            nodes.push(Node {
+                id,
+                api,
+                child: None,
+            });
+        }
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let mut c = Cluster {
+            dir,
+            config,
+            nodes,
+            http,
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        for id in 1..=n {
+            c.wait_ready(id).await;
+        }
+        c
+    }
+
+    /// Spawns node `id` (again), logging to `node<id>.log` in the cluster dir.
+    pub fn spawn(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_chat4all"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .args(["--node-id", &id.to_string()])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn chat4all");
+        self.node_mut(id).child = Some(child);
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node")
+    }
+
+    pub fn api(&self, id: u64) -> String {
+        format!(
+            "http://{}",
+            self.nodes.iter().find(|n| n.id == id).expect("node").api
+        )
+    }
+
+    /// SIGKILLs node `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&self, id: u64) {
+        let url = format!("{}/ready", self.api(id));
+        let http = self.http.clone();
+        eventually(&format!("node {id} ready"), Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let r = http
+                    .get(&url)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub async fn get(&self, id: u64, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api(id)))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(id, path, body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, id: u64, path: &str, body: String) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api(id)))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a topic through node `via` and waits until every partition has a leader.
+    pub async fn create_topic(
+        &self,
+        via: u64,
+        name: &str,
+        partitions: u32,
+        rf: u32,
+        extra: Value,
+    ) -> Value {
+        let mut body = json!({"name": name, "partitions": partitions, "replication_factor": rf});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, v) = self.post(via, "/v1/topics", &body).await;
+        assert_eq!(status, 201, "create topic: {v}");
+        self.wait_leaders(via, name).await
+    }
+
+    /// Waits until node `via` sees a leader for every partition of `topic`; returns the topic.
+    pub async fn wait_leaders(&self, via: u64, topic: &str) -> Value {
+        eventually(
+            &format!("leaders of {topic}"),
+            Duration::from_secs(30),
+            || async move {
+                let (s, v) = self.get(via, &format!("/v1/topics/{topic}")).await;
+                let parts = v["partitions"].as_array()?;
+                (s == 200 && parts.iter().all(|p| p["leader"].is_u64())).then_some(v.clone())
+            },
+        )
+        .await
+    }
+
+    /// The leader of a partition as node `via` sees it.
+    pub async fn leader(&self, via: u64, topic: &str, partition: usize) -> u64 {
+        let v = self.wait_leaders(via, topic).await;
+        v["partitions"][partition]["leader"]
+            .as_u64()
+            .expect("leader")
+    }
+
+    /// Every record of a partition, read through node `via` from offset 0 (or the log start).
+    pub async fn read_all(&self, via: u64, topic: &str, partition: u32) -> Vec<(u64, Value)> {
+        let mut out = Vec::new();
+        let mut offset: Option<u64> = None;
+        loop {
+            let q = offset.map_or(String::new(), |o| format!("offset={o}&"));
+            let (s, v) = self
+                .get(
+                    via,
+                    &format!(
+                        "/v1/topics/{topic}/partitions/{partition}/records?{q}max_records=1000"
+                    ),
+                )
+                .await;
+            assert_eq!(s, 200, "fetch: {v}");
+            let recs = v["records"].as_array().expect("records");
+            for r in recs {
+                out.push((r["offset"].as_u64().expect("offset"), r["value"].clone()));
+            }
+            let hw = v["high_watermark"].as_u64().expect("hw");
+            let next = out
+                .last()
+                .map_or(v["log_start_offset"].as_u64().expect("lso"), |(o, _)| o + 1);
+            if next >= hw || recs.is_empty() {
+                return out;
+            }
+            offset = Some(next);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!("---- node {} log (tail) ----", n.id);
+                let log =
+                    std::fs::read_to_string(self.dir.path().join(format!("node{}.log", n.id)))
+                        .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
