@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use chat4all_raft::groups::RaftTiming;
 use chat4all_raft::types::{NodeId, NodeInfo};
 use serde::Deserialize;
 
@@ -23,6 +24,9 @@ pub struct ClusterConfig {
     /// Background work.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Raft timing.
+    #[serde(default)]
+    pub raft: RaftConfig,
 }
 
 /// One node's addresses and data directory.
@@ -80,6 +84,53 @@ pub struct RetentionConfig {
     /// How often each leader checks its partitions' retention, in ms.
     #[serde(default = "default_retention_check_ms")]
     pub check_interval_ms: u64,
+}
+
+/// Raft timing of every group (the defaults suit a LAN or one machine).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    /// How often leaders send heartbeats, in ms.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout, in ms.
+    #[serde(default = "default_election_min_ms")]
+    pub election_timeout_min_ms: u64,
+    /// Longest election timeout, in ms; also the leader lease a follower grants. A killed
+    /// leader is replaced after about max + rand(min..max).
+    #[serde(default = "default_election_max_ms")]
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: default_heartbeat_ms(),
+            election_timeout_min_ms: default_election_min_ms(),
+            election_timeout_max_ms: default_election_max_ms(),
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The timing the Raft groups take.
+    pub fn timing(&self) -> RaftTiming {
+        RaftTiming {
+            heartbeat_ms: self.heartbeat_ms,
+            election_min_ms: self.election_timeout_min_ms,
+            election_max_ms: self.election_timeout_max_ms,
+        }
+    }
+}
+
+fn default_heartbeat_ms() -> u64 {
+    RaftTiming::default().heartbeat_ms
+}
+fn default_election_min_ms() -> u64 {
+    RaftTiming::default().election_min_ms
+}
+fn default_election_max_ms() -> u64 {
+    RaftTiming::default().election_max_ms
 }
 
 fn default_max_record_bytes() -> usize {
@@ -152,6 +203,7 @@ impl ClusterConfig {
             tls: None,
             limits: LimitsConfig::default(),
             retention: RetentionConfig::default(),
+            raft: RaftConfig::default(),
         }
     }
 
@@ -194,6 +246,15 @@ impl ClusterConfig {
         {
             return Err(ConfigError::Invalid(
                 "limits.max_record_bytes must be in 1..=max_request_bytes".into(),
+            ));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0
+            || r.election_timeout_min_ms <= r.heartbeat_ms
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return Err(ConfigError::Invalid(
+                "raft timing must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
         }
         Ok(())

@@ -178,7 +178,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // Raft groups and the transport that connects them.
     let shutdown = CancellationToken::new();
-    let groups = Groups::new(node_id, db.clone(), raft_config()?, Some(metrics.clone()));
+    let groups = Groups::new(
+        node_id,
+        db.clone(),
+        raft_config(config.raft.timing())?,
+        Some(metrics.clone()),
+    );
     let transport = if config.nodes.len() > 1 {
         let tls = config
             .tls

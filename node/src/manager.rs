@@ -61,7 +61,7 @@ pub fn not_ready_reason(groups: &Groups, controller: &ControllerStateMachine) ->
     let Some(ctrl) = groups.get(GroupId::CONTROLLER) else {
         return Some("controller not started".into());
     };
-    if ctrl.raft.metrics().borrow().current_leader.is_none() {
+    if ctrl.leader().is_none() {
         return Some("the controller has no leader".into());
     }
     let state = controller.state();
@@ -72,7 +72,7 @@ pub fn not_ready_reason(groups: &Groups, controller: &ControllerStateMachine) ->
             }
             match groups.get(p.group) {
                 None => return Some(format!("partition {}/{i} not started", topic.name)),
-                Some(g) if g.raft.metrics().borrow().current_leader.is_none() => {
+                Some(g) if g.leader().is_none() => {
                     return Some(format!("partition {}/{i} has no leader", topic.name));
                 }
                 Some(_) => {}

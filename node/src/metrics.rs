@@ -149,7 +149,7 @@ impl Metrics {
                 let gm = &self.partition;
                 gm.leader
                     .with_label_values(&labels)
-                    .set(m.current_leader.unwrap_or(0) as i64);
+                    .set(chat4all_raft::groups::known_leader(&m).unwrap_or(0) as i64);
                 gm.term
                     .with_label_values(&labels)
                     .set(m.current_term as i64);

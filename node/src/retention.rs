@@ -46,7 +46,7 @@ impl RetentionWorker {
                 let Some(g) = self.groups.get(p.group) else {
                     continue;
                 };
-                if g.raft.metrics().borrow().current_leader != Some(me) {
+                if g.leader() != Some(me) {
                     continue;
                 }
                 let GroupState::Partition(sm) = &g.state else {

@@ -79,6 +79,55 @@ async fn every_node_serves_every_request() {
     }
 }
 
+/// Regression: a follower applies controller entries only after the leader tells it they
+/// committed, so a node asked right after a topic or producer was created through another node
+/// used to answer UNKNOWN_TOPIC / UNKNOWN_PRODUCER from its stale copy.
+#[tokio::test]
+async fn metadata_created_through_one_node_is_known_at_once_by_every_node() {
+    let c = Cluster::start(3, "").await;
+    for round in 0..6u64 {
+        let via = round % 3 + 1;
+        let others: Vec<u64> = (1..=3).filter(|&n| n != via).collect();
+        let topic = format!("fresh{round}");
+        let (s, v) = c
+            .post(
+                via,
+                "/v1/topics",
+                &json!({"name": topic, "partitions": 1, "replication_factor": 3}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        for &n in &others {
+            let (s, v) = c.get(n, "/v1/topics").await;
+            assert_eq!(s, 200, "{v}");
+            assert!(
+                v["topics"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t["name"] == json!(topic))),
+                "node {n} lists {topic} right after node {via} created it: {v}"
+            );
+            let (s, v) = c.get(n, &format!("/v1/topics/{topic}")).await;
+            assert_eq!(s, 200, "node {n} describes {topic}: {v}");
+        }
+        let (s, p) = c.post(via, "/v1/producers", &json!({})).await;
+        assert_eq!(s, 201, "{p}");
+        for (seq, &n) in others.iter().enumerate() {
+            let body = json!({
+                "records": [{"value": format!("r{round}n{n}"), "partition": 0}],
+                "producer": {"id": p["id"], "epoch": p["epoch"], "sequence": seq},
+            });
+            let (s, v) = c
+                .post(n, &format!("/v1/topics/{topic}/records"), &body)
+                .await;
+            assert_eq!(
+                (s, offsets(&v)),
+                (200, vec![(0, seq as u64)]),
+                "node {n} takes a batch of the producer and topic node {via} just created: {v}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn idempotent_producer_state_survives_a_leader_kill() {
     let mut c = Cluster::start(3, "").await;

@@ -124,7 +124,7 @@ async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
         let db = Db::open(&DbConfig {
             path: dir.path().join("db"),
         })?;
-        let groups = Groups::new(id, db, raft_config()?, None);
+        let groups = Groups::new(id, db, raft_config(Default::default())?, None);
         groups.set_transport(Arc::new(MemClient {
             me: addr(id),
             net: net.clone(),

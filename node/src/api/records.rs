@@ -164,7 +164,7 @@ pub async fn post_records(
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = parse_json(body)?;
-    let meta = s.topic(&topic)?;
+    let meta = s.topic_synced(&topic).await?;
     let partitions = meta.partitions.len() as u32;
     let records = body
         .get("records")

@@ -131,8 +131,9 @@ pub async fn post_topic(
 }
 
 /// `GET /v1/topics`.
-pub async fn list_topics(State(s): State<AppState>) -> impl IntoResponse {
-    let meta = s.metadata();
+pub async fn list_topics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    // Every topic committed so far, also those created through another node a moment ago.
+    let meta = s.synced_metadata().await?;
     let topics: Vec<Value> = meta
         .topics
         .values()
@@ -146,7 +147,7 @@ pub async fn list_topics(State(s): State<AppState>) -> impl IntoResponse {
             })
         })
         .collect();
-    axum::Json(json!({ "topics": topics }))
+    Ok(axum::Json(json!({ "topics": topics })))
 }
 
 /// `GET /v1/topics/{name}`.
@@ -154,7 +155,7 @@ pub async fn get_topic(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let meta = s.topic(&name)?;
+    let meta = s.topic_synced(&name).await?;
     Ok(axum::Json(describe(&s, &meta).await))
 }
 

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use chat4all_raft::groups::GroupState;
 use chat4all_storage::StoredRecord;
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use super::{ForwardRequest, ForwardResponse, Route, Service};
@@ -59,10 +60,37 @@ impl Service {
     }
 
     async fn fetch_inner(&self, req: FetchRequest, hops: u8) -> Result<FetchResult, ServiceError> {
-        let meta = self.partition(&req.topic, req.partition)?;
+        let meta = self.partition_synced(&req.topic, req.partition).await?;
         let wait = Duration::from_millis(req.max_wait_ms.min(MAX_WAIT_MS));
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms) + wait;
-        match self.route(meta.group, &meta.replicas, deadline).await? {
+        let mut route = self.route(meta.group, &meta.replicas, deadline).await?;
+        if let Route::Local(g) = &route {
+            // Read what is committed, not just what this replica applied so far: confirm the
+            // leadership with a quorum and wait for the state machine to catch up (a freshly
+            // elected leader may not have applied its predecessor's last entries yet).
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, g.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))))
+                    if f.leader_id.is_some_and(|l| l != self.node_id) =>
+                {
+                    route = Route::Remote(f.leader_id.unwrap_or_default());
+                }
+                Ok(Err(e)) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "partition {} of '{}' cannot confirm its leader: {e}",
+                        req.partition, req.topic
+                    )));
+                }
+                Err(_) => {
+                    return Err(ServiceError::Unavailable(format!(
+                        "partition {} of '{}' cannot confirm its leader (no majority reachable?)",
+                        req.partition, req.topic
+                    )));
+                }
+            }
+        }
+        match route {
             Route::Remote(n) => {
                 let fwd = ForwardRequest::Fetch {
                     req: req.clone(),

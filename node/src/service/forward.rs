@@ -2,7 +2,7 @@
 //! shapes, the client side (`Service::forward`) and the server side (`ForwardHandlerImpl`).
 
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat4all_raft::groups::{ForwardHandler, GroupState};
@@ -45,6 +45,8 @@ pub enum ForwardRequest {
         /// The group.
         group: GroupId,
     },
+    /// The controller's read index (the receiver must lead the controller).
+    ControllerReadIndex,
 }
 
 /// The answers to [`ForwardRequest`]s.
@@ -63,6 +65,8 @@ pub enum ForwardResponse {
     Controller(ControllerResponse),
     /// A partition's status, if the receiver runs it.
     Described(Option<PartitionStatus>),
+    /// The controller's read index.
+    ReadIndex(Option<u64>),
 }
 
 type Wire = Result<ForwardResponse, ServiceError>;
@@ -98,6 +102,7 @@ impl Service {
             ForwardRequest::Fetch { .. } => "fetch",
             ForwardRequest::Controller { .. } => "controller",
             ForwardRequest::Describe { .. } => "describe",
+            ForwardRequest::ControllerReadIndex => "read_index",
         };
         let writes = matches!(
             req,
@@ -165,7 +170,7 @@ impl Service {
                     GroupState::Partition(sm) => {
                         let s = sm.state();
                         Some(PartitionStatus {
-                            leader: g.raft.metrics().borrow().current_leader,
+                            leader: g.leader(),
                             high_watermark: s.next_offset,
                             log_start_offset: s.log_start_offset,
                         })
@@ -173,6 +178,12 @@ impl Service {
                     GroupState::Controller(_) => None,
                 });
                 Ok(ForwardResponse::Described(status))
+            }
+            ForwardRequest::ControllerReadIndex => {
+                let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
+                self.controller_read_index(deadline)
+                    .await
+                    .map(ForwardResponse::ReadIndex)
             }
         }
     }

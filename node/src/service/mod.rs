@@ -8,13 +8,14 @@
 mod batcher;
 pub mod fetch;
 mod forward;
+mod metadata;
 mod produce;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat4all_raft::groups::{Group, Groups};
+use chat4all_raft::groups::{Group, Groups, known_leader};
 use chat4all_raft::sm::controller::{ControllerState, ControllerStateMachine};
 use chat4all_raft::types::{
     Command, CommandResponse, ControllerCommand, ControllerResponse, GroupId, NodeId, NodeInfo,
@@ -171,7 +172,7 @@ impl Service {
     ) -> Result<Route, ServiceError> {
         loop {
             if let Some(g) = self.groups.get(group) {
-                let leader = g.raft.metrics().borrow().current_leader;
+                let leader = g.leader();
                 match leader {
                     Some(l) if l == self.node_id => return Ok(Route::Local(g)),
                     Some(l) => return Ok(Route::Remote(l)),
@@ -182,7 +183,7 @@ impl Service {
                         let waited = g
                             .raft
                             .wait(Some(left))
-                            .metrics(|m| m.current_leader.is_some(), "leader known")
+                            .metrics(|m| known_leader(m).is_some(), "leader known")
                             .await;
                         if waited.is_err() {
                             return Err(ServiceError::Unavailable(format!(
@@ -303,7 +304,7 @@ impl Service {
             };
             let s = sm.state();
             Some(PartitionStatus {
-                leader: g.raft.metrics().borrow().current_leader,
+                leader: g.leader(),
                 high_watermark: s.next_offset,
                 log_start_offset: s.log_start_offset,
             })

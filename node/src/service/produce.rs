@@ -53,18 +53,18 @@ impl Service {
         batch: ProduceBatch,
         hops: u8,
     ) -> Result<(u64, u32), ServiceError> {
-        let meta = self.partition(&batch.topic, batch.partition)?;
+        let meta = self.partition_synced(&batch.topic, batch.partition).await?;
         if let Some(p) = batch.producer {
             // The controller allocates producer ids and epochs; a partition only sees batches.
-            match self.metadata().producer_epochs.get(&p.id) {
+            match self.producer_epoch_synced(p.id, p.epoch).await? {
                 None => return Err(ServiceError::UnknownProducer(p.id)),
-                Some(&current) if p.epoch < current => {
+                Some(current) if p.epoch < current => {
                     return Err(ServiceError::Fenced {
                         got: p.epoch,
                         current,
                     });
                 }
-                Some(&current) if p.epoch > current => {
+                Some(current) if p.epoch > current => {
                     return Err(ServiceError::invalid(
                         "INVALID_PRODUCER_EPOCH",
                         format!(
