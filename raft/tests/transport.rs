@@ -209,6 +209,71 @@ async fn unreachable_peer_is_not_delivered_and_restart_reconnects() -> anyhow::R
     Ok(())
 }
 
+/// A peer killed without a word (SIGKILL: no CONNECTION_CLOSE, its socket just gone) and
+/// restarted on the same address. The caller's connection to the dead process still looks open
+/// until QUIC's idle timeout (3 s); the restarted peer must answer by the second call at the
+/// latest, or every Raft RPC to a restarted node times out for seconds.
+#[tokio::test]
+async fn a_peer_killed_and_restarted_answers_by_the_second_call() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    generate_cluster_certs(dir.path(), &[1, 2])?;
+    let (a, _) = node(dir.path(), 1, any_port()).await?;
+    // B runs on a runtime of its own, so that dropping the runtime kills it mid-flight.
+    let b_dir = dir.path().to_path_buf();
+    let to_b = std::thread::spawn(
+        move || -> anyhow::Result<(tokio::runtime::Runtime, SocketAddr)> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let addr = rt.block_on(async {
+                let (b, _) = node(&b_dir, 2, any_port()).await?;
+                b.local_addr().map_err(anyhow::Error::from)
+            })?;
+            Ok((rt, addr))
+        },
+    )
+    .join()
+    .map_err(|_| anyhow::anyhow!("B's thread panicked"))??;
+    let (b_runtime, to_b) = to_b;
+    a.call(
+        to_b,
+        header(RpcKind::Vote),
+        Bytes::from_static(b"1"),
+        Duration::from_secs(5),
+    )
+    .await?;
+    // The kill: B's tasks and socket vanish without closing anything.
+    std::thread::spawn(move || b_runtime.shutdown_background())
+        .join()
+        .map_err(|_| anyhow::anyhow!("B's shutdown panicked"))?;
+
+    let (b2, echo_b2) = node(dir.path(), 2, to_b).await?;
+    let mut results = Vec::new();
+    for i in 0..2u8 {
+        let r = a
+            .call(
+                to_b,
+                header(RpcKind::Vote),
+                Bytes::from(vec![i]),
+                Duration::from_secs(2),
+            )
+            .await;
+        let ok = r.is_ok();
+        results.push(r.map(|_| ()));
+        if ok {
+            break;
+        }
+    }
+    assert!(
+        results.last().is_some_and(Result::is_ok),
+        "the restarted peer did not answer by the second call: {results:?}"
+    );
+    assert!(echo_b2.calls.load(Ordering::SeqCst) >= 1);
+    b2.close().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_both_ways() -> anyhow::Result<()> {
     let ours = tempfile::tempdir()?;
