@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use chat4all_storage::Db;
@@ -92,14 +91,18 @@ impl Default for RaftTiming {
     /// openraft 0.9 gives a follower that has heard from a leader a lease of
     /// `election_max_ms`: it refuses votes until the lease expires and stands for election only
     /// after lease + its own timeout. A killed leader is therefore replaced after
-    /// `election_max_ms + rand(election_min_ms..election_max_ms)` = 0.9-1.2 s here (with
-    /// 500-1000 it was 1.5-2.0 s, measured median 1.9 s). Nine missed heartbeats still fit in
-    /// a lease, so a busy 2-core machine does not depose leaders that are alive.
+    /// `election_max_ms + rand(election_min_ms..election_max_ms)` = 0.6-0.8 s here. A node
+    /// whose candidacy was refused for its shorter log (common under writes: one survivor is a
+    /// few entries behind) waits another `2 x election_max_ms` before its next one, so the
+    /// worst case is about 1.6 s (with 300-600 it was 2.4 s, with 500-1000 4 s). Seven missed
+    /// heartbeats still fit before a follower stands, so a busy 2-core machine does not depose
+    /// leaders that are alive. Note that openraft gives each AppendEntries RPC one heartbeat
+    /// interval to complete, fsync included.
     fn default() -> Self {
         RaftTiming {
             heartbeat_ms: 100,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            election_min_ms: 200,
+            election_max_ms: 400,
         }
     }
 }
@@ -233,23 +236,6 @@ impl Groups {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(e.into()),
             }
-        } else {
-            // A restarted replica holds its fire for two election timeouts. Its timer starts at
-            // boot, often before the leader's first heartbeat gets through (peers are still
-            // reconnecting, the leader's replication to it is backing off), and openraft 0.9
-            // has no pre-vote: it would stand with a stale log, be refused, and from then on
-            // wait an extra 2 x election_timeout_max before its next candidacy, which measurably
-            // doubled the next failover (1.25 s to 2.5 s). It still votes meanwhile; if no
-            // leader exists (a full-cluster restart), elections start at most this much later.
-            raft.runtime_config().elect(false);
-            let (r, grace) = (
-                raft.clone(),
-                Duration::from_millis(self.config.election_timeout_max * 2),
-            );
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                r.runtime_config().elect(true);
-            });
         }
         let group = Group { id, raft, state };
         let mut map = self.groups.write().unwrap_or_else(|p| p.into_inner());
