@@ -5,12 +5,14 @@
 //!   flight, and, given the nodes' pids, bytes written to disk per byte acknowledged.
 //! - `failover`: spawns its own cluster, SIGKILLs a partition's leader again and again, and
 //!   times how long until a write to that partition succeeds again.
+//!
+//! Only the REST API is used, as a client would: nothing here links to the node's internals.
 
 mod failover;
 mod produce;
 mod spawn;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -24,40 +26,61 @@ pub enum BenchCommand {
     Failover(failover::FailoverArgs),
 }
 
-/// Runs one bench subcommand.
+/// Runs one bench subcommand and prints its JSON line.
+///
+/// Ctrl-C (or SIGTERM) ends the benchmark with an error instead of killing the process, so
+/// the spawned cluster's drop guard still kills its nodes and removes its directory.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let line = match cmd {
-        BenchCommand::Produce(args) => produce::run(args).await?,
-        BenchCommand::Failover(args) => failover::run(args).await?,
+    let bench = async {
+        match cmd {
+            BenchCommand::Produce(args) => produce::run(args).await,
+            BenchCommand::Failover(args) => failover::run(args).await,
+        }
+    };
+    let line = tokio::select! {
+        line = bench => line?,
+        () = interrupted() => bail!("interrupted"),
     };
     println!("{line}");
     Ok(())
 }
 
-/// Creates `topic` through `url` unless it exists, then waits until every partition has a
-/// leader (bounded).
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+/// Creates `topic` through `url` unless it exists (201 and `TOPIC_EXISTS` are both fine),
+/// then waits until every partition has a leader (bounded). Returns the leaders by partition.
 async fn ensure_topic(
     http: &reqwest::Client,
     url: &str,
     topic: &str,
     partitions: u32,
     rf: u32,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u64>> {
     let body = json!({"name": topic, "partitions": partitions, "replication_factor": rf});
     let r = http
         .post(format!("{url}/v1/topics"))
         .json(&body)
         .send()
         .await
-        .context("create topic")?;
+        .with_context(|| format!("create topic {topic} via {url}"))?;
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
     if status != 201 && v["error"]["code"] != "TOPIC_EXISTS" {
         bail!("creating topic {topic} answered {status}: {v}");
     }
-    leaders(http, url, topic, Duration::from_secs(30))
-        .await
-        .map(|_| ())
+    leaders(http, url, topic, Duration::from_secs(30)).await
 }
 
 /// The leader of each partition of `topic` as `url` reports it, once all are known (bounded).
@@ -67,25 +90,60 @@ async fn leaders(
     topic: &str,
     limit: Duration,
 ) -> anyhow::Result<Vec<u64>> {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     loop {
-        if let Ok(r) = http.get(format!("{url}/v1/topics/{topic}")).send().await
-            && let Ok(v) = r.json::<Value>().await
-            && let Some(parts) = v["partitions"].as_array()
-        {
-            let ls: Vec<u64> = parts.iter().filter_map(|p| p["leader"].as_u64()).collect();
-            if !parts.is_empty() && ls.len() == parts.len() {
-                return Ok(ls);
-            }
+        if let Some(ls) = leaders_once(http, url, topic).await {
+            return Ok(ls);
         }
         if start.elapsed() > limit {
-            bail!("partitions of {topic} have no leader after {limit:?}");
+            bail!("partitions of {topic} have no leader (seen from {url}) after {limit:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// The value at percentile `p` of a latency histogram, in milliseconds.
+/// One look at `GET /v1/topics/{topic}`: the leaders by partition if every one is known.
+async fn leaders_once(http: &reqwest::Client, url: &str, topic: &str) -> Option<Vec<u64>> {
+    let r = http
+        .get(format!("{url}/v1/topics/{topic}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    let parts = v["partitions"].as_array()?;
+    let ls: Vec<u64> = parts.iter().filter_map(|p| p["leader"].as_u64()).collect();
+    (!parts.is_empty() && ls.len() == parts.len()).then_some(ls)
+}
+
+/// The node id behind an API URL, from `GET /health`.
+async fn node_id(http: &reqwest::Client, url: &str) -> anyhow::Result<u64> {
+    let v: Value = http
+        .get(format!("{url}/health"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}/health"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}/health: not JSON"))?;
+    v["node_id"]
+        .as_u64()
+        .with_context(|| format!("GET {url}/health has no node_id: {v}"))
+}
+
+/// The value at percentile `p` of a latency histogram in microseconds, in milliseconds with
+/// two decimals (0 for an empty histogram).
 fn ms(h: &hdrhistogram::Histogram<u64>, p: f64) -> f64 {
-    (h.value_at_quantile(p / 100.0) as f64 / 1000.0 * 100.0).round() / 100.0
+    if h.is_empty() {
+        return 0.0;
+    }
+    round2(h.value_at_quantile(p / 100.0) as f64 / 1000.0)
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

@@ -1,5 +1,5 @@
 //! `chat4all bench produce`: `inflight` workers keep one produce request each in flight until
-//! `records` records are acknowledged.
+//! `records` records are acknowledged; latency is from sending a request to reading its 200.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,18 +12,18 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
 
-use super::{ensure_topic, ms};
+use super::{ensure_topic, ms, node_id, round2};
 
 /// Options of `bench produce`.
 #[derive(clap::Args)]
 pub struct ProduceArgs {
-    /// Node API URLs; requests go round-robin over them.
+    /// Node API URLs, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8081")]
     url: Vec<String>,
     /// Topic to write (created if missing).
     #[arg(long, default_value = "bench")]
     topic: String,
-    /// Partitions of the topic, if it is created.
+    /// Partitions of the topic, if it is created (an existing topic keeps its own).
     #[arg(long, default_value_t = 3)]
     partitions: u32,
     /// Replication factor of the topic, if it is created.
@@ -41,17 +41,52 @@ pub struct ProduceArgs {
     /// Records per request.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Records acknowledged before timing starts.
+    /// Records acknowledged before timing starts (opens the connections, fills caches).
     #[arg(long, default_value_t = 1_000)]
     warmup: u64,
     /// Node pids: report bytes they wrote to disk per byte acknowledged (Linux /proc).
     #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
+    /// Which node each request goes to.
+    #[arg(long, value_enum, default_value_t = Connect::Any)]
+    connect: Connect,
+    /// Give up (exit non-zero) when the timed phase takes longer than this.
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
     /// Free text copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
 }
 
+/// Where requests go.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Connect {
+    /// Round-robin over --url, independently of the partition (followers forward).
+    Any,
+    /// Each partition's requests to its leader at the start, as a partition-aware client does
+    /// (the leader's URL must be in --url; found with `GET /health`).
+    Leader,
+}
+
+impl Connect {
+    fn name(self) -> &'static str {
+        match self {
+            Connect::Any => "any",
+            Connect::Leader => "leader",
+        }
+    }
+}
+
+/// What every worker reads: where to send, and what.
+struct Plan {
+    /// Produce URLs per partition; requests for partition `p` cycle through `targets[p]`.
+    targets: Vec<Vec<String>>,
+    /// Distinct random values, so storage compression cannot shrink repeats.
+    values: Vec<String>,
+    batch: usize,
+}
+
+/// One timed (or warmup) phase.
 struct Phase {
     acked: u64,
     elapsed: Duration,
@@ -61,25 +96,50 @@ struct Phase {
 
 /// Runs the benchmark and returns its JSON line.
 pub async fn run(a: ProduceArgs) -> anyhow::Result<Value> {
-    if a.url.is_empty() || a.batch == 0 || a.inflight == 0 || a.records == 0 {
-        bail!("--url, --batch, --inflight and --records must be non-empty / positive");
+    if a.url.is_empty() || a.batch == 0 || a.inflight == 0 || a.records == 0 || a.size == 0 {
+        bail!("--url, --batch, --inflight, --records and --size must be non-empty / positive");
     }
+    let urls: Vec<String> = a
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    disk_bytes(&a.pids).context("--pids")?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(a.inflight)
+        .tcp_nodelay(true)
         .build()?;
-    ensure_topic(
+    let leaders = ensure_topic(
         &http,
-        &a.url[0],
+        &urls[0],
         &a.topic,
         a.partitions,
         a.replication_factor,
     )
     .await?;
-    let a = Arc::new(a);
-    // Distinct random values, so RocksDB's block compression cannot shrink repeats.
-    let values: Arc<Vec<String>> = Arc::new(
-        (0..1024)
+    let partitions = leaders.len();
+    let records_url = |u: &str| format!("{u}/v1/topics/{}/records", a.topic);
+    let targets: Vec<Vec<String>> = match a.connect {
+        Connect::Any => vec![urls.iter().map(|u| records_url(u)).collect(); partitions],
+        Connect::Leader => {
+            let mut by_id = BTreeMap::new();
+            for u in &urls {
+                by_id.insert(node_id(&http, u).await?, u.clone());
+            }
+            let mut t = Vec::new();
+            for (p, l) in leaders.iter().enumerate() {
+                let u = by_id.get(l).with_context(|| {
+                    format!("partition {p}'s leader, node {l}, is not among --url")
+                })?;
+                t.push(vec![records_url(u)]);
+            }
+            t
+        }
+    };
+    let plan = Arc::new(Plan {
+        targets,
+        values: (0..1024)
             .map(|_| {
                 rand::rng()
                     .sample_iter(&Alphanumeric)
@@ -88,16 +148,22 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<Value> {
                     .collect()
             })
             .collect(),
+        batch: a.batch,
+    });
+    eprintln!(
+        "bench: topic {} has {partitions} partitions (leaders {leaders:?}); {} requests in flight, {} records each",
+        a.topic, a.inflight, a.batch
     );
+    let limit = Duration::from_secs(a.max_seconds);
     if a.warmup > 0 {
-        let w = phase(&http, &a, &values, a.warmup).await?;
+        let w = phase(&http, &plan, a.warmup, a.inflight, limit).await?;
         eprintln!(
-            "bench: warmup acknowledged {} records in {:?}",
-            w.acked, w.elapsed
+            "bench: warmup acknowledged {} records in {:.2?} (errors {:?})",
+            w.acked, w.elapsed, w.errors
         );
     }
     let disk_before = disk_bytes(&a.pids)?;
-    let p = phase(&http, &a, &values, a.records).await?;
+    let p = phase(&http, &plan, a.records, a.inflight, limit).await?;
     let disk_after = disk_bytes(&a.pids)?;
     let secs = p.elapsed.as_secs_f64().max(1e-9);
     let acked_bytes = p.acked * a.size as u64;
@@ -107,96 +173,132 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<Value> {
         "label": a.label,
         "records": a.records,
         "acked": p.acked,
-        "errors": p.errors,
         "size": a.size,
         "inflight": a.inflight,
         "batch": a.batch,
-        "partitions": a.partitions,
+        "partitions": partitions,
         "replication_factor": a.replication_factor,
         "warmup": a.warmup,
+        "connect": a.connect.name(),
         "elapsed_s": (secs * 1000.0).round() / 1000.0,
         "records_per_s": (p.acked as f64 / secs).round(),
-        "mb_per_s": ((acked_bytes as f64 / secs / 1e6) * 100.0).round() / 100.0,
+        "mb_per_s": round2(acked_bytes as f64 / secs / 1e6),
         "p50_ms": ms(&p.latency_us, 50.0),
         "p95_ms": ms(&p.latency_us, 95.0),
         "p99_ms": ms(&p.latency_us, 99.0),
         "max_ms": ms(&p.latency_us, 100.0),
+        "errors": p.errors,
     });
     if let (Some(before), Some(after)) = (disk_before, disk_after) {
         let written = after.saturating_sub(before);
         line["disk_bytes_written"] = json!(written);
-        line["write_amplification"] =
-            json!(((written as f64 / acked_bytes.max(1) as f64) * 100.0).round() / 100.0);
+        line["write_amplification"] = json!(round2(written as f64 / acked_bytes.max(1) as f64));
     }
     Ok(line)
 }
 
-/// Keeps `inflight` requests going until `target` records are acknowledged.
+/// Keeps `inflight` requests going until `target` records are acknowledged. Failed requests
+/// are counted by error code and not retried as such (the next request carries new records);
+/// more failed requests than `target` ends the phase with an error, as does `limit`.
 async fn phase(
     http: &reqwest::Client,
-    a: &Arc<ProduceArgs>,
-    values: &Arc<Vec<String>>,
+    plan: &Arc<Plan>,
     target: u64,
+    inflight: usize,
+    limit: Duration,
 ) -> anyhow::Result<Phase> {
     let acked = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let workers: Vec<_> = (0..a.inflight)
-        .map(|w| {
-            let (http, a, values, acked, issued) = (http.clone(), a.clone(), values.clone(), acked.clone(), issued.clone());
+    let deadline = started + limit;
+    let workers: Vec<_> = (0..inflight)
+        .map(|_| {
+            let (http, plan) = (http.clone(), plan.clone());
+            let (acked, issued, failed) = (acked.clone(), issued.clone(), failed.clone());
             tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).context("histogram")?;
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-                loop {
-                    let i = issued.fetch_add(1, Ordering::Relaxed);
-                    // Stop when enough are acknowledged, or (failures) after twice as many tries.
-                    if acked.load(Ordering::Relaxed) >= target || i >= 2 * target.div_ceil(a.batch as u64) + a.inflight as u64 {
-                        return anyhow::Ok((latency, errors));
-                    }
-                    let partition = (i + w as u64) % u64::from(a.partitions.max(1));
-                    let records: Vec<Value> = (0..a.batch)
-                        .map(|j| json!({"value": values[(i as usize * a.batch + j) % values.len()], "partition": partition}))
+                while acked.load(Ordering::Relaxed) < target
+                    && failed.load(Ordering::Relaxed) <= target
+                    && Instant::now() < deadline
+                {
+                    let i = issued.fetch_add(1, Ordering::Relaxed) as usize;
+                    let partition = i % plan.targets.len();
+                    let urls = &plan.targets[partition];
+                    // `i / partitions` so that, with as many URLs as partitions, every
+                    // partition still goes to every URL in turn.
+                    let url = &urls[(i / plan.targets.len()) % urls.len()];
+                    let records: Vec<Value> = (0..plan.batch)
+                        .map(|j| {
+                            let value = &plan.values[(i * plan.batch + j) % plan.values.len()];
+                            json!({"value": value, "partition": partition})
+                        })
                         .collect();
-                    let url = format!("{}/v1/topics/{}/records", a.url[i as usize % a.url.len()], a.topic);
                     let sent = Instant::now();
-                    match http.post(url).json(&json!({ "records": records })).send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            latency.saturating_record(sent.elapsed().as_micros() as u64);
-                            acked.fetch_add(a.batch as u64, Ordering::Relaxed);
-                        }
+                    let res = http
+                        .post(url)
+                        .json(&json!({ "records": records }))
+                        .send()
+                        .await;
+                    let code = match res {
+                        Ok(r) if r.status().is_success() => match r.bytes().await {
+                            Ok(_) => {
+                                latency.saturating_record(sent.elapsed().as_micros() as u64);
+                                acked.fetch_add(plan.batch as u64, Ordering::Relaxed);
+                                continue;
+                            }
+                            Err(_) => "RESPONSE_BODY".to_string(),
+                        },
                         Ok(r) => {
+                            let status = r.status().as_u16();
                             let v: Value = r.json().await.unwrap_or(Value::Null);
-                            let code = v["error"]["code"].as_str().unwrap_or("HTTP_ERROR").to_string();
-                            *errors.entry(code).or_default() += 1;
+                            v["error"]["code"]
+                                .as_str()
+                                .map_or_else(|| format!("HTTP_{status}"), str::to_string)
                         }
-                        Err(e) => {
-                            let code = if e.is_timeout() { "CLIENT_TIMEOUT" } else { "CONNECTION" };
-                            *errors.entry(code.to_string()).or_default() += 1;
-                        }
-                    }
+                        Err(e) if e.is_timeout() => "CLIENT_TIMEOUT".to_string(),
+                        Err(e) if e.is_connect() => "CLIENT_CONNECT".to_string(),
+                        Err(_) => "CLIENT_REQUEST".to_string(),
+                    };
+                    *errors.entry(code).or_default() += 1;
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    // An election answers 503 at once: pace retries rather than spin.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                anyhow::Ok((latency, errors))
             })
         })
         .collect();
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for w in workers {
-        let (h, e) = w.await??;
+        let (h, e) = w.await.context("produce worker")??;
         latency_us.add(h)?;
         for (k, v) in e {
             *errors.entry(k).or_default() += v;
         }
     }
+    let acked = acked.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > target {
+        bail!(
+            "{failed} failed requests (more than {target}), {acked} records acknowledged; errors: {errors:?}"
+        );
+    }
+    if acked < target {
+        bail!("only {acked} of {target} records acknowledged within {limit:?}; errors: {errors:?}");
+    }
     Ok(Phase {
-        acked: acked.load(Ordering::Relaxed),
+        acked,
         elapsed: started.elapsed(),
         latency_us,
         errors,
     })
 }
 
-/// The sum of `write_bytes` in `/proc/<pid>/io` (bytes the processes caused to reach the disk).
+/// The sum of `write_bytes` in `/proc/<pid>/io`: bytes the processes caused to be sent to the
+/// storage layer, so RocksDB's WAL, flushes and compactions all count.
 fn disk_bytes(pids: &[u32]) -> anyhow::Result<Option<u64>> {
     if pids.is_empty() {
         return Ok(None);
@@ -205,11 +307,14 @@ fn disk_bytes(pids: &[u32]) -> anyhow::Result<Option<u64>> {
     for pid in pids {
         let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
             .with_context(|| format!("read /proc/{pid}/io"))?;
-        let line = io
+        let bytes = io
             .lines()
             .find_map(|l| l.strip_prefix("write_bytes:"))
-            .context("no write_bytes in /proc/<pid>/io")?;
-        total += line.trim().parse::<u64>()?;
+            .with_context(|| format!("no write_bytes in /proc/{pid}/io"))?;
+        total += bytes
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("write_bytes in /proc/{pid}/io"))?;
     }
     Ok(Some(total))
 }

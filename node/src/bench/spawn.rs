@@ -1,5 +1,6 @@
 //! A local cluster of real `chat4all` processes in a temporary directory, for benchmarks that
-//! kill nodes. Dropping it kills every node and removes the directory.
+//! kill nodes. Dropping it kills every node and removes the directory, on success, on error
+//! and on unwinding alike.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -7,16 +8,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// A spawned cluster.
+/// A spawned cluster of nodes with ids `1..=n`.
 pub struct LocalCluster {
     dir: PathBuf,
     binary: PathBuf,
     config: PathBuf,
-    /// `(api URL, process)` per node id 1..=n.
+    /// `(api URL, process)` for node id `index + 1`.
     nodes: Vec<(String, Option<Child>)>,
 }
 
 fn free_port(udp: bool) -> anyhow::Result<u16> {
+    // Bound and released at once: another process could take the port before the node binds
+    // it, a race accepted here as in the integration tests.
     Ok(if udp {
         std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
@@ -29,52 +32,60 @@ fn free_port(udp: bool) -> anyhow::Result<u16> {
 }
 
 impl LocalCluster {
-    /// Writes a cluster file for `n` nodes on free loopback ports and starts them all.
+    /// Writes a cluster file for `n` nodes on free loopback ports (TCP for the API, UDP for
+    /// QUIC) into a fresh temporary directory and starts every node there.
     pub fn start(binary: &Path, n: u64) -> anyhow::Result<LocalCluster> {
         let dir = std::env::temp_dir().join(format!(
-            "chat4all-bench-{}-{:x}",
+            "chat4all-bench-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // From here on the guard owns the directory, so an early error still removes it.
+        let mut c = LocalCluster {
+            config: dir.join("cluster.toml"),
+            dir,
+            binary: binary.to_path_buf(),
+            nodes: Vec::new(),
+        };
         let mut toml = String::from("[tls]\ndir = \"certs\"\nauto_generate = true\n");
-        let mut nodes = Vec::new();
         for id in 1..=n {
             let (api, raft) = (free_port(false)?, free_port(true)?);
             toml.push_str(&format!(
                 "\n[[nodes]]\nid = {id}\nraft_addr = \"127.0.0.1:{raft}\"\napi_addr = \"127.0.0.1:{api}\"\ndata_dir = \"data/node{id}\"\n"
             ));
-            nodes.push((format!("http://127.0.0.1:{api}"), None));
+            c.nodes.push((format!("http://127.0.0.1:{api}"), None));
         }
-        let config = dir.join("cluster.toml");
-        std::fs::write(&config, toml)?;
-        let mut c = LocalCluster {
-            dir,
-            binary: binary.to_path_buf(),
-            config,
-            nodes,
-        };
+        std::fs::write(&c.config, toml)?;
         for id in 1..=n {
             c.spawn(id)?;
         }
         Ok(c)
     }
 
-    /// The API URL of node `id`.
+    /// The API URL of node `id` (empty for an unknown id).
     pub fn url(&self, id: u64) -> &str {
-        self.nodes
-            .get(id as usize - 1)
-            .map_or("", |(u, _)| u.as_str())
+        self.slot(id).map_or("", |(u, _)| u.as_str())
+    }
+
+    fn slot(&self, id: u64) -> Option<&(String, Option<Child>)> {
+        self.nodes.get(usize::try_from(id).ok()?.checked_sub(1)?)
+    }
+
+    fn child_mut(&mut self, id: u64) -> anyhow::Result<&mut Option<Child>> {
+        let i = usize::try_from(id).ok().and_then(|i| i.checked_sub(1));
+        let slot = i.and_then(|i| self.nodes.get_mut(i));
+        Ok(&mut slot.with_context(|| format!("no node {id}"))?.1)
     }
 
     /// Node ids whose process is running.
     pub fn live(&self) -> Vec<u64> {
         (1..=self.nodes.len() as u64)
-            .filter(|&id| self.nodes[id as usize - 1].1.is_some())
+            .filter(|&id| self.slot(id).is_some_and(|(_, c)| c.is_some()))
             .collect()
     }
 
-    /// Starts node `id` (again).
+    /// Starts node `id` (again), its stderr appended to `node<id>.log`.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -85,48 +96,62 @@ impl LocalCluster {
             .arg(&self.config)
             .args(["--node-id", &id.to_string()])
             .current_dir(&self.dir)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {}", self.binary.display()))?;
-        self.nodes[id as usize - 1].1 = Some(child);
+        *self.child_mut(id)? = Some(child);
         Ok(())
     }
 
-    /// SIGKILLs node `id` and reaps it.
+    /// SIGKILLs node `id` (`Child::kill` is SIGKILL on Unix) and reaps it.
     pub fn kill(&mut self, id: u64) -> anyhow::Result<()> {
-        if let Some(mut child) = self.nodes[id as usize - 1].1.take() {
-            child.kill()?;
-            child.wait()?;
+        if let Some(mut child) = self.child_mut(id)?.take() {
+            child.kill().with_context(|| format!("SIGKILL node {id}"))?;
+            child.wait().with_context(|| format!("reap node {id}"))?;
         }
         Ok(())
     }
 
-    /// Waits until node `id` answers `/ready` with 200 (bounded).
+    /// Waits until node `id` answers `/ready` with 200 (bounded). Fails early if the process
+    /// has exited.
     pub async fn wait_ready(
-        &self,
+        &mut self,
         http: &reqwest::Client,
         id: u64,
         limit: Duration,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
+        let url = format!("{}/ready", self.url(id));
         loop {
-            if let Ok(r) = http
-                .get(format!("{}/ready", self.url(id)))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
+            if let Ok(r) = http.get(&url).timeout(Duration::from_secs(2)).send().await
                 && r.status().is_success()
             {
                 return Ok(());
             }
+            if let Some(child) = self.child_mut(id)?.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("node {id} exited ({status}) before it was ready");
+            }
             if start.elapsed() > limit {
-                bail!(
-                    "node {id} not ready after {limit:?}; see {}",
-                    self.dir.join(format!("node{id}.log")).display()
-                );
+                bail!("node {id} not ready after {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Copies the last `lines` lines of every node's log to stderr (before the directory goes).
+    pub fn print_log_tails(&self, lines: usize) {
+        for id in 1..=self.nodes.len() {
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            eprintln!("---- node {id} log (last {lines} lines) ----");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
         }
     }
 }
