@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """Fails when a crate depends on another in a way DESIGN.md does not allow:
-raft -> storage, node -> raft/storage/connectors, nothing else."""
+raft -> storage, node -> raft/storage/connectors, jepsen-harness -> jepsen (the checker), nothing
+else: the Jepsen checker and harness must never share code with what they check."""
 import json
 import subprocess
 import sys
 
-ALLOWED = {"storage": set(), "connectors": set(), "raft": {"storage"}, "node": {"raft", "storage", "connectors"}}
+ALLOWED = {
+    "storage": set(),
+    "connectors": set(),
+    "raft": {"storage"},
+    "node": {"raft", "storage", "connectors"},
+    "jepsen": set(),
+    "jepsen-harness": {"jepsen"},
+}
 meta = json.loads(subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps"]))
 names = {p["name"] for p in meta["packages"]}
 

@@ -1,0 +1,447 @@
+//! `jepsen`: Chat4All's partition-tolerance harness. It runs the real `chat4all` binary as a
+//! cluster of hosts (one network namespace each), injects faults on a seeded schedule while
+//! clients work, records every operation into the checker's [`Recorder`], and checks the history
+//! with the `chat4all-jepsen` checkers.
+//!
+//! It must never depend on the node's crates (storage, raft, node): it reaches the cluster only
+//! through the REST API and the processes (`.ci/check-crate-edges.py`).
+//!
+//! ```text
+//!  args ─► Schedule (seed) ─► Hosts (netns, bridge, nodes) ─► topic
+//!                                     │
+//!             workers (queue) ──┬─────┴── nemesis (schedule)
+//!                               ▼
+//!                           Recorder ─► heal all, drain ─► History ─► kafka + total-queue
+//!                                                                        │
+//!                 results/<stamp>-<workload>-<nemesis>-seed<seed>/ ◄─────┘
+//!                 history.jsonl verdict.json summary.txt schedule.json plot.svg node-K.log
+//! ```
+
+mod api;
+mod config;
+mod hosts;
+mod nemesis;
+mod plot;
+mod queue;
+mod report;
+mod schedule;
+mod view;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use chat4all_jepsen::checker::{kafka, queue as queue_checker};
+use chat4all_jepsen::{CheckConfig, History, Recorder, Validity};
+use clap::Parser;
+use serde_json::json;
+
+use crate::api::{Answer, Api};
+use crate::config::ClusterFileConfig;
+use crate::hosts::Hosts;
+use crate::nemesis::{Nemesis, NetemMode};
+use crate::queue::Workload;
+use crate::report::Summary;
+use crate::schedule::{NemesisKind, Schedule, ScheduleConfig};
+
+/// Runs a Jepsen-style test against a local Chat4All cluster in network namespaces (as root).
+#[derive(Parser, Debug)]
+#[command(name = "jepsen", args_override_self = true)]
+struct Args {
+    /// The workload: `queue`.
+    #[arg(long, default_value = "queue")]
+    workload: String,
+    /// Faults, a comma list of partition, kill, pause, netem (or none); they take turns.
+    #[arg(long, default_value = "partition,kill")]
+    nemesis: String,
+    /// Number of nodes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Seconds of workload (faults included); the heal and the drain come after.
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Seed of the fault schedule and of the clients' choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 5)]
+    concurrency: u64,
+    /// Typical seconds of each fault and of the quiet after it.
+    #[arg(long, default_value_t = 10)]
+    interval: u64,
+    /// Partitions of the test topic.
+    #[arg(long, default_value_t = 3)]
+    partitions: u32,
+    /// The chat4all binary.
+    #[arg(long, default_value = "/var/cache/chat4all/target/release/chat4all")]
+    bin: PathBuf,
+    /// Where results folders are made.
+    #[arg(long, default_value = "jepsen-tests/results")]
+    results: PathBuf,
+    /// Keep the nodes' data directories (~75 MB per node) after a valid run too; they are
+    /// always kept when the verdict is not valid.
+    #[arg(long)]
+    keep_data: bool,
+}
+
+const TOPIC: &str = "jepsen-queue";
+/// Client request timeout (the nodes answer OUTCOME_UNKNOWN after 4 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long nodes may take to become ready, at start and after the final heal.
+const READY_DEADLINE: Duration = Duration::from_secs(90);
+/// How long the final drain may take.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(120);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jepsen: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.workload != "queue" {
+        bail!(
+            "unknown workload {:?}: only `queue` exists so far",
+            args.workload
+        );
+    }
+    if !(1..=9).contains(&args.nodes) {
+        bail!("--nodes must be 1..=9 (3 or 5 make sense)");
+    }
+    if args.partitions == 0 || args.concurrency == 0 || args.time_limit == 0 {
+        bail!("--partitions, --concurrency and --time-limit must be positive");
+    }
+    let nemeses = NemesisKind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let seed = args.seed.unwrap_or(now.as_secs());
+    let schedule = Schedule::generate(&ScheduleConfig {
+        seed,
+        nodes: args.nodes,
+        nemeses,
+        time_limit_ms: args.time_limit * 1000,
+        interval_ms: args.interval * 1000,
+    });
+    let bin = std::fs::canonicalize(&args.bin)
+        .with_context(|| format!("no chat4all binary at {}", args.bin.display()))?;
+    let name = format!(
+        "{}-{}-{}-seed{seed}",
+        report::utc_stamp(now.as_secs()),
+        args.workload,
+        schedule.nemesis_label().replace(',', "+")
+    );
+    std::fs::create_dir_all(&args.results)?;
+    let dir = std::fs::canonicalize(&args.results)?.join(name);
+    std::fs::create_dir_all(&dir)?;
+    println!("results: {}", dir.display());
+    print!("{}", schedule.describe());
+    std::fs::write(
+        dir.join("schedule.json"),
+        serde_json::to_vec_pretty(&schedule)?,
+    )?;
+    std::fs::write(dir.join("schedule.txt"), schedule.describe())?;
+    let cluster = ClusterFileConfig::new(args.nodes, &dir);
+    let config_path = dir.join("cluster.toml");
+    std::fs::write(&config_path, cluster.render())?;
+
+    let hosts = Arc::new(Hosts::create(args.nodes, &bin, &config_path, &dir)?);
+    let recorder_slot: Arc<Mutex<Option<Arc<Recorder>>>> = Arc::default();
+    let outcome = tokio::select! {
+        outcome = execute(&args, &schedule, hosts.clone(), &dir, recorder_slot.clone()) => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
+    hosts.teardown();
+    match outcome {
+        Ok(valid) => {
+            if valid.is_valid() && !args.keep_data {
+                std::fs::remove_dir_all(dir.join("data"))?;
+            }
+            let shown = serde_json::to_string(&valid)?;
+            println!("valid: {shown}\nresults: {}", dir.display());
+            Ok(if valid.is_valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Err(e) => {
+            let slot = recorder_slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(recorder) = slot {
+                let _ = recorder.snapshot().write_file(dir.join("history.jsonl"));
+            }
+            eprintln!("jepsen: {e:#}\nresults (incomplete): {}", dir.display());
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Starts the cluster, runs workload and nemesis, heals, drains and checks.
+async fn execute(
+    args: &Args,
+    schedule: &Schedule,
+    hosts: Arc<Hosts>,
+    dir: &Path,
+    recorder_slot: Arc<Mutex<Option<Arc<Recorder>>>>,
+) -> anyhow::Result<Validity> {
+    let nodes = args.nodes;
+    for id in 1..=nodes {
+        hosts.start(id)?;
+    }
+    let api = Api::new(REQUEST_TIMEOUT)?;
+    wait_ready(&api, &hosts, READY_DEADLINE).await?;
+    create_topic(&api, args, Instant::now() + Duration::from_secs(60)).await?;
+    let netem = Nemesis::detect_netem();
+
+    let recorder = Arc::new(Recorder::new());
+    *recorder_slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(recorder.clone());
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.time_limit);
+    let seed = schedule.config.seed;
+    let workload = Arc::new(Workload::new(
+        api.clone(),
+        recorder.clone(),
+        TOPIC,
+        args.partitions,
+        nodes,
+        seed,
+        deadline,
+    ));
+    let nemesis = Arc::new(Nemesis::new(
+        hosts.clone(),
+        api.clone(),
+        recorder.clone(),
+        TOPIC,
+        netem,
+    ));
+    let nemesis_task = {
+        let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
+        tokio::spawn(async move { nemesis.run(&schedule, start).await })
+    };
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| tokio::spawn(workload.clone().worker(w)))
+        .collect();
+    println!(
+        "workload: {} clients for {} s",
+        args.concurrency, args.time_limit
+    );
+    // Workers stop starting batches at the deadline; a last request takes at most the timeout.
+    let grace = deadline + REQUEST_TIMEOUT * 3;
+    for worker in workers {
+        let abort = worker.abort_handle();
+        if tokio::time::timeout_at(grace.into(), worker).await.is_err() {
+            abort.abort();
+        }
+    }
+    let abort = nemesis_task.abort_handle();
+    if tokio::time::timeout_at(grace.into(), nemesis_task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+    let mut notes = Vec::new();
+    for (id, status) in hosts.dead() {
+        if !status.contains("SIGKILL") && !status.contains("signal: 9") {
+            notes.push(format!(
+                "node {id} exited on its own during the run: {status}"
+            ));
+        }
+    }
+    println!("healing, then draining");
+    nemesis.heal_all().await;
+    if let Err(e) = wait_ready(&api, &hosts, READY_DEADLINE).await {
+        notes.push(format!("after the final heal: {e:#}"));
+    }
+    let drain_complete = workload.drain(Instant::now() + DRAIN_DEADLINE).await;
+    for (id, status) in hosts.dead() {
+        notes.push(format!("node {id} not running at the end: {status}"));
+    }
+    notes.extend(workload.notes());
+
+    let history = recorder.snapshot();
+    history.write_file(dir.join("history.jsonl"))?;
+    let valid = check(
+        &history,
+        args,
+        schedule,
+        dir,
+        drain_complete,
+        workload.foreign_records(),
+        notes,
+        netem,
+    )?;
+    Ok(valid)
+}
+
+/// Runs the checkers and writes verdict, summary and plot.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    history: &History,
+    args: &Args,
+    schedule: &Schedule,
+    dir: &Path,
+    drain_complete: bool,
+    foreign_records: u64,
+    mut notes: Vec<String>,
+    netem: NetemMode,
+) -> anyhow::Result<Validity> {
+    let config = CheckConfig::default();
+    let mut verdicts = vec![kafka::check(history, &config)];
+    match view::queue_view(history).and_then(|view| Ok(queue_checker::check(&view, &config)?)) {
+        Ok(verdict) => verdicts.push(verdict),
+        Err(e) => notes.push(format!("total-queue check impossible: {e:#}")),
+    }
+    let mut valid = verdicts
+        .iter()
+        .fold(Validity::Valid, |v, verdict| v.and(verdict.valid));
+    if verdicts.len() < 2 || !drain_complete {
+        valid = valid.and(Validity::Unknown);
+    }
+    if foreign_records > 0 {
+        notes.push(format!(
+            "{foreign_records} records the workload never wrote"
+        ));
+        valid = Validity::Invalid;
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let verdict = json!({
+        "valid": valid,
+        "drain_complete": drain_complete,
+        "foreign_records": foreign_records,
+        "netem": netem,
+        "checkers": verdicts,
+        "notes": notes,
+        "seed": schedule.config.seed,
+        "command": command,
+    });
+    std::fs::write(
+        dir.join("verdict.json"),
+        serde_json::to_vec_pretty(&verdict)?,
+    )?;
+    let netem = match netem {
+        NetemMode::Tc => "tc netem (delay 50ms±20ms, loss 5%, duplicate 2%, reorder 10%)",
+        NetemMode::IptablesLossAndDuplicate => {
+            "kernel without netem: iptables random loss 5% and duplication 2% only (no delay, no reordering)"
+        }
+    };
+    let summary = Summary {
+        command,
+        schedule,
+        history,
+        verdicts: &verdicts,
+        valid,
+        drain_complete,
+        notes: &notes,
+        netem: netem.to_owned(),
+    };
+    let text = summary.render();
+    print!("{text}");
+    std::fs::write(dir.join("summary.txt"), text)?;
+    let title = format!(
+        "{} / {} / {} nodes / seed {}: valid {}",
+        args.workload,
+        schedule.nemesis_label(),
+        args.nodes,
+        schedule.config.seed,
+        serde_json::to_string(&valid)?
+    );
+    std::fs::write(
+        dir.join("plot.svg"),
+        plot::render(&report::plot_data(history, &title)),
+    )?;
+    Ok(valid)
+}
+
+/// Waits until every node answers `/ready` with 200, polling each at most every 200 ms.
+async fn wait_ready(api: &Api, hosts: &Hosts, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut waiting: Vec<u32> = (1..=hosts.nodes()).collect();
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for id in waiting {
+            let answer = api.probe(id, "/ready", Duration::from_secs(1)).await;
+            if !matches!(answer, Answer::Ok(_)) {
+                still.push(id);
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let dead = hosts.dead();
+            bail!("nodes {waiting:?} not ready after {limit:?} (not running: {dead:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Creates the topic (retrying until `deadline`) and waits until every partition has a leader.
+async fn create_topic(api: &Api, args: &Args, deadline: Instant) -> anyhow::Result<()> {
+    let body = json!({
+        "name": TOPIC,
+        "partitions": args.partitions,
+        "replication_factor": args.nodes.min(3),
+        // A week: retention must not remove anything before the drain.
+        "retention_ms": 604_800_000u64,
+    });
+    let mut created = false;
+    let mut node = 1;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if !created {
+            match api.post(node, "/v1/topics", &body).await {
+                Answer::Ok(_) => created = true,
+                Answer::Definite { code, .. } if code == "TOPIC_EXISTS" => created = true,
+                other => last = other.describe(),
+            }
+        }
+        if created {
+            let path = format!("/v1/topics/{TOPIC}");
+            if let Answer::Ok(topic) = api.get(node, &path).await {
+                let partitions = topic["partitions"].as_array().cloned().unwrap_or_default();
+                if partitions.len() == args.partitions as usize
+                    && partitions.iter().all(|p| p["leader"].is_u64())
+                {
+                    return Ok(());
+                }
+                last = format!("not every partition has a leader: {topic}");
+            }
+        }
+        node = node % args.nodes + 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("topic {TOPIC} not ready in time: {last}")
+}

@@ -1,0 +1,229 @@
+//! The anomalies the checkers report, named as Jepsen names them, each with the exact values,
+//! keys, offsets and operations (by index) that show it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Key, Offset, Process, Value};
+
+/// The kind of an anomaly, serialised with Jepsen's keyword name (`"lost-write"`, `"G1a"`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnomalyKind {
+    /// total-queue: an acknowledged enqueue never dequeued.
+    Lost,
+    /// total-queue: a value dequeued that was never enqueued; kafka: a value polled that was
+    /// never sent to its key.
+    Unexpected,
+    /// total-queue: a value dequeued more often than it was enqueued (allowed).
+    Duplicated,
+    /// total-queue: a value whose enqueue was indeterminate or failed, yet was dequeued (allowed).
+    Recovered,
+    /// kafka: one offset of a key holds two or more values.
+    InconsistentOffsets,
+    /// kafka: one value sits at two or more offsets of a key.
+    Duplicate,
+    /// kafka: a committed value below the highest index an `ok` poll read, never read by an `ok`
+    /// poll.
+    LostWrite,
+    /// kafka: an acknowledged value no `ok` poll ever returned (at the end of the history).
+    Unseen,
+    /// kafka: an `ok` poll returned a value whose send failed (aborted read).
+    #[serde(rename = "G1a")]
+    G1a,
+    /// kafka: a process's next poll of a key jumped over values that exist.
+    PollSkip,
+    /// kafka: a process's next poll of a key started at or before where its last poll ended.
+    NonmonotonicPoll,
+    /// kafka: consecutive records of a key inside one poll jump over values that exist.
+    IntPollSkip,
+    /// kafka: consecutive records of a key inside one poll go backwards or repeat.
+    IntNonmonotonicPoll,
+    /// kafka: consecutive sends to a key inside one operation land apart (allowed).
+    IntSendSkip,
+    /// kafka: consecutive sends to a key inside one operation land out of order.
+    IntNonmonotonicSend,
+    /// kafka: a process's later send to a key landed at or before its previous send.
+    NonmonotonicSend,
+}
+
+impl AnomalyKind {
+    /// Jepsen's name for the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::Lost => "lost",
+            AnomalyKind::Unexpected => "unexpected",
+            AnomalyKind::Duplicated => "duplicated",
+            AnomalyKind::Recovered => "recovered",
+            AnomalyKind::InconsistentOffsets => "inconsistent-offsets",
+            AnomalyKind::Duplicate => "duplicate",
+            AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::Unseen => "unseen",
+            AnomalyKind::G1a => "G1a",
+            AnomalyKind::PollSkip => "poll-skip",
+            AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
+            AnomalyKind::IntPollSkip => "int-poll-skip",
+            AnomalyKind::IntNonmonotonicPoll => "int-nonmonotonic-poll",
+            AnomalyKind::IntSendSkip => "int-send-skip",
+            AnomalyKind::IntNonmonotonicSend => "int-nonmonotonic-send",
+            AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+        }
+    }
+}
+
+impl fmt::Display for AnomalyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One instance of an anomaly. Operations are named by their history index; `index` fields
+/// are dense positions in a key's version order (offsets with no value removed), `delta` is the
+/// difference of two such positions (1 means adjacent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Anomaly {
+    /// total-queue `lost`: `value` was acknowledged `count` more times than it was dequeued.
+    Lost { value: Value, count: usize },
+    /// total-queue `unexpected`: `value` was dequeued `count` times but never enqueued.
+    Unexpected { value: Value, count: usize },
+    /// total-queue `duplicated`: `value` was dequeued `count` more times than it was attempted.
+    Duplicated { value: Value, count: usize },
+    /// total-queue `recovered`: `value` was dequeued `count` times without an `ok` enqueue.
+    Recovered { value: Value, count: usize },
+    /// kafka `unexpected`: `reader` (the first of them) polled `value` from `key`, where no
+    /// operation ever tried to send it.
+    UnexpectedPoll { key: Key, value: Value, reader: u64 },
+    /// kafka `inconsistent-offsets`: `offset` of `key` (at `index`) holds all of `values`.
+    InconsistentOffset {
+        key: Key,
+        offset: Offset,
+        index: usize,
+        values: Vec<Value>,
+    },
+    /// kafka `duplicate`: `value` appears at `count` offsets of `key`.
+    Duplicate {
+        key: Key,
+        value: Value,
+        count: usize,
+        offsets: Vec<Offset>,
+    },
+    /// kafka `lost-write`: `value`, first at `index`, was written by the committed operation
+    /// `writer` but no `ok` poll read it, although `max_read` read up to `max_read_index`.
+    LostWrite {
+        key: Key,
+        value: Value,
+        index: usize,
+        max_read_index: usize,
+        writer: u64,
+        max_read: u64,
+    },
+    /// kafka `unseen`: `value`, acknowledged by `writer`, was never returned by an `ok` poll.
+    Unseen { key: Key, value: Value, writer: u64 },
+    /// kafka `G1a`: the `ok` poll `reader` returned `value`, whose send `writer` failed.
+    AbortedRead {
+        key: Key,
+        value: Value,
+        writer: u64,
+        reader: u64,
+    },
+    /// kafka `poll-skip`: `process` polled `values[0]` of `key` in `ops[0]`, then started at
+    /// `values[1]` in `ops[1]`, jumping over `skipped`.
+    PollSkip {
+        key: Key,
+        process: Process,
+        values: [Value; 2],
+        delta: i64,
+        skipped: Vec<Value>,
+        ops: [u64; 2],
+    },
+    /// kafka `nonmonotonic-poll`: `process` ended a poll of `key` at `values[0]` in `ops[0]`,
+    /// then started its next one at `values[1]`, at or before it.
+    NonmonotonicPoll {
+        key: Key,
+        process: Process,
+        values: [Value; 2],
+        delta: i64,
+        ops: [u64; 2],
+    },
+    /// kafka `int-poll-skip`: inside poll `op`, `values[1]` followed `values[0]`, jumping over
+    /// `skipped`.
+    IntPollSkip {
+        key: Key,
+        values: [Value; 2],
+        delta: i64,
+        skipped: Vec<Value>,
+        op: u64,
+    },
+    /// kafka `int-nonmonotonic-poll`: inside poll `op`, `values[1]` followed `values[0]` though
+    /// it is not after it.
+    IntNonmonotonicPoll {
+        key: Key,
+        values: [Value; 2],
+        delta: i64,
+        op: u64,
+    },
+    /// kafka `int-send-skip`: inside send `op`, `values[1]` landed apart from `values[0]`, with
+    /// `skipped` between them.
+    IntSendSkip {
+        key: Key,
+        values: [Value; 2],
+        delta: i64,
+        skipped: Vec<Value>,
+        op: u64,
+    },
+    /// kafka `int-nonmonotonic-send`: inside send `op`, `values[1]` was sent after `values[0]`
+    /// but landed at or before it.
+    IntNonmonotonicSend {
+        key: Key,
+        values: [Value; 2],
+        delta: i64,
+        op: u64,
+    },
+    /// kafka `nonmonotonic-send`: `process` sent `values[0]` to `key` last in `ops[0]`, then
+    /// `values[1]` first in `ops[1]`, which landed at or before it.
+    NonmonotonicSend {
+        key: Key,
+        process: Process,
+        values: [Value; 2],
+        delta: i64,
+        ops: [u64; 2],
+    },
+}
+
+impl Anomaly {
+    /// The kind this instance belongs to.
+    pub fn kind(&self) -> AnomalyKind {
+        match self {
+            Anomaly::Lost { .. } => AnomalyKind::Lost,
+            Anomaly::Unexpected { .. } | Anomaly::UnexpectedPoll { .. } => AnomalyKind::Unexpected,
+            Anomaly::Duplicated { .. } => AnomalyKind::Duplicated,
+            Anomaly::Recovered { .. } => AnomalyKind::Recovered,
+            Anomaly::InconsistentOffset { .. } => AnomalyKind::InconsistentOffsets,
+            Anomaly::Duplicate { .. } => AnomalyKind::Duplicate,
+            Anomaly::LostWrite { .. } => AnomalyKind::LostWrite,
+            Anomaly::Unseen { .. } => AnomalyKind::Unseen,
+            Anomaly::AbortedRead { .. } => AnomalyKind::G1a,
+            Anomaly::PollSkip { .. } => AnomalyKind::PollSkip,
+            Anomaly::NonmonotonicPoll { .. } => AnomalyKind::NonmonotonicPoll,
+            Anomaly::IntPollSkip { .. } => AnomalyKind::IntPollSkip,
+            Anomaly::IntNonmonotonicPoll { .. } => AnomalyKind::IntNonmonotonicPoll,
+            Anomaly::IntSendSkip { .. } => AnomalyKind::IntSendSkip,
+            Anomaly::IntNonmonotonicSend { .. } => AnomalyKind::IntNonmonotonicSend,
+            Anomaly::NonmonotonicSend { .. } => AnomalyKind::NonmonotonicSend,
+        }
+    }
+
+    /// How many occurrences this instance stands for: the multiplicity of a total-queue value,
+    /// 1 for everything else.
+    pub fn occurrences(&self) -> usize {
+        match self {
+            Anomaly::Lost { count, .. }
+            | Anomaly::Unexpected { count, .. }
+            | Anomaly::Duplicated { count, .. }
+            | Anomaly::Recovered { count, .. } => *count,
+            _ => 1,
+        }
+    }
+}

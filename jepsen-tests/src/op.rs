@@ -1,0 +1,172 @@
+//! One operation of a history (Jepsen's `{index, time, process, type, f, value, error}`) and the
+//! typed `f`/`value` pairs of the queue and kafka workloads.
+//!
+//! One JSON line per operation, for example:
+//!
+//! ```text
+//! {"index":4,"time":1200,"process":1,"type":"invoke","f":"send","value":[{"key":0,"value":7}]}
+//! {"index":5,"time":9100,"process":1,"type":"ok","f":"send","value":[{"key":0,"value":7,"offset":3}]}
+//! {"index":6,"time":9300,"process":2,"type":"ok","f":"poll","value":{"records":{"0":[[3,7]]}}}
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Key, Offset, Process, Value};
+
+/// The type of an operation: its invocation, or how it completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpType {
+    /// The client is about to issue the request.
+    Invoke,
+    /// The operation definitely happened, with the completion's value as its result.
+    Ok,
+    /// The operation definitely did not happen.
+    Fail,
+    /// Indeterminate: it may or may not have happened (timeouts, lost connections, crashes).
+    /// The process is retired afterwards.
+    Info,
+}
+
+/// One operation: an invocation or a completion.
+///
+/// A completion carries the same `f` as its invocation and its own `value`: for a send, the
+/// offsets the broker assigned; for a poll, the records it returned; for an `info` or `fail`
+/// completion, usually the invocation's value unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// Position in the history, from 0 without gaps.
+    pub index: u64,
+    /// Nanoseconds since the start of the test, non-decreasing along the history.
+    pub time: u64,
+    /// The process that performed the operation.
+    pub process: Process,
+    /// Invocation or completion type.
+    #[serde(rename = "type")]
+    pub kind: OpType,
+    /// The function and its value (`"f"` and `"value"` in JSON).
+    #[serde(flatten)]
+    pub call: Call,
+    /// Why the operation failed or is indeterminate, for people reading the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Op {
+    /// The sends of a `send` operation; empty for every other function.
+    pub fn sends(&self) -> &[Send] {
+        match &self.call {
+            Call::Send(sends) => sends,
+            _ => &[],
+        }
+    }
+
+    /// The poll result of a `poll` operation; `None` for every other function.
+    pub fn poll(&self) -> Option<&Poll> {
+        match &self.call {
+            Call::Poll(poll) => Some(poll),
+            _ => None,
+        }
+    }
+}
+
+/// The function of an operation (`f`) with its value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "f", content = "value", rename_all = "kebab-case")]
+pub enum Call {
+    /// Kafka workload: send values to keys, in order, through one producer.
+    Send(Vec<Send>),
+    /// Kafka workload: one consumer poll. Empty at invocation.
+    Poll(Poll),
+    /// Kafka workload: assign the consumer these keys, replacing its assignment.
+    Assign(Assign),
+    /// Kafka workload: subscribe the consumer to the topics of these keys (consumer groups); the
+    /// cluster then picks the partitions, so skips between polls become legitimate.
+    Subscribe(Vec<Key>),
+    /// Close and replace the client. Record its completion as `info`.
+    Crash,
+    /// Queue workload: enqueue one value.
+    Enqueue(Value),
+    /// Queue workload: dequeue one value; an `ok` completion with `null` means the queue was empty.
+    Dequeue(Option<Value>),
+    /// Queue workload: dequeue everything that is left; the `ok` completion lists it all.
+    Drain(Vec<Value>),
+    /// A fault injected or healed by the nemesis, free-form (for example
+    /// `{"fault": "partition", "nodes": ["n1"]}`); checkers ignore it, plots use it.
+    Nemesis(serde_json::Value),
+}
+
+impl Call {
+    /// The function's name as written in `f`.
+    pub fn f(&self) -> &'static str {
+        match self {
+            Call::Send(_) => "send",
+            Call::Poll(_) => "poll",
+            Call::Assign(_) => "assign",
+            Call::Subscribe(_) => "subscribe",
+            Call::Crash => "crash",
+            Call::Enqueue(_) => "enqueue",
+            Call::Dequeue(_) => "dequeue",
+            Call::Drain(_) => "drain",
+            Call::Nemesis(_) => "nemesis",
+        }
+    }
+}
+
+/// One send inside a `send` operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Send {
+    /// The key (topic-partition) written to.
+    pub key: Key,
+    /// The unique value written.
+    pub value: Value,
+    /// The offset the broker assigned, when the completion knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<Offset>,
+}
+
+/// The result of one poll: per key, the records returned in the order the consumer saw them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Poll {
+    /// Records per key, in delivery order.
+    #[serde(default)]
+    pub records: BTreeMap<Key, Vec<Record>>,
+    /// Keys whose assignment changed during the poll (Jepsen's `:rebalance-log`); ordering checks
+    /// inside this poll skip them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub rebalanced: BTreeSet<Key>,
+}
+
+/// One record returned by a poll; serialised as `[offset, value]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(Offset, Value)", into = "(Offset, Value)")]
+pub struct Record {
+    /// The record's offset in its key's log.
+    pub offset: Offset,
+    /// The value stored at that offset.
+    pub value: Value,
+}
+
+impl From<(Offset, Value)> for Record {
+    fn from((offset, value): (Offset, Value)) -> Self {
+        Record { offset, value }
+    }
+}
+
+impl From<Record> for (Offset, Value) {
+    fn from(record: Record) -> Self {
+        (record.offset, record.value)
+    }
+}
+
+/// The value of an `assign` operation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assign {
+    /// The keys assigned; they replace the previous assignment.
+    pub keys: Vec<Key>,
+    /// Whether the consumer then seeks to the beginning of every assigned key (the final reads).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seek_to_beginning: bool,
+}
