@@ -243,8 +243,9 @@ async fn a_peer_killed_and_restarted_answers_by_the_second_call() -> anyhow::Res
         Duration::from_secs(5),
     )
     .await?;
-    // The kill: B's tasks and socket vanish without closing anything.
-    std::thread::spawn(move || b_runtime.shutdown_background())
+    // The kill: B's tasks and socket vanish without closing anything. (Waits until the worker
+    // threads are gone, so the socket is closed before B2 binds the same port.)
+    std::thread::spawn(move || b_runtime.shutdown_timeout(Duration::from_secs(10)))
         .join()
         .map_err(|_| anyhow::anyhow!("B's shutdown panicked"))?;
 
