@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chat4all_storage::Db;
@@ -52,6 +53,20 @@ impl Group {
     /// itself only when it really leads.
     pub fn leader(&self) -> Option<NodeId> {
         known_leader(&self.raft.metrics().borrow())
+    }
+
+    /// How long this replica, while leading, has not heard from a majority, if that is longer
+    /// than the lease a follower grants its leader (`election_timeout_max`). Past the lease
+    /// the followers may have elected someone else, and nothing this leader proposes can
+    /// commit until it hears from a majority again, so callers should refuse new work at once
+    /// (a definite "unavailable") rather than propose it and time out with an unknown outcome.
+    /// openraft refreshes the figure on every tick of the group (at most one heartbeat old).
+    pub fn quorum_lost_for(&self) -> Option<Duration> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let since = m.millis_since_quorum_ack?;
+        (m.state.is_leader() && since > self.raft.config().election_timeout_max)
+            .then(|| Duration::from_millis(since))
     }
 }
 

@@ -174,7 +174,19 @@ impl Service {
             if let Some(g) = self.groups.get(group) {
                 let leader = g.leader();
                 match leader {
-                    Some(l) if l == self.node_id => return Ok(Route::Local(g)),
+                    Some(l) if l == self.node_id => {
+                        if let Some(lost) = g.quorum_lost_for() {
+                            // Cut off from a majority: refuse before proposing, so the answer
+                            // is a definite failure the client can retry elsewhere, not an
+                            // OUTCOME_UNKNOWN after the whole write timeout.
+                            return Err(ServiceError::Unavailable(format!(
+                                "this node leads group {group} but has not heard from a majority \
+                                 for {} ms (cut off?); retry through another node",
+                                lost.as_millis()
+                            )));
+                        }
+                        return Ok(Route::Local(g));
+                    }
                     Some(l) => return Ok(Route::Remote(l)),
                     None => {
                         let left = deadline
