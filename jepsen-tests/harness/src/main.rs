@@ -24,6 +24,7 @@ mod nemesis;
 mod plot;
 mod queue;
 mod report;
+mod scenario;
 mod schedule;
 mod view;
 
@@ -44,6 +45,7 @@ use crate::hosts::Hosts;
 use crate::nemesis::{Nemesis, NetemMode};
 use crate::queue::Workload;
 use crate::report::Summary;
+use crate::scenario::Scenario;
 use crate::schedule::{NemesisKind, Schedule, ScheduleConfig};
 
 /// Runs a Jepsen-style test against a local Chat4All cluster in network namespaces (as root).
@@ -56,6 +58,10 @@ struct Args {
     /// Faults, a comma list of partition, kill, pause, netem (or none); they take turns.
     #[arg(long, default_value = "partition,kill")]
     nemesis: String,
+    /// A named regression scenario instead of drawn faults: s1-pause-kill, s3-last-replica,
+    /// s4-kill-leaders, s5-pause-kill-storm (or s1, s3, s4, s5).
+    #[arg(long, conflicts_with = "nemesis")]
+    scenario: Option<String>,
     /// Number of nodes (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: u32,
@@ -65,9 +71,9 @@ struct Args {
     /// Seed of the fault schedule and of the clients' choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 5)]
-    concurrency: u64,
+    /// Concurrent clients (default 5, or what the scenario needs: 20 for s4).
+    #[arg(long)]
+    concurrency: Option<u64>,
     /// Typical seconds of each fault and of the quiet after it.
     #[arg(long, default_value_t = 10)]
     interval: u64,
@@ -121,19 +127,36 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be 1..=9 (3 or 5 make sense)");
     }
-    if args.partitions == 0 || args.concurrency == 0 || args.time_limit == 0 {
+    let scenario = args
+        .scenario
+        .as_deref()
+        .map(Scenario::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let concurrency = args
+        .concurrency
+        .or(scenario.and_then(Scenario::concurrency))
+        .unwrap_or(5);
+    if args.partitions == 0 || concurrency == 0 || args.time_limit == 0 {
         bail!("--partitions, --concurrency and --time-limit must be positive");
     }
-    let nemeses = NemesisKind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?;
+    if scenario.is_some() && args.partitions != 3 {
+        bail!("the scenarios are written for 3 partitions (leaders of p0, p1, p2)");
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let seed = args.seed.unwrap_or(now.as_secs());
-    let schedule = Schedule::generate(&ScheduleConfig {
-        seed,
-        nodes: args.nodes,
-        nemeses,
-        time_limit_ms: args.time_limit * 1000,
-        interval_ms: args.interval * 1000,
-    });
+    let schedule = match scenario {
+        Some(scenario) => Schedule::scenario(scenario, seed, args.nodes, args.time_limit * 1000)
+            .map_err(anyhow::Error::msg)?,
+        None => Schedule::generate(&ScheduleConfig {
+            seed,
+            nodes: args.nodes,
+            nemeses: NemesisKind::parse_list(&args.nemesis).map_err(anyhow::Error::msg)?,
+            time_limit_ms: args.time_limit * 1000,
+            interval_ms: args.interval * 1000,
+            scenario: None,
+        }),
+    };
     let bin = std::fs::canonicalize(&args.bin)
         .with_context(|| format!("no chat4all binary at {}", args.bin.display()))?;
     let name = format!(
@@ -159,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let hosts = Arc::new(Hosts::create(args.nodes, &bin, &config_path, &dir)?);
     let recorder_slot: Arc<Mutex<Option<Arc<Recorder>>>> = Arc::default();
     let outcome = tokio::select! {
-        outcome = execute(&args, &schedule, hosts.clone(), &dir, recorder_slot.clone()) => outcome,
+        outcome = execute(&args, concurrency, &schedule, hosts.clone(), &dir, recorder_slot.clone()) => outcome,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
     };
     hosts.teardown();
@@ -207,6 +230,7 @@ async fn interrupted() -> &'static str {
 /// Starts the cluster, runs workload and nemesis, heals, drains and checks.
 async fn execute(
     args: &Args,
+    concurrency: u64,
     schedule: &Schedule,
     hosts: Arc<Hosts>,
     dir: &Path,
@@ -248,13 +272,10 @@ async fn execute(
         let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
         tokio::spawn(async move { nemesis.run(&schedule, start).await })
     };
-    let workers: Vec<_> = (0..args.concurrency)
+    let workers: Vec<_> = (0..concurrency)
         .map(|w| tokio::spawn(workload.clone().worker(w)))
         .collect();
-    println!(
-        "workload: {} clients for {} s",
-        args.concurrency, args.time_limit
-    );
+    println!("workload: {concurrency} clients for {} s", args.time_limit);
     // Workers stop starting batches at the deadline; a last request takes at most the timeout.
     let grace = deadline + REQUEST_TIMEOUT * 3;
     for worker in workers {
@@ -294,6 +315,7 @@ async fn execute(
     let valid = check(
         &history,
         args,
+        concurrency,
         schedule,
         dir,
         drain_complete,
@@ -309,6 +331,7 @@ async fn execute(
 fn check(
     history: &History,
     args: &Args,
+    clients: u64,
     schedule: &Schedule,
     dir: &Path,
     drain_complete: bool,
@@ -343,6 +366,7 @@ fn check(
         "checkers": verdicts,
         "notes": notes,
         "seed": schedule.config.seed,
+        "clients": clients,
         "command": command,
     });
     std::fs::write(
@@ -364,6 +388,7 @@ fn check(
         drain_complete,
         notes: &notes,
         netem: netem.to_owned(),
+        clients,
     };
     let text = summary.render();
     print!("{text}");

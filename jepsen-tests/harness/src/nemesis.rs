@@ -1,6 +1,7 @@
 //! The nemesis: carries out a [`Schedule`] against the [`Hosts`], recording every fault and heal
 //! as a `nemesis` operation (an invocation and an `info` completion) in the history.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 use crate::api::{Answer, Api};
 use crate::config::{harness_ip, node_ip};
 use crate::hosts::{Hosts, inner_veth, run_in};
-use crate::schedule::{Fault, NodeId, PartitionSpec, Schedule, grudge};
+use crate::schedule::{Fault, NodeId, PartitionSpec, Phase, Schedule, grudge};
 
 /// How the `netem` fault is carried out on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -85,16 +86,36 @@ impl Nemesis {
         }
     }
 
-    /// Runs the schedule from `start` (the workload's start). Every wait is until a scheduled
-    /// time, and the schedule ends within the time limit.
+    /// Runs the schedule's timeline from `start` (the workload's start). Every wait is until a
+    /// scheduled time, and the schedule ends within the time limit. Each heal undoes what its
+    /// start did, so overlapping faults (scenarios) heal independently.
     pub async fn run(&self, schedule: &Schedule, start: Instant) {
-        for step in &schedule.steps {
-            tokio::time::sleep_until((start + Duration::from_millis(step.start_ms)).into()).await;
-            self.perform("start", &step.fault, self.start(&step.fault))
-                .await;
-            tokio::time::sleep_until((start + Duration::from_millis(step.heal_ms)).into()).await;
-            self.perform("heal", &step.fault, self.heal(&step.fault))
-                .await;
+        let mut applied: BTreeMap<usize, Applied> = BTreeMap::new();
+        // Nodes under a process fault (paused or killed), so that a second one skips them and
+        // each heal resumes or restarts only what its own start stopped.
+        let mut held: BTreeSet<NodeId> = BTreeSet::new();
+        for event in schedule.timeline() {
+            tokio::time::sleep_until((start + Duration::from_millis(event.at_ms)).into()).await;
+            let fault = &schedule.steps[event.step].fault;
+            match event.phase {
+                Phase::Start => {
+                    let invoke = self.invoke("start", event.step, fault);
+                    let mut done = Applied::default();
+                    let result = self.start(fault, &held, &mut done).await;
+                    self.complete(invoke, result);
+                    held.extend(done.killed.iter().chain(&done.paused));
+                    applied.insert(event.step, done);
+                }
+                Phase::Heal => {
+                    let invoke = self.invoke("heal", event.step, fault);
+                    let done = applied.remove(&event.step).unwrap_or_default();
+                    for node in done.killed.iter().chain(&done.paused) {
+                        held.remove(node);
+                    }
+                    let result = self.heal(done).await;
+                    self.complete(invoke, result);
+                }
+            }
         }
     }
 
@@ -121,17 +142,13 @@ impl Nemesis {
         self.complete(invoke, done);
     }
 
-    async fn perform(
-        &self,
-        phase: &str,
-        fault: &Fault,
-        action: impl std::future::Future<Output = anyhow::Result<Value>>,
-    ) {
-        let invoke = json!({"phase": phase, "fault": fault});
-        tracing::info!(phase, kind = ?fault.kind(), %fault, "nemesis");
+    /// Records the invocation of a fault's start or heal; [`Nemesis::complete`] records its
+    /// outcome.
+    fn invoke(&self, phase: &str, step: usize, fault: &Fault) -> Value {
+        let invoke = json!({"phase": phase, "step": step, "fault": fault});
+        tracing::info!(phase, step, kind = ?fault.kind(), %fault, "nemesis");
         self.record(OpType::Invoke, invoke.clone(), None);
-        let result = action.await;
-        self.complete(invoke, result);
+        invoke
     }
 
     fn complete(&self, mut value: Value, result: anyhow::Result<Value>) {
@@ -159,49 +176,77 @@ impl Nemesis {
         }
     }
 
-    async fn start(&self, fault: &Fault) -> anyhow::Result<Value> {
-        let hosts = self.hosts.clone();
-        let nodes = hosts.nodes();
+    /// Inflicts `fault`, noting in `done` what to undo at heal. Process faults skip nodes in
+    /// `held` (already paused or killed by an overlapping step).
+    async fn start(
+        &self,
+        fault: &Fault,
+        held: &BTreeSet<NodeId>,
+        done: &mut Applied,
+    ) -> anyhow::Result<Value> {
+        let nodes = self.hosts.nodes();
         match fault.clone() {
             Fault::Partition { spec } => {
                 let leaders = if spec == PartitionSpec::Leaders {
-                    self.leaders().await?
+                    self.leaders(held).await?
                 } else {
                     Vec::new()
                 };
                 let cut = grudge(&spec, nodes, &leaders);
-                blocking(move || {
-                    for &(a, b) in &cut {
+                done.rules = cut
+                    .iter()
+                    .flat_map(|&(a, b)| {
                         let peer = node_ip(b).to_string();
-                        run_in(a, &["iptables", "-A", "INPUT", "-s", &peer, "-j", "DROP"])?;
-                        run_in(a, &["iptables", "-A", "OUTPUT", "-d", &peer, "-j", "DROP"])?;
+                        [
+                            Rule::filter(a, "INPUT", &["-s", &peer, "-j", "DROP"]),
+                            Rule::filter(a, "OUTPUT", &["-d", &peer, "-j", "DROP"]),
+                        ]
+                    })
+                    .collect();
+                let rules = done.rules.clone();
+                blocking(move || {
+                    for rule in &rules {
+                        rule.apply("-A")?;
                     }
                     Ok(json!({"leaders": leaders, "cut": cut}))
                 })
                 .await
             }
-            Fault::Kill { nodes } => {
-                blocking(move || {
-                    let mut killed = Vec::new();
-                    for id in nodes {
-                        if hosts.kill(id)? {
-                            killed.push(id);
-                        }
-                    }
-                    Ok(json!({"killed": killed}))
-                })
-                .await
+            Fault::Kill { nodes } => self.stop(nodes, Signal::SIGKILL, held, done).await,
+            Fault::Pause { node } => self.stop(vec![node], Signal::SIGSTOP, held, done).await,
+            Fault::KillLeader { partition } => {
+                let leader = self.leader_of(partition, held).await?;
+                let mut value = self.stop(vec![leader], Signal::SIGKILL, held, done).await?;
+                value["leader"] = json!(leader);
+                Ok(value)
             }
-            Fault::Pause { node } => {
-                let paused = hosts.signal(node, Signal::SIGSTOP)?;
-                Ok(json!({"paused": paused}))
+            Fault::PauseLeader { partition } => {
+                let leader = self.leader_of(partition, held).await?;
+                let mut value = self.stop(vec![leader], Signal::SIGSTOP, held, done).await?;
+                value["leader"] = json!(leader);
+                Ok(value)
             }
-            Fault::Netem { nodes } => {
+            Fault::Netem { nodes: targets } => {
                 let mode = self.netem;
-                let all = hosts.nodes();
+                match mode {
+                    NetemMode::Tc => done.qdiscs = targets.clone(),
+                    NetemMode::IptablesLossAndDuplicate => {
+                        done.rules = targets
+                            .iter()
+                            .flat_map(|&id| netem_rules(id, nodes))
+                            .collect();
+                    }
+                }
+                let (rules, qdiscs) = (done.rules.clone(), done.qdiscs.clone());
                 blocking(move || {
-                    for &id in &nodes {
-                        degrade(id, all, mode)?;
+                    for &id in &qdiscs {
+                        let dev = inner_veth(id);
+                        let mut args = vec!["tc", "qdisc", "replace", "dev", &dev, "root"];
+                        args.extend_from_slice(NETEM);
+                        run_in(id, &args)?;
+                    }
+                    for rule in &rules {
+                        rule.apply("-A")?;
                     }
                     Ok(json!({"mode": mode}))
                 })
@@ -210,116 +255,219 @@ impl Nemesis {
         }
     }
 
-    async fn heal(&self, fault: &Fault) -> anyhow::Result<Value> {
+    /// SIGKILLs or SIGSTOPs `nodes`, except those in `held`; notes in `done` which it stopped.
+    async fn stop(
+        &self,
+        nodes: Vec<NodeId>,
+        signal: Signal,
+        held: &BTreeSet<NodeId>,
+        done: &mut Applied,
+    ) -> anyhow::Result<Value> {
+        let (skipped, targets): (Vec<NodeId>, Vec<NodeId>) =
+            nodes.into_iter().partition(|n| held.contains(n));
         let hosts = self.hosts.clone();
-        let netem = self.netem;
-        match fault.clone() {
-            Fault::Partition { .. } | Fault::Netem { .. } => {
-                blocking(move || {
-                    for id in 1..=hosts.nodes() {
-                        clear_network(id, netem)?;
-                    }
-                    Ok(json!("network restored"))
-                })
-                .await
+        let stopped = blocking(move || {
+            let mut stopped = Vec::new();
+            for id in targets {
+                let running = if signal == Signal::SIGKILL {
+                    hosts.kill(id)?
+                } else {
+                    hosts.signal(id, signal)?
+                };
+                if running {
+                    stopped.push(id);
+                }
             }
-            Fault::Kill { nodes } => {
-                blocking(move || {
-                    for &id in &nodes {
-                        hosts.start(id)?;
-                    }
-                    Ok(json!({"restarted": nodes}))
-                })
-                .await
-            }
-            Fault::Pause { node } => {
-                let resumed = hosts.signal(node, Signal::SIGCONT)?;
-                Ok(json!({"resumed": resumed}))
-            }
+            Ok(json!(stopped))
+        })
+        .await?;
+        let stopped: Vec<NodeId> = serde_json::from_value(stopped)?;
+        let verb = if signal == Signal::SIGKILL {
+            done.killed = stopped.clone();
+            "killed"
+        } else {
+            done.paused = stopped.clone();
+            "paused"
+        };
+        let mut value = json!({ verb: stopped });
+        if !skipped.is_empty() {
+            value["skipped (already paused or killed)"] = json!(skipped);
         }
+        Ok(value)
     }
 
-    /// The current leader of every partition of the topic, from the first node that answers.
-    async fn leaders(&self) -> anyhow::Result<Vec<NodeId>> {
+    /// Undoes what a start did: its rules and qdiscs removed, its paused nodes resumed, its
+    /// killed nodes restarted. Tries everything, then reports the first error.
+    async fn heal(&self, done: Applied) -> anyhow::Result<Value> {
+        let hosts = self.hosts.clone();
+        blocking(move || {
+            let mut first_error = None;
+            let mut keep = |r: anyhow::Result<()>| {
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            };
+            for rule in &done.rules {
+                keep(rule.apply("-D"));
+            }
+            for &id in &done.qdiscs {
+                keep(run_in(id, &["tc", "qdisc", "del", "dev", &inner_veth(id), "root"]).map(drop));
+            }
+            for &id in &done.paused {
+                keep(hosts.signal(id, Signal::SIGCONT).map(drop));
+            }
+            for &id in &done.killed {
+                keep(hosts.start(id));
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            let mut value = json!({});
+            if !done.rules.is_empty() || !done.qdiscs.is_empty() {
+                value["network restored"] = json!(done.rules.len() + done.qdiscs.len());
+            }
+            if !done.paused.is_empty() {
+                value["resumed"] = json!(done.paused);
+            }
+            if !done.killed.is_empty() {
+                value["restarted"] = json!(done.killed);
+            }
+            Ok(value)
+        })
+        .await
+    }
+
+    /// The topic as the first node outside `held` that answers describes it.
+    async fn topic(&self, held: &BTreeSet<NodeId>) -> anyhow::Result<Value> {
         let path = format!("/v1/topics/{}", self.topic);
-        for node in 1..=self.hosts.nodes() {
+        for node in (1..=self.hosts.nodes()).filter(|n| !held.contains(n)) {
             if let Answer::Ok(body) = self.api.probe(node, &path, Duration::from_secs(2)).await {
-                let mut leaders: Vec<NodeId> = body["partitions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p["leader"].as_u64())
-                    .filter_map(|l| NodeId::try_from(l).ok())
-                    .collect();
-                leaders.sort_unstable();
-                leaders.dedup();
-                return Ok(leaders);
+                return Ok(body);
             }
         }
-        anyhow::bail!("no node answered {path}")
+        anyhow::bail!("no running node answered {path}")
+    }
+
+    /// The current leader of every partition of the topic.
+    async fn leaders(&self, held: &BTreeSet<NodeId>) -> anyhow::Result<Vec<NodeId>> {
+        let body = self.topic(held).await?;
+        let mut leaders: Vec<NodeId> = body["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["leader"].as_u64())
+            .filter_map(|l| NodeId::try_from(l).ok())
+            .collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        Ok(leaders)
+    }
+
+    /// The current leader of `partition`, as a running node sees it.
+    async fn leader_of(&self, partition: u32, held: &BTreeSet<NodeId>) -> anyhow::Result<NodeId> {
+        let body = self.topic(held).await?;
+        body["partitions"][partition as usize]["leader"]
+            .as_u64()
+            .and_then(|l| NodeId::try_from(l).ok())
+            .ok_or_else(|| anyhow::anyhow!("partition {partition} has no leader now: {body}"))
     }
 }
 
-/// Degrades node `id`'s link (see [`NetemMode`]).
-fn degrade(id: NodeId, nodes: u32, mode: NetemMode) -> anyhow::Result<()> {
-    let dev = inner_veth(id);
-    match mode {
-        NetemMode::Tc => {
-            let mut args = vec!["tc", "qdisc", "replace", "dev", &dev, "root"];
-            args.extend_from_slice(NETEM);
-            run_in(id, &args)?;
+/// What a step's start did, so that its heal undoes exactly that.
+#[derive(Debug, Default)]
+struct Applied {
+    /// iptables rules added (deleted at heal).
+    rules: Vec<Rule>,
+    /// Nodes whose link got the netem qdisc.
+    qdiscs: Vec<NodeId>,
+    /// Nodes killed (restarted at heal).
+    killed: Vec<NodeId>,
+    /// Nodes paused (resumed at heal).
+    paused: Vec<NodeId>,
+}
+
+/// One iptables rule in a node's namespace.
+#[derive(Clone, Debug)]
+struct Rule {
+    node: NodeId,
+    table: &'static str,
+    chain: &'static str,
+    spec: Vec<String>,
+}
+
+impl Rule {
+    fn filter(node: NodeId, chain: &'static str, spec: &[&str]) -> Rule {
+        Rule::new(node, "filter", chain, spec)
+    }
+
+    fn new(node: NodeId, table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
+        Rule {
+            node,
+            table,
+            chain,
+            spec: spec.iter().map(|s| (*s).to_owned()).collect(),
         }
-        NetemMode::IptablesLossAndDuplicate => {
-            let loss = [
+    }
+
+    /// `-A` adds the rule, `-D` deletes one copy of it.
+    fn apply(&self, action: &str) -> anyhow::Result<()> {
+        let mut args = vec!["iptables", "-t", self.table, action, self.chain];
+        args.extend(self.spec.iter().map(String::as_str));
+        run_in(self.node, &args).map(drop)
+    }
+}
+
+/// The iptables rules that degrade node `id`'s link when the kernel has no netem (see
+/// [`NetemMode::IptablesLossAndDuplicate`]).
+fn netem_rules(id: NodeId, nodes: u32) -> Vec<Rule> {
+    let dev = inner_veth(id);
+    let loss = [
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.05",
+    ];
+    let mut input = vec!["-i", &dev];
+    input.extend_from_slice(&loss);
+    input.extend_from_slice(&["-j", "DROP"]);
+    let mut output = vec!["-o", &dev];
+    output.extend_from_slice(&loss);
+    output.extend_from_slice(&["-j", "DROP"]);
+    let mut rules = vec![
+        Rule::filter(id, "INPUT", &input),
+        Rule::filter(id, "OUTPUT", &output),
+    ];
+    // A TEE clone routed to the destination itself arrives as a duplicate.
+    let peers = (1..=nodes)
+        .filter(|p| *p != id)
+        .map(node_ip)
+        .chain([harness_ip()]);
+    for peer in peers.map(|ip| ip.to_string()) {
+        rules.push(Rule::new(
+            id,
+            "mangle",
+            "OUTPUT",
+            &[
+                "-o",
+                &dev,
+                "-d",
+                &peer,
                 "-m",
                 "statistic",
                 "--mode",
                 "random",
                 "--probability",
-                "0.05",
-            ];
-            let mut input = vec!["iptables", "-A", "INPUT", "-i", &dev];
-            input.extend_from_slice(&loss);
-            input.extend_from_slice(&["-j", "DROP"]);
-            run_in(id, &input)?;
-            let mut output = vec!["iptables", "-A", "OUTPUT", "-o", &dev];
-            output.extend_from_slice(&loss);
-            output.extend_from_slice(&["-j", "DROP"]);
-            run_in(id, &output)?;
-            // A TEE clone routed to the destination itself arrives as a duplicate.
-            let peers = (1..=nodes)
-                .filter(|p| *p != id)
-                .map(node_ip)
-                .chain([harness_ip()]);
-            for peer in peers.map(|ip| ip.to_string()) {
-                run_in(
-                    id,
-                    &[
-                        "iptables",
-                        "-t",
-                        "mangle",
-                        "-A",
-                        "OUTPUT",
-                        "-o",
-                        &dev,
-                        "-d",
-                        &peer,
-                        "-m",
-                        "statistic",
-                        "--mode",
-                        "random",
-                        "--probability",
-                        "0.02",
-                        "-j",
-                        "TEE",
-                        "--gateway",
-                        &peer,
-                    ],
-                )?;
-            }
-        }
+                "0.02",
+                "-j",
+                "TEE",
+                "--gateway",
+                &peer,
+            ],
+        ));
     }
-    Ok(())
+    rules
 }
 
 /// Removes every partition rule and link degradation from node `id`.

@@ -102,8 +102,10 @@ pub fn render(data: &PlotData) -> String {
         r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#,
         escape(&data.title)
     );
-    for fault in &data.faults {
+    for (i, fault) in data.faults.iter().enumerate() {
         let (x0, x1) = (x(fault.start_s), x(fault.end_s));
+        // Labels of consecutive (possibly overlapping) faults alternate between two rows.
+        let label_y = TPUT.0 - 4.0 - 11.0 * (i % 2) as f64;
         for (top, bottom) in [TPUT, LAT] {
             let _ = writeln!(
                 svg,
@@ -117,7 +119,7 @@ pub fn render(data: &PlotData) -> String {
             svg,
             r##"<text x="{:.1}" y="{}" font-size="9" fill="#404080">{}</text>"##,
             x0 + 2.0,
-            TPUT.0 - 4.0,
+            label_y,
             escape(&short(&fault.label))
         );
     }

@@ -1,6 +1,7 @@
 //! The results folder's human side: `summary.txt`, the plot's data taken from the history, and
 //! the UTC timestamp that names the folder.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chat4all_jepsen::{Call, History, OpType, Process, Validity, Verdict};
@@ -32,11 +33,20 @@ pub fn utc_stamp(secs: u64) -> String {
 }
 
 /// The fault windows the nemesis recorded: from each fault's start to its heal (or the final
-/// heal, or the end of the history).
+/// heal, or the end of the history), in order of their starts. Starts and heals are matched by
+/// their `step`, so overlapping faults (scenarios) get a window each.
 pub fn fault_windows(history: &History) -> Vec<FaultWindow> {
     let mut windows = Vec::new();
-    let mut open: Option<(f64, String)> = None;
+    // By step (histories without one have one fault at a time: key 0).
+    let mut open: BTreeMap<u64, (f64, String)> = BTreeMap::new();
     let secs = |ns: u64| ns as f64 / 1e9;
+    let close = |windows: &mut Vec<FaultWindow>, (start_s, label): (f64, String), end_s| {
+        windows.push(FaultWindow {
+            start_s,
+            end_s,
+            label,
+        });
+    };
     for op in history
         .ops()
         .iter()
@@ -45,33 +55,46 @@ pub fn fault_windows(history: &History) -> Vec<FaultWindow> {
         let Call::Nemesis(value) = &op.call else {
             continue;
         };
+        let step = value["step"].as_u64().unwrap_or(0);
         match value["phase"].as_str() {
             Some("start") => {
                 let label = serde_json::from_value::<Fault>(value["fault"].clone())
                     .map(|f| f.to_string())
                     .unwrap_or_else(|_| value["fault"].to_string());
-                open = Some((secs(op.time), label));
+                open.insert(step, (secs(op.time), label));
+            }
+            Some("final-heal") => {
+                for (_, window) in std::mem::take(&mut open) {
+                    close(&mut windows, window, secs(op.time));
+                }
             }
             Some(_) => {
-                if let Some((start_s, label)) = open.take() {
-                    windows.push(FaultWindow {
-                        start_s,
-                        end_s: secs(op.time),
-                        label,
-                    });
+                if let Some(window) = open.remove(&step) {
+                    close(&mut windows, window, secs(op.time));
                 }
             }
             None => {}
         }
     }
-    if let Some((start_s, label)) = open {
-        windows.push(FaultWindow {
-            start_s,
-            end_s: secs(history.last_time()),
-            label,
-        });
+    for (_, window) in open {
+        close(&mut windows, window, secs(history.last_time()));
     }
+    windows.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
     windows
+}
+
+/// The union of the windows as disjoint intervals, in time order.
+pub fn merge_windows(windows: &[FaultWindow]) -> Vec<(f64, f64)> {
+    let mut spans: Vec<(f64, f64)> = windows.iter().map(|w| (w.start_s, w.end_s)).collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut merged: Vec<(f64, f64)> = Vec::new();
+    for (start, end) in spans {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
 }
 
 /// The plot of a history: its client operations (invocations that never completed count as
@@ -136,6 +159,8 @@ pub struct Summary<'a> {
     pub notes: &'a [String],
     /// How netem faults were carried out.
     pub netem: String,
+    /// Concurrent clients.
+    pub clients: u64,
 }
 
 impl Summary<'_> {
@@ -155,7 +180,12 @@ impl Summary<'_> {
                 "INCOMPLETE (unread values show up as lost/unseen)"
             }
         );
-        let _ = writeln!(out, "history: {} operations", self.history.len());
+        let _ = writeln!(
+            out,
+            "history: {} operations, {} clients",
+            self.history.len(),
+            self.clients
+        );
         for verdict in self.verdicts {
             let valid = serde_json::to_string(&verdict.valid).unwrap_or_default();
             let _ = writeln!(out, "\n[{}] valid: {valid}", verdict.checker);
@@ -203,6 +233,19 @@ impl Summary<'_> {
             "  (ok/s: client completions that ended ok inside the window; overall {:.0}/s)",
             ok_rate(self.history, 0.0, self.history.last_time() as f64 / 1e9)
         );
+        let merged = merge_windows(&windows);
+        if !merged.is_empty() {
+            let during: f64 = merged.iter().map(|(a, b)| b - a).sum();
+            let ok: f64 = merged
+                .iter()
+                .map(|&(a, b)| ok_rate(self.history, a, b) * (b - a))
+                .sum();
+            let _ = writeln!(
+                out,
+                "  (during any fault: {during:.1} s, ok/s {:.0})",
+                ok / during.max(1e-9)
+            );
+        }
         for w in windows {
             let _ = writeln!(
                 out,
@@ -257,6 +300,37 @@ mod tests {
         assert!(windows[0].start_s <= windows[0].end_s);
         assert!(windows[1].end_s >= windows[1].start_s);
         assert_eq!(windows[1].end_s, history.last_time() as f64 / 1e9);
+    }
+
+    #[test]
+    fn overlapping_faults_get_a_window_each_matched_by_step() {
+        let r = Recorder::new();
+        let nemesis = |phase: &str, step: u64, node: u64| {
+            let fault = json!({"fault": "pause", "node": node});
+            let value = json!({"phase": phase, "step": step, "fault": fault});
+            r.invoke(Process::Nemesis, Call::Nemesis(value.clone()))
+                .expect("invoke");
+            r.complete(Process::Nemesis, OpType::Info, Call::Nemesis(value), None)
+                .expect("complete");
+        };
+        nemesis("start", 0, 1);
+        nemesis("start", 1, 3);
+        nemesis("heal", 0, 1);
+        nemesis("start", 2, 2);
+        let final_heal = json!({"phase": "final-heal"});
+        r.invoke(Process::Nemesis, Call::Nemesis(final_heal.clone()))
+            .expect("invoke");
+        let history = r.into_history();
+        let windows = fault_windows(&history);
+        let labels: Vec<&str> = windows.iter().map(|w| &w.label[..8]).collect();
+        assert_eq!(labels, ["pause n1", "pause n3", "pause n2"]);
+        let ops = history.ops();
+        let t = |i: usize| ops[i].time as f64 / 1e9;
+        assert_eq!((windows[0].start_s, windows[0].end_s), (t(0), t(4)));
+        assert_eq!((windows[1].start_s, windows[1].end_s), (t(2), t(8)));
+        assert_eq!((windows[2].start_s, windows[2].end_s), (t(6), t(8)));
+        let merged = merge_windows(&windows);
+        assert_eq!(merged, vec![(t(0), t(8))]);
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //!             start                  heal                  start           heal
 //! ```
 //!
-//! Faults never overlap: each is healed before the next starts, and every one is healed at or
-//! before the time limit. With several nemeses the kinds take turns in the order given.
+//! Drawn schedules never overlap faults: each is healed before the next starts, and every one is
+//! healed at or before the time limit. With several nemeses the kinds take turns in the order
+//! given. A named regression scenario ([`Scenario`]) is a fixed list of steps instead, whose
+//! faults may overlap (one node paused while another is killed); the nemesis carries out any
+//! schedule as a [`Schedule::timeline`] of starts and heals.
 
 use std::fmt;
 
@@ -16,6 +19,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
+
+use crate::scenario::Scenario;
 
 /// A family of faults, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,6 +119,17 @@ pub enum Fault {
         /// One node or all of them.
         nodes: Vec<NodeId>,
     },
+    /// SIGKILL the current leader of a partition of the topic (known only when the fault
+    /// starts); restart it at heal.
+    KillLeader {
+        /// The partition whose leader is killed.
+        partition: u32,
+    },
+    /// SIGSTOP the current leader of a partition; SIGCONT at heal.
+    PauseLeader {
+        /// The partition whose leader is paused.
+        partition: u32,
+    },
 }
 
 impl Fault {
@@ -121,8 +137,8 @@ impl Fault {
     pub fn kind(&self) -> NemesisKind {
         match self {
             Fault::Partition { .. } => NemesisKind::Partition,
-            Fault::Kill { .. } => NemesisKind::Kill,
-            Fault::Pause { .. } => NemesisKind::Pause,
+            Fault::Kill { .. } | Fault::KillLeader { .. } => NemesisKind::Kill,
+            Fault::Pause { .. } | Fault::PauseLeader { .. } => NemesisKind::Pause,
             Fault::Netem { .. } => NemesisKind::Netem,
         }
     }
@@ -149,11 +165,18 @@ impl fmt::Display for Fault {
             Fault::Kill { nodes } => write!(f, "kill -9 {} (restart at heal)", list(nodes)),
             Fault::Pause { node } => write!(f, "pause n{node} (SIGSTOP, SIGCONT at heal)"),
             Fault::Netem { nodes } => write!(f, "netem on {}", list(nodes)),
+            Fault::KillLeader { partition } => {
+                write!(f, "kill -9 the leader of p{partition} (restart at heal)")
+            }
+            Fault::PauseLeader { partition } => {
+                write!(f, "pause the leader of p{partition} (SIGCONT at heal)")
+            }
         }
     }
 }
 
-/// One scheduled fault and its heal, in ms since the workload started.
+/// One scheduled fault and its heal, in ms since the workload started. The heal undoes exactly
+/// what the start did, so overlapping steps heal independently.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// When the fault starts.
@@ -177,6 +200,30 @@ pub struct ScheduleConfig {
     pub time_limit_ms: u64,
     /// Typical length of a fault and of the quiet period after it, in ms.
     pub interval_ms: u64,
+    /// A named scenario replaces the drawn faults (then `nemeses` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<Scenario>,
+}
+
+/// Whether a timeline event starts or heals its step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Undo the step's fault (ordered first when a heal and a start fall on the same ms).
+    Heal,
+    /// Inflict the step's fault.
+    Start,
+}
+
+/// One action of a timeline: at `at_ms`, start or heal `steps[step]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When, in ms since the workload started.
+    pub at_ms: u64,
+    /// Start or heal.
+    pub phase: Phase,
+    /// Index into [`Schedule::steps`].
+    pub step: usize,
 }
 
 /// A fault schedule.
@@ -184,11 +231,75 @@ pub struct ScheduleConfig {
 pub struct Schedule {
     /// What it was drawn from.
     pub config: ScheduleConfig,
-    /// The faults, in time order, never overlapping.
+    /// The faults, in order of their starts; they overlap only in scenarios.
     pub steps: Vec<Step>,
 }
 
 impl Schedule {
+    /// The fixed schedule of a named scenario. It needs its node count and a time limit that
+    /// holds its last heal; the seed is kept for the clients.
+    pub fn scenario(
+        scenario: Scenario,
+        seed: u64,
+        nodes: u32,
+        time_limit_ms: u64,
+    ) -> Result<Schedule, String> {
+        if nodes != scenario.nodes() {
+            return Err(format!(
+                "scenario {} is written for {} nodes, not {nodes}",
+                scenario.name(),
+                scenario.nodes()
+            ));
+        }
+        let steps = scenario.steps();
+        let end = steps.iter().map(|s| s.heal_ms).max().unwrap_or(0);
+        if end > time_limit_ms {
+            return Err(format!(
+                "scenario {} heals its last fault at {} s: use --time-limit {} or more",
+                scenario.name(),
+                end / 1000,
+                end.div_ceil(1000)
+            ));
+        }
+        Ok(Schedule {
+            config: ScheduleConfig {
+                seed,
+                nodes,
+                nemeses: Vec::new(),
+                time_limit_ms,
+                interval_ms: 0,
+                scenario: Some(scenario),
+            },
+            steps,
+        })
+    }
+
+    /// Every start and heal in time order (heals first at equal times, then by step): what the
+    /// nemesis carries out.
+    pub fn timeline(&self) -> Vec<Event> {
+        let mut events: Vec<Event> = self
+            .steps
+            .iter()
+            .enumerate()
+            .flat_map(|(step, s)| {
+                [
+                    Event {
+                        at_ms: s.start_ms,
+                        phase: Phase::Start,
+                        step,
+                    },
+                    Event {
+                        at_ms: s.heal_ms,
+                        phase: Phase::Heal,
+                        step,
+                    },
+                ]
+            })
+            .collect();
+        events.sort_by_key(|e| (e.at_ms, e.phase, e.step));
+        events
+    }
+
     /// Draws the schedule for `config`. Deterministic in `config`.
     pub fn generate(config: &ScheduleConfig) -> Schedule {
         let mut rng = StdRng::seed_from_u64(config.seed);
@@ -226,6 +337,31 @@ impl Schedule {
 
     /// A human-readable listing, one fault per line.
     pub fn describe(&self) -> String {
+        if let Some(scenario) = self.config.scenario {
+            let mut out = format!(
+                "scenario {} ({}; seed {} for the clients, {} nodes, time limit {} s): {} faults\n  {}\n",
+                scenario.name(),
+                scenario.reference(),
+                self.config.seed,
+                self.config.nodes,
+                self.config.time_limit_ms as f64 / 1000.0,
+                self.steps.len(),
+                scenario.summary()
+            );
+            for event in self.timeline() {
+                let phase = match event.phase {
+                    Phase::Start => "start",
+                    Phase::Heal => "heal ",
+                };
+                out.push_str(&format!(
+                    "  {:>7.1} s  {phase} #{:<2} {}\n",
+                    event.at_ms as f64 / 1000.0,
+                    event.step,
+                    self.steps[event.step].fault
+                ));
+            }
+            return out;
+        }
         let mut out = format!(
             "fault schedule (seed {}, {} nodes, nemesis {}, time limit {} s, interval {} s): {} faults\n",
             self.config.seed,
@@ -246,8 +382,11 @@ impl Schedule {
         out
     }
 
-    /// The nemeses as a comma list (`none` if there are none).
+    /// The scenario's name, or the nemeses as a comma list (`none` if there are none).
     pub fn nemesis_label(&self) -> String {
+        if let Some(scenario) = self.config.scenario {
+            return scenario.name().into();
+        }
         if self.config.nemeses.is_empty() {
             return "none".into();
         }
@@ -364,6 +503,7 @@ mod tests {
             nemeses: nemeses.to_vec(),
             time_limit_ms: 120_000,
             interval_ms: 10_000,
+            scenario: None,
         }
     }
 
@@ -433,6 +573,9 @@ mod tests {
                 }
                 Fault::Kill { nodes } | Fault::Netem { nodes } => nodes.clone(),
                 Fault::Pause { node } => vec![*node],
+                Fault::KillLeader { .. } | Fault::PauseLeader { .. } => {
+                    panic!("drawn schedules name their nodes")
+                }
             };
             assert!(nodes.iter().all(|n| (1..=3).contains(n)), "{nodes:?}");
         }
