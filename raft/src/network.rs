@@ -42,6 +42,7 @@ pub struct SnapshotRequest {
     /// What the snapshot covers.
     pub meta: SnapshotMeta<NodeId, NodeInfo>,
     /// The state machine's encoded snapshot.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -19,6 +19,7 @@ pub struct Payload {
     /// How to render `bytes` back to a client.
     pub format: PayloadFormat,
     /// The payload itself.
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
