@@ -27,6 +27,35 @@ pub struct ClusterConfig {
     /// Raft timing.
     #[serde(default)]
     pub raft: RaftConfig,
+    /// The node's RocksDB.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// The node's RocksDB.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Read every stored byte with checksums verified before joining, and refuse to start
+    /// when anything is damaged.
+    #[serde(default = "default_true")]
+    pub verify_on_start: bool,
+    /// Memtable size per column family, in MiB (RocksDB's default, 64, when absent).
+    #[serde(default)]
+    pub memtable_mb: Option<usize>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            verify_on_start: true,
+            memtable_mb: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One node's addresses and data directory.
@@ -204,6 +233,7 @@ impl ClusterConfig {
             limits: LimitsConfig::default(),
             retention: RetentionConfig::default(),
             raft: RaftConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 
@@ -256,6 +286,13 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid(
                 "raft timing must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
+        }
+        if let Some(mb) = self.storage.memtable_mb
+            && !(1..=4096).contains(&mb)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[storage] memtable_mb must be between 1 and 4096, not {mb}"
+            )));
         }
         Ok(())
     }
@@ -362,6 +399,25 @@ mod tests {
         assert!(err.to_string().contains("tls"), "{err}");
         let parse = toml::from_str::<ClusterConfig>("[[nodes]]\nid = 1\nbogus = 2");
         assert!(parse.is_err(), "unknown keys are refused");
+        let mut c = ClusterConfig::single_node();
+        c.storage.memtable_mb = Some(0);
+        let err = c.validate().expect_err("an empty memtable");
+        assert!(err.to_string().contains("memtable_mb"), "{err}");
+    }
+
+    #[test]
+    fn storage_settings_parse_and_default_to_verifying() {
+        let nodes =
+            "[[nodes]]\nid = 1\nraft_addr = \"a:1\"\napi_addr = \"a:2\"\ndata_dir = \"d\"\n";
+        let c: ClusterConfig = toml::from_str(nodes).expect("parse");
+        assert!(c.storage.verify_on_start);
+        assert_eq!(c.storage.memtable_mb, None);
+        let c: ClusterConfig = toml::from_str(&format!(
+            "[storage]\nverify_on_start = false\nmemtable_mb = 8\n{nodes}"
+        ))
+        .expect("parse");
+        assert!(!c.storage.verify_on_start);
+        assert_eq!(c.storage.memtable_mb, Some(8));
     }
 
     #[test]

@@ -168,13 +168,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("create {}", me.data_dir.display()))?;
     let db = Db::open(&DbConfig {
         path: me.data_dir.join("db"),
+        memtable_bytes: config.storage.memtable_mb.map(|mb| mb << 20),
     })
     .with_context(|| {
         format!(
-            "open the database in {} (damaged files are refused, never repaired silently)",
+            "open the database in {} (damaged files are refused, never repaired silently; \
+             README: \"A node with damaged data\")",
             me.data_dir.display()
         )
     })?;
+    if config.storage.verify_on_start {
+        let started = std::time::Instant::now();
+        let check = db.clone();
+        let seen = tokio::task::spawn_blocking(move || check.verify())
+            .await
+            .context("verify task")?
+            .with_context(|| {
+                format!(
+                    "the data in {} is damaged: this node refuses to serve or vote with it \
+                     (README: \"A node with damaged data\")",
+                    me.data_dir.display()
+                )
+            })?;
+        tracing::info!(
+            keys = seen.keys,
+            bytes = seen.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "verified every stored checksum"
+        );
+    }
 
     // Raft groups and the transport that connects them.
     let shutdown = CancellationToken::new();

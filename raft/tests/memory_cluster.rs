@@ -121,9 +121,7 @@ async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let dir = tempfile::tempdir()?;
-        let db = Db::open(&DbConfig {
-            path: dir.path().join("db"),
-        })?;
+        let db = Db::open(&DbConfig::new(dir.path().join("db")))?;
         let groups = Groups::new(id, db, raft_config(Default::default())?, None);
         groups.set_transport(Arc::new(MemClient {
             me: addr(id),

@@ -15,10 +15,7 @@ struct ControllerStores;
 
 fn open_db() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(&DbConfig {
-        path: dir.path().to_path_buf(),
-    })
-    .expect("open db");
+    let db = Db::open(&DbConfig::new(dir.path())).expect("open db");
     (dir, db)
 }
 

@@ -21,6 +21,6 @@ mod error;
 pub mod keys;
 mod record;
 
-pub use db::{Batch, Cf, Db, DbConfig};
+pub use db::{Batch, Cf, Db, DbConfig, Verified};
 pub use error::StorageError;
 pub use record::{Payload, PayloadFormat, StoredRecord};

@@ -142,6 +142,21 @@ impl Cluster {
         }
     }
 
+    /// Waits (bounded) until node `id`'s process has exited by itself, and reaps it.
+    pub async fn wait_exit(&mut self, id: u64, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.node_mut(id).child.take().expect("node running");
+        eventually(&format!("node {id} exits"), limit, || {
+            let status = child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("data/node{id}"))
+    }
+
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
