@@ -95,6 +95,9 @@ pub struct Hosts {
     config: PathBuf,
     dir: PathBuf,
     children: Mutex<BTreeMap<NodeId, Child>>,
+    /// Exits the harness did not cause (a crash, or a signal from outside the harness), as
+    /// found: node, UTC time, exit status.
+    unexpected: Mutex<Vec<(NodeId, String, String)>>,
     torn_down: AtomicBool,
 }
 
@@ -147,6 +150,7 @@ impl Hosts {
             config: config.to_path_buf(),
             dir: dir.to_path_buf(),
             children: Mutex::new(BTreeMap::new()),
+            unexpected: Mutex::new(Vec::new()),
             torn_down: AtomicBool::new(false),
         };
         let harness = format!("{}/24", harness_ip());
@@ -186,9 +190,7 @@ impl Hosts {
     /// binary, so the child's pid is the node's.
     pub fn start(&self, id: NodeId) -> anyhow::Result<()> {
         let mut children = self.lock();
-        if let Some(child) = children.get_mut(&id)
-            && child.try_wait()?.is_none()
-        {
+        if self.running(&mut children, id) {
             return Ok(());
         }
         let log = OpenOptions::new()
@@ -216,22 +218,27 @@ impl Hosts {
         Ok(())
     }
 
-    /// SIGKILLs node `id` and reaps it; `false` if it was not running.
+    /// SIGKILLs node `id` and reaps it; `false` if it was not running (then it is still not
+    /// running afterwards).
     pub fn kill(&self, id: NodeId) -> anyhow::Result<bool> {
-        let Some(mut child) = self.lock().remove(&id) else {
+        let mut children = self.lock();
+        if !self.running(&mut children, id) {
+            return Ok(false);
+        }
+        let Some(mut child) = children.remove(&id) else {
             return Ok(false);
         };
-        let running = child.try_wait()?.is_none();
-        if running {
-            child.kill()?;
-        }
+        child.kill()?;
         child.wait()?;
-        Ok(running)
+        Ok(true)
     }
 
-    /// Sends `signal` (SIGSTOP, SIGCONT) to node `id`, if it is running.
+    /// Sends `signal` (SIGSTOP, SIGCONT) to node `id`, if it is running; `false` if not.
     pub fn signal(&self, id: NodeId, signal: Signal) -> anyhow::Result<bool> {
-        let children = self.lock();
+        let mut children = self.lock();
+        if !self.running(&mut children, id) {
+            return Ok(false);
+        }
         let Some(child) = children.get(&id) else {
             return Ok(false);
         };
@@ -240,19 +247,50 @@ impl Hosts {
         Ok(true)
     }
 
-    /// Nodes whose process is not running (killed, or exited on its own), with how it exited.
-    pub fn dead(&self) -> Vec<(NodeId, String)> {
+    /// Nodes whose process is not running: killed by the nemesis (`not running`), or exited on
+    /// their own (see [`Hosts::unexpected_exits`]).
+    pub fn dead(&self) -> Vec<NodeId> {
         let mut children = self.lock();
         (1..=self.nodes)
-            .filter_map(|id| match children.get_mut(&id) {
-                None => Some((id, "not started".to_owned())),
-                Some(child) => match child.try_wait() {
-                    Ok(None) => None,
-                    Ok(Some(status)) => Some((id, status.to_string())),
-                    Err(e) => Some((id, e.to_string())),
-                },
+            .filter(|&id| !self.running(&mut children, id))
+            .collect()
+    }
+
+    /// Every exit the harness did not cause, as found (killed nodes are reaped at once, so
+    /// any other exit is a crash or a signal from outside): `node K exited ... (found at T)`.
+    pub fn unexpected_exits(&self) -> Vec<String> {
+        self.unexpected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(id, at, status)| {
+                format!("node {id} exited without the harness killing it: {status} (found {at})")
             })
             .collect()
+    }
+
+    /// Whether node `id` runs. A child found exited is reaped, recorded as an unexpected exit
+    /// and forgotten, so every later call sees it as not running.
+    fn running(&self, children: &mut BTreeMap<NodeId, Child>, id: NodeId) -> bool {
+        let Some(child) = children.get_mut(&id) else {
+            return false;
+        };
+        let status = match child.try_wait() {
+            Ok(None) => return true,
+            Ok(Some(status)) => status.to_string(),
+            Err(e) => format!("cannot wait for it: {e}"),
+        };
+        children.remove(&id);
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        tracing::warn!("node {id} exited without the harness killing it: {status}");
+        self.unexpected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((id, crate::report::utc_stamp(secs), status));
+        false
     }
 
     /// Kills every node and removes the namespaces, links and rules. Idempotent.

@@ -292,21 +292,15 @@ async fn execute(
         abort.abort();
     }
     let mut notes = Vec::new();
-    for (id, status) in hosts.dead() {
-        if !status.contains("SIGKILL") && !status.contains("signal: 9") {
-            notes.push(format!(
-                "node {id} exited on its own during the run: {status}"
-            ));
-        }
-    }
     println!("healing, then draining");
     nemesis.heal_all().await;
     if let Err(e) = wait_ready(&api, &hosts, READY_DEADLINE).await {
         notes.push(format!("after the final heal: {e:#}"));
     }
     let drain_complete = workload.drain(Instant::now() + DRAIN_DEADLINE).await;
-    for (id, status) in hosts.dead() {
-        notes.push(format!("node {id} not running at the end: {status}"));
+    notes.extend(hosts.unexpected_exits());
+    for id in hosts.dead() {
+        notes.push(format!("node {id} not running at the end"));
     }
     notes.extend(workload.notes());
 

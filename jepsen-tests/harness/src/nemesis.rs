@@ -127,16 +127,29 @@ impl Nemesis {
         let hosts = self.hosts.clone();
         let netem = self.netem;
         let done = blocking(move || {
-            let mut done = Vec::new();
+            // Try everything, then report the first error.
+            let mut first_error = None;
             for id in 1..=hosts.nodes() {
-                clear_network(id, netem)?;
-                hosts.signal(id, Signal::SIGCONT)?;
+                if let Err(e) = clear_network(id, netem) {
+                    first_error.get_or_insert(e);
+                }
+                if let Err(e) = hosts.signal(id, Signal::SIGCONT) {
+                    first_error.get_or_insert(e);
+                }
             }
-            for (id, status) in hosts.dead() {
-                hosts.start(id)?;
-                done.push(json!({"restarted": id, "was": status}));
+            let mut restarted = Vec::new();
+            for id in hosts.dead() {
+                match hosts.start(id) {
+                    Ok(()) => restarted.push(id),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
-            Ok(json!(done))
+            match first_error {
+                Some(e) => Err(e),
+                None => Ok(json!({"restarted": restarted})),
+            }
         })
         .await;
         self.complete(invoke, done);
@@ -266,6 +279,11 @@ impl Nemesis {
         let (skipped, targets): (Vec<NodeId>, Vec<NodeId>) =
             nodes.into_iter().partition(|n| held.contains(n));
         let hosts = self.hosts.clone();
+        if signal == Signal::SIGKILL {
+            // A target that had already exited (a crash, or a kill from outside the harness) is
+            // not running afterwards either: the heal restarts it with the others.
+            done.killed = targets.clone();
+        }
         let stopped = blocking(move || {
             let mut stopped = Vec::new();
             for id in targets {
@@ -283,13 +301,21 @@ impl Nemesis {
         .await?;
         let stopped: Vec<NodeId> = serde_json::from_value(stopped)?;
         let verb = if signal == Signal::SIGKILL {
-            done.killed = stopped.clone();
             "killed"
         } else {
             done.paused = stopped.clone();
             "paused"
         };
+        let not_running: Vec<NodeId> = done
+            .killed
+            .iter()
+            .copied()
+            .filter(|n| !stopped.contains(n))
+            .collect();
         let mut value = json!({ verb: stopped });
+        if !not_running.is_empty() {
+            value["not running already (restarted at heal)"] = json!(not_running);
+        }
         if !skipped.is_empty() {
             value["skipped (already paused or killed)"] = json!(skipped);
         }
