@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Cluster, eventually};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 fn offsets(v: &Value) -> Vec<(u64, u64)> {
@@ -537,4 +538,81 @@ async fn retention_by_bytes_and_time_advances_the_log_start_on_every_replica() {
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_bumped_epoch_fences_the_old_one_at_once_even_on_a_lagging_leader() {
+    let mut c = Cluster::start(3, "").await;
+    c.create_topic(1, "fence", 1, 3, json!({})).await;
+    let (s, p) = c.post(1, "/v1/producers", &json!({})).await;
+    assert_eq!(s, 201, "{p}");
+    let id = p["id"].clone();
+    let mut epoch = p["epoch"].as_u64().expect("epoch");
+    let body = |epoch: u64, seq: u64, value: String| {
+        json!({
+            "records": [{"value": value, "partition": 0}],
+            "producer": {"id": id, "epoch": epoch, "sequence": seq},
+        })
+    };
+    let mut fenced = 0;
+    for round in 0..8u64 {
+        // Stop the partition's leader while the epoch is bumped through another node, so that
+        // when it resumes its copy of the controller state is behind: the bump was
+        // acknowledged, so the old epoch must be refused all the same.
+        let leader = c.leader(1, "fence", 0).await;
+        let other = (1..=3).find(|&n| n != leader).expect("another node");
+        c.signal(leader, Signal::SIGSTOP);
+        // (An unknown outcome is retried: bumping twice only fences more.)
+        let (s, bumped) = eventually("the bump is acknowledged", Duration::from_secs(30), || {
+            let c = &c;
+            let id = id.clone();
+            async move {
+                let (s, v) = c.post(other, "/v1/producers", &json!({"id": id})).await;
+                (s != 503).then_some((s, v))
+            }
+        })
+        .await;
+        c.signal(leader, Signal::SIGCONT);
+        assert_eq!(s, 201, "{bumped}");
+        let new_epoch = bumped["epoch"].as_u64().expect("epoch");
+        assert!(new_epoch > epoch, "{bumped}");
+        let (s, old) = c
+            .post(
+                leader,
+                "/v1/topics/fence/records",
+                &body(epoch, 1, format!("old-{round}")),
+            )
+            .await;
+        match (s, old["error"]["code"].as_str()) {
+            (409, Some("FENCED")) => fenced += 1,
+            // Leadership moved while the node was stopped: not a fencing answer either way.
+            (503, Some("UNAVAILABLE" | "OUTCOME_UNKNOWN")) => {}
+            _ => panic!(
+                "round {round}: epoch {epoch} was not fenced after the bump to {new_epoch}: {s} {old}"
+            ),
+        }
+        epoch = new_epoch;
+        let (s, new) = eventually("the new epoch writes", Duration::from_secs(30), || {
+            let (c, b) = (&c, body(new_epoch, 0, format!("new-{round}")));
+            async move {
+                let (s, v) = c.post(leader, "/v1/topics/fence/records", &b).await;
+                (s != 503).then_some((s, v))
+            }
+        })
+        .await;
+        assert_eq!(s, 200, "round {round}: {new}");
+    }
+    assert!(fenced > 0, "no round reached the fencing check");
+    let values: Vec<Value> = c
+        .read_all(1, "fence", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        values
+            .iter()
+            .all(|v| v.as_str().is_some_and(|s| s.starts_with("new-"))),
+        "a fenced epoch wrote: {values:?}"
+    );
 }

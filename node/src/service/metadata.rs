@@ -11,6 +11,7 @@
 //! never removed, epochs only rise).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chat4all_raft::sm::controller::ControllerState;
@@ -19,7 +20,54 @@ use chat4all_raft::types::{GroupId, PartitionMeta, TopicMeta};
 use super::{ForwardRequest, ForwardResponse, Route, Service};
 use crate::error::ServiceError;
 
+/// Controller catch-up rounds shared by concurrent callers (read-index batching). A caller is
+/// served by the first round that *starts* after it arrived, so it sees every controller entry
+/// committed before it arrived; callers that arrive together cost one quorum round, not one
+/// each. Rounds run one at a time.
+#[derive(Default)]
+pub(super) struct SyncRounds {
+    /// Rounds started so far; the next round gets number `started + 1`.
+    started: AtomicU64,
+    /// Outcome of the rounds, held while a round runs.
+    last: tokio::sync::Mutex<RoundOutcome>,
+}
+
+#[derive(Default)]
+struct RoundOutcome {
+    /// The latest round that succeeded.
+    ok: u64,
+    /// The latest round that failed, and why.
+    failed: u64,
+    why: String,
+}
+
 impl Service {
+    /// Like [`Service::synced_metadata`], but concurrent callers share rounds (see
+    /// [`SyncRounds`]).
+    pub async fn shared_synced_metadata(&self) -> Result<Arc<ControllerState>, ServiceError> {
+        let rounds = &self.sync_rounds;
+        let need = rounds.started.load(Ordering::SeqCst) + 1;
+        let mut last = rounds.last.lock().await;
+        if last.ok >= need {
+            return Ok(self.metadata());
+        }
+        if last.failed >= need {
+            return Err(ServiceError::Unavailable(last.why.clone()));
+        }
+        let round = rounds.started.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.synced_metadata().await {
+            Ok(state) => {
+                last.ok = round;
+                Ok(state)
+            }
+            Err(e) => {
+                last.failed = round;
+                last.why = e.to_string();
+                Err(e)
+            }
+        }
+    }
+
     /// The metadata, including every controller entry committed before this call.
     pub async fn synced_metadata(&self) -> Result<Arc<ControllerState>, ServiceError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
@@ -107,17 +155,20 @@ impl Service {
         }
     }
 
-    /// The current epoch of producer `id`, if the controller has issued it, and if `epoch` is
-    /// newer than this node has seen, after catching up with the controller.
+    /// The current epoch of producer `id` (if the controller has issued it) as of every
+    /// controller entry committed before this call. An `epoch` below what this node has seen
+    /// is old for sure (epochs only rise); any other answer needs a controller round, shared
+    /// with concurrent callers: a bump acknowledged through another node may not have been
+    /// applied here yet, and answering from the local copy would let the fenced epoch write.
     pub async fn producer_epoch_synced(
         &self,
         id: i64,
         epoch: i16,
     ) -> Result<Option<i16>, ServiceError> {
         match self.metadata().producer_epochs.get(&id) {
-            Some(&current) if epoch <= current => Ok(Some(current)),
+            Some(&current) if epoch < current => Ok(Some(current)),
             _ => Ok(self
-                .synced_metadata()
+                .shared_synced_metadata()
                 .await?
                 .producer_epochs
                 .get(&id)

@@ -61,6 +61,7 @@ pub struct Service {
     metrics: Arc<Metrics>,
     unkeyed: std::sync::atomic::AtomicU32,
     batcher: batcher::Batcher,
+    sync_rounds: metadata::SyncRounds,
 }
 
 /// A partition's leader and offsets, as `GET /v1/topics/{name}` shows them.
@@ -94,6 +95,7 @@ impl Service {
             limits,
             metrics,
             unkeyed: std::sync::atomic::AtomicU32::new(rand::random()),
+            sync_rounds: metadata::SyncRounds::default(),
         })
     }
 

@@ -54,30 +54,9 @@ impl Service {
         hops: u8,
     ) -> Result<(u64, u32), ServiceError> {
         let meta = self.partition_synced(&batch.topic, batch.partition).await?;
-        if let Some(p) = batch.producer {
-            // The controller allocates producer ids and epochs; a partition only sees batches.
-            match self.producer_epoch_synced(p.id, p.epoch).await? {
-                None => return Err(ServiceError::UnknownProducer(p.id)),
-                Some(current) if p.epoch < current => {
-                    return Err(ServiceError::Fenced {
-                        got: p.epoch,
-                        current,
-                    });
-                }
-                Some(current) if p.epoch > current => {
-                    return Err(ServiceError::invalid(
-                        "INVALID_PRODUCER_EPOCH",
-                        format!(
-                            "producer {} has epoch {current}; {} was never issued",
-                            p.id, p.epoch
-                        ),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
         let mut hint = None;
+        let mut producer_checked = false;
         for _ in 0..=MAX_HOPS {
             let route = match hint.take() {
                 Some(n) if n != self.node_id => Route::Remote(n),
@@ -85,6 +64,12 @@ impl Service {
             };
             match route {
                 Route::Local(g) => {
+                    // Only the node that proposes checks the producer: the check costs a
+                    // controller round (see `producer_epoch_synced`).
+                    if !producer_checked {
+                        self.check_producer(batch.producer).await?;
+                        producer_checked = true;
+                    }
                     let append = AppendBatch {
                         producer: batch.producer,
                         records: batch.records.clone(),
@@ -123,6 +108,32 @@ impl Service {
             "partition {} of '{}' keeps changing leader; retry",
             batch.partition, batch.topic
         )))
+    }
+}
+
+impl Service {
+    /// Refuses a batch from a producer the controller never issued, or from an epoch that is
+    /// not the producer's current one, as of every controller entry committed before the call.
+    async fn check_producer(&self, producer: Option<ProducerBatch>) -> Result<(), ServiceError> {
+        let Some(p) = producer else {
+            return Ok(());
+        };
+        // The controller allocates producer ids and epochs; a partition only sees batches.
+        match self.producer_epoch_synced(p.id, p.epoch).await? {
+            None => Err(ServiceError::UnknownProducer(p.id)),
+            Some(current) if p.epoch < current => Err(ServiceError::Fenced {
+                got: p.epoch,
+                current,
+            }),
+            Some(current) if p.epoch > current => Err(ServiceError::invalid(
+                "INVALID_PRODUCER_EPOCH",
+                format!(
+                    "producer {} has epoch {current}; {} was never issued",
+                    p.id, p.epoch
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 }
 

@@ -142,6 +142,13 @@ impl Cluster {
         }
     }
 
+    /// Sends `signal` to node `id`'s process (e.g. SIGSTOP, SIGCONT).
+    pub fn signal(&mut self, id: u64, signal: nix::sys::signal::Signal) {
+        let child = self.node_mut(id).child.as_ref().expect("node running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal");
+    }
+
     /// Waits (bounded) until node `id`'s process has exited by itself, and reaps it.
     pub async fn wait_exit(&mut self, id: u64, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.node_mut(id).child.take().expect("node running");
