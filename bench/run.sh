@@ -12,6 +12,7 @@
 #   CONNECT        any | leader; default leader with PARTITIONS=1, else any (natsbench can
 #                  only publish straight to the leader with one stream)
 #   NATS=1         0 skips the NATS peer;  NATS_SYNCS="default always" (see its README)
+#   IDEMPOTENT=1   0 skips the second chat4all run per level with idempotent producers
 #   NATS_DIR       default ../shared/peers/nats next to the repository (read-only: only run)
 #   QUIET_MAX=20 QUIET_WAIT=300   before each measurement wait (bounded) until the machine
 #                  is at most QUIET_MAX % busy; the busy % seen goes into the label
@@ -29,6 +30,7 @@ PARTITIONS=${PARTITIONS:-3}
 KILLS=${KILLS:-10}
 if [ "$PARTITIONS" = 1 ]; then CONNECT=${CONNECT:-leader}; else CONNECT=${CONNECT:-any}; fi
 NATS=${NATS:-1}
+IDEMPOTENT=${IDEMPOTENT:-1}
 NATS_SYNCS=${NATS_SYNCS:-"default always"}
 QUIET_MAX=${QUIET_MAX:-20}
 QUIET_WAIT=${QUIET_WAIT:-300}
@@ -123,6 +125,16 @@ for inflight in $INFLIGHTS; do
     --records "$RECORDS" --size "$SIZE" --inflight "$inflight" --batch 1 --connect "$CONNECT" \
     --pids "$(IFS=,; echo "${pids[*]}")" --label "chat4all fsync-per-write bg_cpu=$bg%" \
     | tee -a "$out"
+  if [ "$IDEMPOTENT" = 1 ]; then
+    # Same cluster, new topic: every worker an idempotent producer (the jepsen workloads' and
+    # Kafka's default mode), which adds the controller epoch check to each batch.
+    bg=$(wait_quiet)
+    "$BIN" bench produce --url "$(printf 'http://%s,' "${APIS[@]}" | sed 's/,$//')" \
+      --topic "bench-idem-$inflight" --partitions "$PARTITIONS" --replication-factor 3 \
+      --records "$RECORDS" --size "$SIZE" --inflight "$inflight" --batch 1 --connect "$CONNECT" \
+      --idempotent --pids "$(IFS=,; echo "${pids[*]}")" \
+      --label "chat4all idempotent fsync-per-write bg_cpu=$bg%" | tee -a "$out"
+  fi
   stop_cluster
 
   [ "$NATS" = 1 ] || continue

@@ -56,6 +56,10 @@ pub struct ProduceArgs {
     /// Free text copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Each worker writes as its own idempotent producer (`POST /v1/producers`), with
+    /// per-partition sequences; a failed request makes it start a new producer.
+    #[arg(long)]
+    idempotent: bool,
 }
 
 /// Where requests go.
@@ -84,6 +88,33 @@ struct Plan {
     /// Distinct random values, so storage compression cannot shrink repeats.
     values: Vec<String>,
     batch: usize,
+    /// `POST /v1/producers` URL, when workers are idempotent producers.
+    producers: Option<String>,
+}
+
+/// A worker's idempotent producer: id, epoch, and the next sequence per partition.
+struct Producer {
+    id: i64,
+    epoch: i64,
+    next: Vec<u64>,
+}
+
+impl Producer {
+    async fn new(http: &reqwest::Client, url: &str, partitions: usize) -> anyhow::Result<Self> {
+        let v: Value = http
+            .post(url)
+            .json(&json!({}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(Producer {
+            id: v["id"].as_i64().context("producer id")?,
+            epoch: v["epoch"].as_i64().context("producer epoch")?,
+            next: vec![0; partitions],
+        })
+    }
 }
 
 /// One timed (or warmup) phase.
@@ -149,6 +180,7 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<Value> {
             })
             .collect(),
         batch: a.batch,
+        producers: a.idempotent.then(|| format!("{}/v1/producers", urls[0])),
     });
     eprintln!(
         "bench: topic {} has {partitions} partitions (leaders {leaders:?}); {} requests in flight, {} records each",
@@ -180,6 +212,7 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<Value> {
         "replication_factor": a.replication_factor,
         "warmup": a.warmup,
         "connect": a.connect.name(),
+        "idempotent": a.idempotent,
         "elapsed_s": (secs * 1000.0).round() / 1000.0,
         "records_per_s": (p.acked as f64 / secs).round(),
         "mb_per_s": round2(acked_bytes as f64 / secs / 1e6),
@@ -219,6 +252,11 @@ async fn phase(
             tokio::spawn(async move {
                 let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                let partitions = plan.targets.len();
+                let mut producer = match &plan.producers {
+                    Some(u) => Some(Producer::new(&http, u, partitions).await?),
+                    None => None,
+                };
                 while acked.load(Ordering::Relaxed) < target
                     && failed.load(Ordering::Relaxed) <= target
                     && Instant::now() < deadline
@@ -235,17 +273,21 @@ async fn phase(
                             json!({"value": value, "partition": partition})
                         })
                         .collect();
+                    let mut body = json!({ "records": records });
+                    if let Some(p) = &producer {
+                        body["producer"] =
+                            json!({"id": p.id, "epoch": p.epoch, "sequence": p.next[partition]});
+                    }
                     let sent = Instant::now();
-                    let res = http
-                        .post(url)
-                        .json(&json!({ "records": records }))
-                        .send()
-                        .await;
+                    let res = http.post(url).json(&body).send().await;
                     let code = match res {
                         Ok(r) if r.status().is_success() => match r.bytes().await {
                             Ok(_) => {
                                 latency.saturating_record(sent.elapsed().as_micros() as u64);
                                 acked.fetch_add(plan.batch as u64, Ordering::Relaxed);
+                                if let Some(p) = &mut producer {
+                                    p.next[partition] += plan.batch as u64;
+                                }
                                 continue;
                             }
                             Err(_) => "RESPONSE_BODY".to_string(),
@@ -263,6 +305,11 @@ async fn phase(
                     };
                     *errors.entry(code).or_default() += 1;
                     failed.fetch_add(1, Ordering::Relaxed);
+                    // The failed batch may or may not have been written: its sequence cannot
+                    // be reused for other records, so start over as a new producer.
+                    if let (Some(u), Some(_)) = (&plan.producers, &producer) {
+                        producer = Some(Producer::new(&http, u, partitions).await?);
+                    }
                     // An election answers 503 at once: pace retries rather than spin.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
