@@ -60,14 +60,40 @@ async fn a_node_with_a_damaged_sst_refuses_to_start_and_the_others_carry_on() {
         "the refusal says why: {log}"
     );
 
-    // The two others still make a majority: they accept writes and hold every record.
-    let (s, v) = c
-        .post(
-            3,
-            "/v1/topics/dmg/records",
-            &json!({"records": [{"value": "after"}]}),
-        )
-        .await;
+    // The two others still make a majority: they accept writes and hold every record. (If
+    // the victim led the partition, they elect a leader first; a write refused meanwhile was
+    // not written, so it can be sent again.)
+    eventually(
+        "a survivor leads the partition",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let (_, t) = c.get(3, "/v1/topics/dmg").await;
+                let leader = t["partitions"][0]["leader"].as_u64();
+                (leader.is_some() && leader != Some(victim)).then_some(())
+            }
+        },
+    )
+    .await;
+    let (s, v) = eventually(
+        "a write through a survivor",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let (s, v) = c
+                    .post(
+                        3,
+                        "/v1/topics/dmg/records",
+                        &json!({"records": [{"value": "after"}]}),
+                    )
+                    .await;
+                (v["error"]["code"] != "UNAVAILABLE").then_some((s, v))
+            }
+        },
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     written.push(json!("after"));
     let on_survivor: Vec<Value> = c
