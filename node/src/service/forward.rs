@@ -5,7 +5,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat4all_raft::groups::{ForwardHandler, GroupState};
+use chat4all_raft::groups::{ForwardHandler, GroupState, known_leader};
 use chat4all_raft::network::resolve;
 use chat4all_raft::transport::{PROTOCOL_VERSION, RpcHeader, RpcKind, TransportError};
 use chat4all_raft::types::{ControllerCommand, ControllerResponse, GroupId, NodeId};
@@ -131,7 +131,28 @@ impl Service {
             deadline_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
         };
         self.metrics.forwarded.with_label_values(&[kind]).inc();
-        match transport.call(addr, header, Bytes::from(body), left).await {
+        let call = transport.call(addr, header, Bytes::from(body), left);
+        let answer = tokio::select! {
+            answer = call => answer,
+            new = self.leader_moved_from(group, to) => {
+                // `to` was deposed while it held the request (it died, or was cut off, and a
+                // new leader was elected). If it had appended a write, the new leader may yet
+                // commit it or drop it: unknown, and waiting for `to` would not tell. Saying
+                // so at once instead of at the deadline lets the client retry (idempotently)
+                // against the new leader about one election after the fault.
+                return Err(if writes {
+                    ServiceError::OutcomeUnknown(format!(
+                        "node {to} lost the leadership of group {group} to node {new} while \
+                         it held this write; it may or may not have been committed"
+                    ))
+                } else {
+                    ServiceError::Unavailable(format!(
+                        "node {to} lost the leadership of group {group} to node {new}; retry"
+                    ))
+                });
+            }
+        };
+        match answer {
             Ok(bytes) => {
                 bincode::serde::decode_from_slice::<Wire, _>(&bytes, bincode::config::standard())
                     .map_err(|e| {
@@ -148,6 +169,31 @@ impl Service {
             Err(e) => Err(ServiceError::Unavailable(format!(
                 "forward to node {to}: {e}"
             ))),
+        }
+    }
+
+    /// Completes with the new leader once this node sees group `group` led by a node other
+    /// than `from`, if this node runs the group and currently takes `from` for its leader;
+    /// never completes otherwise (this node would not see the change, or `from` was not the
+    /// leader when the request was sent: a hint, or a non-replica's pick).
+    async fn leader_moved_from(&self, group: GroupId, from: NodeId) -> NodeId {
+        let Some(g) = self.groups.get(group) else {
+            return std::future::pending().await;
+        };
+        if g.leader() != Some(from) {
+            return std::future::pending().await;
+        }
+        let mut metrics = g.raft.metrics();
+        loop {
+            if let Some(l) = known_leader(&metrics.borrow_and_update())
+                && l != from
+            {
+                return l;
+            }
+            if metrics.changed().await.is_err() {
+                // The group stopped on this node: it will not learn of a new leader.
+                return std::future::pending().await;
+            }
         }
     }
 

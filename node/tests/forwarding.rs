@@ -1,0 +1,83 @@
+//! Requests forwarded to a partition's leader when that leader fails while holding them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, eventually};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_leads() {
+    // A long write timeout: the answer must come from the leader change, not the deadline.
+    let mut c = Cluster::start(3, "[limits]\nwrite_timeout_ms = 30000\n").await;
+    c.create_topic(1, "fwd", 1, 3, json!({})).await;
+    let (s, v) = c
+        .post(
+            1,
+            "/v1/topics/fwd/records",
+            &json!({"records": [{"value": "first"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let leader = c.leader(1, "fwd", 0).await;
+    let via = (1..=3).find(|&n| n != leader).expect("a follower");
+    // The follower knows the leader (it forwards there), then the leader freezes.
+    eventually(
+        "the follower knows the leader",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let (_, t) = c.get(via, "/v1/topics/fwd").await;
+                (t["partitions"][0]["leader"].as_u64() == Some(leader)).then_some(())
+            }
+        },
+    )
+    .await;
+    c.signal(leader, Signal::SIGSTOP);
+    let (s, v) = c
+        .post(
+            via,
+            "/v1/topics/fwd/records",
+            &json!({"records": [{"value": "held"}]}),
+        )
+        .await;
+    c.signal(leader, Signal::SIGCONT);
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "OUTCOME_UNKNOWN", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("lost the leadership"),
+        "answered by the deadline, not by the leader change: {v}"
+    );
+    // The partition carries on under its new leader, and holds the write or not: never twice,
+    // never anything else.
+    let (s, v) = eventually("a write succeeds again", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            let (s, v) = c
+                .post(
+                    via,
+                    "/v1/topics/fwd/records",
+                    &json!({"records": [{"value": "after"}]}),
+                )
+                .await;
+            (s != 503).then_some((s, v))
+        }
+    })
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let values: Vec<_> = c
+        .read_all(via, "fwd", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        values == [json!("first"), json!("after")]
+            || values == [json!("first"), json!("held"), json!("after")],
+        "{values:?}"
+    );
+}
