@@ -81,3 +81,75 @@ async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_le
         "{values:?}"
     );
 }
+
+#[tokio::test]
+async fn a_node_cut_off_from_every_peer_soon_refuses_at_once_and_writes_nothing() {
+    let mut c = Cluster::start(3, "[limits]\nwrite_timeout_ms = 30000\n").await;
+    c.create_topic(1, "alone", 1, 3, json!({})).await;
+    let (s, v) = c
+        .post(
+            1,
+            "/v1/topics/alone/records",
+            &json!({"records": [{"value": "first"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Freeze the two others: node `lone` hears from nobody, leader or not.
+    let lone = 1 + (c.leader(1, "alone", 0).await % 3);
+    let others: Vec<u64> = (1..=3).filter(|&n| n != lone).collect();
+    for &n in &others {
+        c.signal(n, Signal::SIGSTOP);
+    }
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let (s, v) = c
+            .post(
+                lone,
+                "/v1/topics/alone/records",
+                &json!({"records": [{"value": format!("alone-{i}")}]}),
+            )
+            .await;
+        assert_eq!(s, 503, "a node alone answered {v}");
+        answers.push(v);
+    }
+    for &n in &others {
+        c.signal(n, Signal::SIGCONT);
+    }
+    let last = answers.last().expect("answers");
+    assert_eq!(last["error"]["code"], "UNAVAILABLE", "{answers:?}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cut off")),
+        "the lone node still waited for a leader or a timeout: {answers:?}"
+    );
+    // Nothing refused was written.
+    let (s, v) = eventually("a write succeeds again", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            let (s, v) = c
+                .post(
+                    lone,
+                    "/v1/topics/alone/records",
+                    &json!({"records": [{"value": "after"}]}),
+                )
+                .await;
+            (v["error"]["code"] != "UNAVAILABLE").then_some((s, v))
+        }
+    })
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let values: Vec<_> = c
+        .read_all(lone, "alone", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    for (i, a) in answers.iter().enumerate() {
+        if a["error"]["code"] == "UNAVAILABLE" {
+            assert!(!values.contains(&json!(format!("alone-{i}"))), "{values:?}");
+        }
+    }
+    assert_eq!(values.first(), Some(&json!("first")));
+    assert_eq!(values.last(), Some(&json!("after")));
+}

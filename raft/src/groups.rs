@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat4all_storage::Db;
@@ -11,7 +11,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::Snapshot;
 use openraft::error::{InitializeError, RaftError};
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 
 use crate::Error;
 use crate::log_store::{FsyncObserver, LogStore};
@@ -45,6 +45,9 @@ pub struct Group {
     pub raft: Raft,
     /// Its state machine (shared with the Raft instance).
     pub state: GroupState,
+    /// When this replica last heard from a leader it accepted (an AppendEntries or snapshot
+    /// it did not refuse), or when the group started here.
+    contact: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl Group {
@@ -53,6 +56,33 @@ impl Group {
     /// itself only when it really leads.
     pub fn leader(&self) -> Option<NodeId> {
         known_leader(&self.raft.metrics().borrow())
+    }
+
+    /// How long this replica, while not leading, has not heard from any leader (counting
+    /// from the group's start here if it never has), if that is longer than `longer_than`.
+    /// A follower that knows a leader but has not heard from it past the lease
+    /// (`election_timeout_max`) is cut off or facing a dead leader; one that has been without
+    /// a leader for several election timeouts is most likely on the minority side of a
+    /// partition. Either way forwarding or waiting would only end in a timeout.
+    pub fn leader_silent_for(&self, longer_than: Duration) -> Option<Duration> {
+        if self.raft.metrics().borrow().state.is_leader() {
+            return None;
+        }
+        let since = self
+            .contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        (since > longer_than).then_some(since)
+    }
+
+    /// The lease a follower grants its leader (`election_timeout_max`).
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
+    }
+
+    fn heard_from_leader(&self) {
+        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     /// How long this replica, while leading, has not heard from a majority, if that is longer
@@ -252,7 +282,12 @@ impl Groups {
                 Err(e) => return Err(e.into()),
             }
         }
-        let group = Group { id, raft, state };
+        let group = Group {
+            id,
+            raft,
+            state,
+            contact: Arc::new(std::sync::Mutex::new(Instant::now())),
+        };
         let mut map = self.groups.write().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(id).or_insert(group).clone())
     }
@@ -279,7 +314,13 @@ impl Groups {
         };
         match header.kind {
             RpcKind::AppendEntries => match decode::<AppendEntriesRequest<TypeConfig>>(&body) {
-                Ok(req) => reply(result(group.raft.append_entries(req).await)),
+                Ok(req) => {
+                    let res = group.raft.append_entries(req).await;
+                    if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                        group.heard_from_leader();
+                    }
+                    reply(result(res))
+                }
                 Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
             },
             RpcKind::Vote => match decode::<VoteRequest<NodeId>>(&body) {
@@ -292,9 +333,11 @@ impl Groups {
                         meta: req.meta,
                         snapshot: Box::new(std::io::Cursor::new(req.data)),
                     };
-                    reply(result(
-                        group.raft.install_full_snapshot(req.vote, snapshot).await,
-                    ))
+                    let res = group.raft.install_full_snapshot(req.vote, snapshot).await;
+                    if res.is_ok() {
+                        group.heard_from_leader();
+                    }
+                    reply(result(res))
                 }
                 Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
             },

@@ -35,6 +35,9 @@ use crate::metrics::Metrics;
 const MAX_HOPS: u8 = 3;
 /// How long a request waits for a group to have a leader before answering `UNAVAILABLE`.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How many leases (`election_timeout_max`) a replica without a leader waits for one before
+/// answering UNAVAILABLE at once.
+const LEADERLESS_LEASES: u32 = 4;
 
 /// Where an operation on a group runs.
 enum Route {
@@ -189,11 +192,35 @@ impl Service {
                         }
                         return Ok(Route::Local(g));
                     }
-                    Some(l) => return Ok(Route::Remote(l)),
+                    Some(l) => {
+                        if let Some(silent) = g.leader_silent_for(g.lease() * 2) {
+                            // Forwarding to a leader this node no longer hears from would
+                            // only time out with an unknown outcome.
+                            return Err(ServiceError::Unavailable(format!(
+                                "this node has not heard from node {l}, the leader of group \
+                                 {group}, for {} ms (cut off?); retry through another node",
+                                silent.as_millis()
+                            )));
+                        }
+                        return Ok(Route::Remote(l));
+                    }
                     None => {
+                        // An election takes about one lease; a candidate refused for a
+                        // shorter log waits two more. Past that, this node is most likely on
+                        // the minority side of a partition: say so at once.
+                        let patience = g.lease() * LEADERLESS_LEASES;
+                        let silent = g.leader_silent_for(Duration::ZERO).unwrap_or_default();
+                        if silent > patience {
+                            return Err(ServiceError::Unavailable(format!(
+                                "group {group} has had no leader this node hears from for {} ms \
+                                 (cut off from a majority?); retry through another node",
+                                silent.as_millis()
+                            )));
+                        }
                         let left = deadline
                             .saturating_duration_since(Instant::now())
-                            .min(LEADER_WAIT);
+                            .min(LEADER_WAIT)
+                            .min(patience - silent);
                         let waited = g
                             .raft
                             .wait(Some(left))
