@@ -31,6 +31,12 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
+# Every test: the workspace's tests, then a short seeded Jepsen-style run (root: network
+# namespaces) that fails on any invalid history.
 test:
 	.ci/setup
 	cargo test --release --workspace
+	jepsen-tests/run $(JEPSEN_SHORT)
+
+# The short run CI does: kills and partitions every ~5 s for 40 s, 3 nodes, fixed seed.
+JEPSEN_SHORT := --workload queue --nemesis partition,kill --nodes 3 --time-limit 40 --interval 5 --seed 42
