@@ -119,7 +119,7 @@ async fn a_node_with_a_damaged_sst_refuses_to_start_and_the_others_carry_on() {
             async move {
                 let mut applied = Vec::new();
                 for id in 1..=3 {
-                    applied.push(apply_index(c, id, "dmg").await?);
+                    applied.push(c.apply_index(id, "dmg", 0).await?);
                 }
                 (applied.iter().all(|&a| a == applied[0])).then_some(())
             }
@@ -133,21 +133,4 @@ async fn a_node_with_a_damaged_sst_refuses_to_start_and_the_others_carry_on() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(on_victim, written);
-}
-
-/// Node `id`'s applied index for partition 0 of `topic`, from its metrics.
-async fn apply_index(c: &Cluster, id: u64, topic: &str) -> Option<f64> {
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.api(id)))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let series = format!(r#"chat4all_partition_apply_index{{partition="0",topic="{topic}"}}"#);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
 }

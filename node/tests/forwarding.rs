@@ -97,6 +97,23 @@ async fn a_node_cut_off_from_every_peer_soon_refuses_at_once_and_writes_nothing(
     // Freeze the two others: node `lone` hears from nobody, leader or not.
     let lone = 1 + (c.leader(1, "alone", 0).await % 3);
     let others: Vec<u64> = (1..=3).filter(|&n| n != lone).collect();
+    // Only once `lone` has heard from the leader (it applied what the leader did) is its
+    // silence news; before that it may still be starting the group.
+    eventually(
+        "every replica applied the first write",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let mut applied = Vec::new();
+                for id in 1..=3 {
+                    applied.push(c.apply_index(id, "alone", 0).await?);
+                }
+                applied.iter().all(|&a| a == applied[0]).then_some(())
+            }
+        },
+    )
+    .await;
     for &n in &others {
         c.signal(n, Signal::SIGSTOP);
     }

@@ -45,9 +45,15 @@ pub struct Group {
     pub raft: Raft,
     /// Its state machine (shared with the Raft instance).
     pub state: GroupState,
-    /// When this replica last heard from a leader it accepted (an AppendEntries or snapshot
-    /// it did not refuse), or when the group started here.
-    contact: Arc<std::sync::Mutex<Instant>>,
+    /// The last leader this replica accepted an AppendEntries or snapshot from, and when.
+    contact: Arc<std::sync::Mutex<Contact>>,
+}
+
+/// See [`Group::leader_silent_for`].
+#[derive(Default)]
+struct Contact {
+    leader: Option<NodeId>,
+    at: Option<Instant>,
 }
 
 impl Group {
@@ -58,21 +64,34 @@ impl Group {
         known_leader(&self.raft.metrics().borrow())
     }
 
-    /// How long this replica, while not leading, has not heard from any leader (counting
-    /// from the group's start here if it never has), if that is longer than `longer_than`.
-    /// A follower that knows a leader but has not heard from it past the lease
-    /// (`election_timeout_max`) is cut off or facing a dead leader; one that has been without
-    /// a leader for several election timeouts is most likely on the minority side of a
-    /// partition. Either way forwarding or waiting would only end in a timeout.
+    /// How long this replica, while not leading, has not heard from any leader, if that is
+    /// longer than `longer_than`. A follower that knows a leader but has not heard from it
+    /// past the lease (`election_timeout_max`) is cut off or facing a dead leader; one that has
+    /// been without a leader for several election timeouts is most likely on the minority
+    /// side of a partition. Either way forwarding or waiting would only end in a timeout.
+    /// `None` until the replica has heard from a leader once since it started (a new group's
+    /// or a restarted node's first election may take a while; that is not silence), and
+    /// right after it learns of a new leader (the AppendEntries that told it may still be in
+    /// progress).
     pub fn leader_silent_for(&self, longer_than: Duration) -> Option<Duration> {
-        if self.raft.metrics().borrow().state.is_leader() {
+        let known = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state.is_leader() {
+                return None;
+            }
+            known_leader(&m)
+        };
+        let mut contact = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        let at = contact.at?;
+        if known.is_some() && known != contact.leader {
+            *contact = Contact {
+                leader: known,
+                at: Some(Instant::now()),
+            };
             return None;
         }
-        let since = self
-            .contact
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed();
+        let since = at.elapsed();
         (since > longer_than).then_some(since)
     }
 
@@ -82,7 +101,11 @@ impl Group {
     }
 
     fn heard_from_leader(&self) {
-        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let leader = self.leader();
+        *self.contact.lock().unwrap_or_else(|p| p.into_inner()) = Contact {
+            leader,
+            at: Some(Instant::now()),
+        };
     }
 
     /// How long this replica, while leading, has not heard from a majority, if that is longer
@@ -286,7 +309,7 @@ impl Groups {
             id,
             raft,
             state,
-            contact: Arc::new(std::sync::Mutex::new(Instant::now())),
+            contact: Arc::default(),
         };
         let mut map = self.groups.write().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry(id).or_insert(group).clone())

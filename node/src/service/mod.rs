@@ -209,6 +209,8 @@ impl Service {
                         // shorter log waits two more. Past that, this node is most likely on
                         // the minority side of a partition: say so at once.
                         let patience = g.lease() * LEADERLESS_LEASES;
+                        // (Zero until this replica has heard from a leader once: a new
+                        // group's first election, or a restarted node's, is not silence.)
                         let silent = g.leader_silent_for(Duration::ZERO).unwrap_or_default();
                         if silent > patience {
                             return Err(ServiceError::Unavailable(format!(

@@ -159,6 +159,24 @@ impl Cluster {
         .await
     }
 
+    /// Node `id`'s applied Raft index for `partition` of `topic`, from its metrics.
+    pub async fn apply_index(&self, id: u64, topic: &str, partition: u32) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.api(id)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let series =
+            format!(r#"chat4all_partition_apply_index{{partition="{partition}",topic="{topic}"}}"#);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// The data directory of node `id`.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("data/node{id}"))
@@ -260,14 +278,17 @@ impl Cluster {
         let mut offset: Option<u64> = None;
         loop {
             let q = offset.map_or(String::new(), |o| format!("offset={o}&"));
-            let (s, v) = self
-                .get(
-                    via,
-                    &format!(
-                        "/v1/topics/{topic}/partitions/{partition}/records?{q}max_records=1000"
-                    ),
-                )
-                .await;
+            let path =
+                format!("/v1/topics/{topic}/partitions/{partition}/records?{q}max_records=1000");
+            // A read during an election may be refused (UNAVAILABLE); reads are safe to retry.
+            let (s, v) = eventually("a fetch answered", Duration::from_secs(30), || {
+                let path = &path;
+                async move {
+                    let (s, v) = self.get(via, path).await;
+                    (v["error"]["code"] != "UNAVAILABLE").then_some((s, v))
+                }
+            })
+            .await;
             assert_eq!(s, 200, "fetch: {v}");
             let recs = v["records"].as_array().expect("records");
             for r in recs {
