@@ -36,7 +36,14 @@ impl PartitionManagerWorker {
                         .iter()
                         .filter_map(|id| self.members.get(id).map(|n| (*id, n.clone())))
                         .collect();
-                    match self.groups.start_partition(p.group, replicas).await {
+                    // The first replica listed leads first: replicas lists rotate over the
+                    // nodes, so new partitions' leaders are spread.
+                    let preferred = p.replicas.first().copied();
+                    match self
+                        .groups
+                        .start_partition(p.group, replicas, preferred)
+                        .await
+                    {
                         Ok(_) => {
                             tracing::info!(topic = %topic.name, partition = i, group = %p.group, "partition started")
                         }

@@ -144,6 +144,21 @@ pub struct Groups {
     observer: Option<Arc<dyn FsyncObserver>>,
 }
 
+/// When a replica of a new group initializes it (and so campaigns).
+enum Initialize {
+    /// At start.
+    AtOnce,
+    /// Only if no leader or entry has reached it within a few election timeouts.
+    AsFallback,
+}
+
+async fn initialize_group(raft: &Raft, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), Error> {
+    match raft.initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Raft timing shared by every group, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftTiming {
@@ -261,22 +276,38 @@ impl Groups {
             GroupState::Controller(sm.clone()),
             voters,
             sm,
+            Initialize::AtOnce,
         )
         .await
     }
 
     /// Starts a partition group (idempotent), initializing it with `replicas` if it is new.
+    /// A new group's first leader is `preferred` when that replica is up: it campaigns at
+    /// once, the others only if no leader has appeared after a few election timeouts. (openraft
+    /// 0.9 has no leader transfer, so where a partition's leadership starts is where it stays
+    /// until a failure; spreading the preferred replicas spreads the leaders' work.)
     pub async fn start_partition(
         &self,
         id: GroupId,
         replicas: BTreeMap<NodeId, NodeInfo>,
+        preferred: Option<NodeId>,
     ) -> Result<Group, Error> {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
         let sm = PartitionStateMachine::open(self.db.clone(), id)?;
-        self.start(id, GroupState::Partition(sm.clone()), replicas, sm)
-            .await
+        let initialize = match preferred {
+            Some(p) if p != self.node_id && replicas.contains_key(&p) => Initialize::AsFallback,
+            _ => Initialize::AtOnce,
+        };
+        self.start(
+            id,
+            GroupState::Partition(sm.clone()),
+            replicas,
+            sm,
+            initialize,
+        )
+        .await
     }
 
     async fn start<SM>(
@@ -285,6 +316,7 @@ impl Groups {
         state: GroupState,
         members: BTreeMap<NodeId, NodeInfo>,
         sm: SM,
+        initialize: Initialize,
     ) -> Result<Group, Error>
     where
         SM: openraft::storage::RaftStateMachine<TypeConfig>,
@@ -299,10 +331,32 @@ impl Groups {
         let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm).await?;
         if pristine {
             // Every replica initializes with the same membership, so whichever runs first, the
-            // logs agree; a replica that already has state never re-initializes.
-            match raft.initialize(members).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(e.into()),
+            // logs agree; a replica that already has state never re-initializes. Initializing
+            // starts an election at once.
+            match initialize {
+                Initialize::AtOnce => initialize_group(&raft, members).await?,
+                Initialize::AsFallback => {
+                    // Give the preferred replica a head start: initialize only if nothing
+                    // reached this replica (no leader, no entry) within a few timeouts.
+                    let (raft, grace) = (
+                        raft.clone(),
+                        Duration::from_millis(self.config.election_timeout_max * 4),
+                    );
+                    tokio::spawn(async move {
+                        let heard = raft
+                            .wait(Some(grace))
+                            .metrics(
+                                |m| m.current_leader.is_some() || m.last_log_index.is_some(),
+                                "a leader or an entry",
+                            )
+                            .await;
+                        if heard.is_err()
+                            && let Err(e) = initialize_group(&raft, members).await
+                        {
+                            tracing::warn!("cannot initialize a group: {e}");
+                        }
+                    });
+                }
             }
         }
         let group = Group {

@@ -138,7 +138,9 @@ async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
         });
     }
     for n in &nodes {
-        n.groups.start_partition(PARTITION, members.clone()).await?;
+        n.groups
+            .start_partition(PARTITION, members.clone(), None)
+            .await?;
     }
     Ok(nodes)
 }
