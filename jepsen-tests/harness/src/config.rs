@@ -1,5 +1,8 @@
 //! The cluster file the harness gives every node: the format of the top-level `cluster.toml`,
 //! with each node on its own namespace address and everything under the run's results folder.
+//! It is named [`CLUSTER_FILE`], not `cluster.toml`: the nodes' command lines
+//! (`chat4all serve --config <dir>/c4aj-nodes.toml --node-id K`) then match no
+//! `pkill -f "cluster.toml --node-id"` aimed at another cluster on the same machine.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,14 @@ pub const HARNESS_HOST: u8 = 254;
 pub const RAFT_PORT: u16 = 7000;
 /// REST API (TCP) port of every node.
 pub const API_PORT: u16 = 8080;
+/// The cluster file's name in the results folder. It must not end in `cluster.toml` (see the
+/// module's documentation).
+pub const CLUSTER_FILE: &str = "c4aj-nodes.toml";
+
+/// Data directory of node `id` in results folder `dir`.
+pub fn data_dir(dir: &Path, id: NodeId) -> PathBuf {
+    dir.join("data").join(format!("n{id}"))
+}
 
 /// The address of node `id`.
 pub fn node_ip(id: NodeId) -> Ipv4Addr {
@@ -45,6 +56,9 @@ pub struct ClusterFileConfig {
     pub election_timeout_min_ms: u64,
     /// `[raft]` longest election timeout.
     pub election_timeout_max_ms: u64,
+    /// `[storage] memtable_mb`: 1 when a fault damages SST files, so that they exist after a
+    /// few seconds of writes; the node's default (64 MB) otherwise.
+    pub memtable_mb: Option<u64>,
 }
 
 impl ClusterFileConfig {
@@ -58,12 +72,13 @@ impl ClusterFileConfig {
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
+            memtable_mb: None,
         }
     }
 
     /// Data directory of node `id`.
     pub fn data_dir(&self, id: NodeId) -> PathBuf {
-        self.dir.join("data").join(format!("n{id}"))
+        data_dir(&self.dir, id)
     }
 
     /// The certificate directory (the first node to start fills it).
@@ -92,6 +107,11 @@ impl ClusterFileConfig {
             "[raft]\nheartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n",
             self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
         ));
+        // Explicit, as the corruption fault counts on it: every checksum read before joining.
+        out.push_str("\n[storage]\nverify_on_start = true\n");
+        if let Some(mb) = self.memtable_mb {
+            out.push_str(&format!("memtable_mb = {mb}\n"));
+        }
         for id in 1..=self.nodes {
             let ip = node_ip(id);
             out.push_str(&format!(
@@ -169,7 +189,25 @@ mod tests {
         // Only the sections the node knows (its config refuses unknown fields).
         let mut keys: Vec<&str> = parsed.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["limits", "nodes", "raft", "retention", "tls"]);
+        assert_eq!(
+            keys,
+            ["limits", "nodes", "raft", "retention", "storage", "tls"]
+        );
+        assert_eq!(parsed["storage"]["verify_on_start"].as_bool(), Some(true));
+        assert!(parsed["storage"].get("memtable_mb").is_none());
+    }
+
+    #[test]
+    fn damaging_runs_get_small_memtables_and_the_file_name_escapes_cluster_toml_kills() {
+        let mut config = ClusterFileConfig::new(3, Path::new("/r"));
+        config.memtable_mb = Some(1);
+        let parsed: toml::Table = config.render().parse().expect("valid TOML");
+        assert_eq!(parsed["storage"]["memtable_mb"].as_integer(), Some(1));
+        assert_eq!(config.data_dir(2), Path::new("/r/data/n2"));
+        // What `pkill -f "cluster.toml --node-id"` elsewhere would match.
+        let command_line = format!("chat4all serve --config /r/{CLUSTER_FILE} --node-id 2");
+        assert!(!command_line.contains("cluster.toml"));
+        assert!(CLUSTER_FILE.starts_with("c4aj-"));
     }
 
     #[test]

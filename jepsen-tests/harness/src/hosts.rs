@@ -16,9 +16,10 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
@@ -98,6 +99,9 @@ pub struct Hosts {
     /// Exits the harness did not cause (a crash, or a signal from outside the harness), as
     /// found: node, UTC time, exit status.
     unexpected: Mutex<Vec<(NodeId, String, String)>>,
+    /// Nodes expected to exit by themselves (started on damaged data), with their exit status
+    /// once found: such an exit is not unexpected.
+    expected: Mutex<BTreeMap<NodeId, Option<ExitStatus>>>,
     torn_down: AtomicBool,
 }
 
@@ -151,6 +155,7 @@ impl Hosts {
             dir: dir.to_path_buf(),
             children: Mutex::new(BTreeMap::new()),
             unexpected: Mutex::new(Vec::new()),
+            expected: Mutex::new(BTreeMap::new()),
             torn_down: AtomicBool::new(false),
         };
         let harness = format!("{}/24", harness_ip());
@@ -179,6 +184,42 @@ impl Hosts {
     /// Number of nodes.
     pub fn nodes(&self) -> u32 {
         self.nodes
+    }
+
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        crate::config::data_dir(&self.dir, id)
+    }
+
+    /// Starts node `id` expecting it to exit by itself (it was given damaged data) and waits
+    /// up to `limit` for that: its exit status, or `None` if it still runs then (it is left
+    /// running, and a later exit counts as unexpected again).
+    pub fn start_expecting_exit(
+        &self,
+        id: NodeId,
+        limit: Duration,
+    ) -> anyhow::Result<Option<ExitStatus>> {
+        self.expected_lock().insert(id, None);
+        if let Err(e) = self.start(id) {
+            self.expected_lock().remove(&id);
+            return Err(e);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let running = {
+                let mut children = self.lock();
+                self.running(&mut children, id)
+            };
+            if !running {
+                let status = self.expected_lock().remove(&id).flatten();
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                self.expected_lock().remove(&id);
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The log file of node `id`.
@@ -277,7 +318,14 @@ impl Hosts {
         };
         let status = match child.try_wait() {
             Ok(None) => return true,
-            Ok(Some(status)) => status.to_string(),
+            Ok(Some(status)) => {
+                if let Some(slot) = self.expected_lock().get_mut(&id) {
+                    *slot = Some(status);
+                    children.remove(&id);
+                    return false;
+                }
+                status.to_string()
+            }
             Err(e) => format!("cannot wait for it: {e}"),
         };
         children.remove(&id);
@@ -306,6 +354,12 @@ impl Hosts {
         children.clear();
         drop(children);
         Hosts::remove_leftovers();
+    }
+
+    fn expected_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Option<ExitStatus>>> {
+        self.expected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Child>> {

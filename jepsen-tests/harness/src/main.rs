@@ -19,6 +19,7 @@
 
 mod api;
 mod config;
+mod corrupt;
 mod hosts;
 mod nemesis;
 mod plot;
@@ -42,7 +43,7 @@ use serde_json::json;
 use crate::api::{Answer, Api};
 use crate::config::ClusterFileConfig;
 use crate::hosts::Hosts;
-use crate::nemesis::{Nemesis, NetemMode};
+use crate::nemesis::{CorruptionOutcome, Nemesis, NetemMode};
 use crate::queue::Workload;
 use crate::report::Summary;
 use crate::scenario::Scenario;
@@ -55,11 +56,11 @@ struct Args {
     /// The workload: `queue`.
     #[arg(long, default_value = "queue")]
     workload: String,
-    /// Faults, a comma list of partition, kill, pause, netem (or none); they take turns.
+    /// Faults, a comma list of partition, kill, pause, netem, corrupt (or none); they take turns.
     #[arg(long, default_value = "partition,kill")]
     nemesis: String,
     /// A named regression scenario instead of drawn faults: s1-pause-kill, s3-last-replica,
-    /// s4-kill-leaders, s5-pause-kill-storm (or s1, s3, s4, s5).
+    /// s4-kill-leaders, s5-pause-kill-storm, s7-corruption (or s1, s3, s4, s5, s7).
     #[arg(long, conflicts_with = "nemesis")]
     scenario: Option<String>,
     /// Number of nodes (3 or 5).
@@ -175,8 +176,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         serde_json::to_vec_pretty(&schedule)?,
     )?;
     std::fs::write(dir.join("schedule.txt"), schedule.describe())?;
-    let cluster = ClusterFileConfig::new(args.nodes, &dir);
-    let config_path = dir.join("cluster.toml");
+    let mut cluster = ClusterFileConfig::new(args.nodes, &dir);
+    if schedule.corrupts() {
+        cluster.memtable_mb = Some(1);
+    }
+    let config_path = dir.join(config::CLUSTER_FILE);
     std::fs::write(&config_path, cluster.render())?;
 
     let hosts = Arc::new(Hosts::create(args.nodes, &bin, &config_path, &dir)?);
@@ -189,7 +193,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(valid) => {
             if valid.is_valid() && !args.keep_data {
-                std::fs::remove_dir_all(dir.join("data"))?;
+                remove_data(&dir, args.nodes)?;
             }
             let shown = serde_json::to_string(&valid)?;
             println!("valid: {shown}\nresults: {}", dir.display());
@@ -303,6 +307,7 @@ async fn execute(
         notes.push(format!("node {id} not running at the end"));
     }
     notes.extend(workload.notes());
+    let corruptions = nemesis.corruptions();
 
     let history = recorder.snapshot();
     history.write_file(dir.join("history.jsonl"))?;
@@ -314,6 +319,7 @@ async fn execute(
         dir,
         drain_complete,
         workload.foreign_records(),
+        &corruptions,
         notes,
         netem,
     )?;
@@ -330,6 +336,7 @@ fn check(
     dir: &Path,
     drain_complete: bool,
     foreign_records: u64,
+    corruptions: &[CorruptionOutcome],
     mut notes: Vec<String>,
     netem: NetemMode,
 ) -> anyhow::Result<Validity> {
@@ -351,11 +358,13 @@ fn check(
         ));
         valid = Validity::Invalid;
     }
+    valid = valid.and(corruption_validity(schedule, corruptions, &mut notes));
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let verdict = json!({
         "valid": valid,
         "drain_complete": drain_complete,
         "foreign_records": foreign_records,
+        "corruptions": corruptions,
         "netem": netem,
         "checkers": verdicts,
         "notes": notes,
@@ -400,6 +409,58 @@ fn check(
         plot::render(&report::plot_data(history, &title)),
     )?;
     Ok(valid)
+}
+
+/// What the `corrupt` faults add to the verdict. A node that did not refuse to start on
+/// damaged data makes the run invalid whatever the checkers say (it could serve damaged data);
+/// a corrupt step that damaged nothing or did not happen leaves it unknown (damage untested).
+fn corruption_validity(
+    schedule: &Schedule,
+    corruptions: &[CorruptionOutcome],
+    notes: &mut Vec<String>,
+) -> Validity {
+    let planned = schedule
+        .steps
+        .iter()
+        .filter(|s| s.fault.kind() == NemesisKind::Corrupt)
+        .count();
+    let mut valid = Validity::Valid;
+    for c in corruptions {
+        if c.damaged && !c.refused {
+            notes.push(format!(
+                "step {}: NOT REFUSED (a node that does not refuse damaged data could serve it): {}",
+                c.step, c.detail
+            ));
+            valid = Validity::Invalid;
+        } else if !c.damaged {
+            notes.push(format!("step {}: {}", c.step, c.detail));
+            valid = valid.and(Validity::Unknown);
+        } else {
+            notes.push(format!("step {}: {}", c.step, c.detail));
+        }
+    }
+    if corruptions.len() < planned {
+        notes.push(format!(
+            "{} of {planned} corrupt steps damaged a node (the others failed or were skipped: see the nemesis operations)",
+            corruptions.len()
+        ));
+        valid = valid.and(Validity::Unknown);
+    }
+    valid
+}
+
+/// Removes the nodes' data directories after a valid run; damaged ones moved aside by the
+/// `corrupt` fault (`data/nK.damaged-step<S>`, small) stay as evidence.
+fn remove_data(dir: &Path, nodes: u32) -> anyhow::Result<()> {
+    for id in 1..=nodes {
+        let data = config::data_dir(dir, id);
+        if data.exists() {
+            std::fs::remove_dir_all(data)?;
+        }
+    }
+    // Only if nothing is left in it.
+    let _ = std::fs::remove_dir(dir.join("data"));
+    Ok(())
 }
 
 /// Waits until every node answers `/ready` with 200, polling each at most every 200 ms.
@@ -463,4 +524,70 @@ async fn create_topic(api: &Api, args: &Args, deadline: Instant) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("topic {TOPIC} not ready in time: {last}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(step: usize, damaged: bool, refused: bool) -> CorruptionOutcome {
+        CorruptionOutcome {
+            step,
+            node: 2,
+            damaged,
+            refused,
+            detail: "d".into(),
+        }
+    }
+
+    #[test]
+    fn a_damaged_node_that_did_not_refuse_makes_the_run_invalid_and_untested_damage_unknown() {
+        let s7 = Schedule::scenario(Scenario::Corruption, 1, 3, 60_000).expect("valid");
+        let mut notes = Vec::new();
+        let both = [outcome(0, true, true), outcome(1, true, true)];
+        assert_eq!(corruption_validity(&s7, &both, &mut notes), Validity::Valid);
+        assert_eq!(notes.len(), 2);
+        let served = [outcome(0, true, true), outcome(1, true, false)];
+        assert_eq!(
+            corruption_validity(&s7, &served, &mut notes),
+            Validity::Invalid
+        );
+        assert!(notes.iter().any(|n| n.contains("NOT REFUSED")));
+        let nothing = [outcome(0, true, true), outcome(1, false, false)];
+        assert_eq!(
+            corruption_validity(&s7, &nothing, &mut notes),
+            Validity::Unknown
+        );
+        let missing = [outcome(0, true, true)];
+        assert_eq!(
+            corruption_validity(&s7, &missing, &mut notes),
+            Validity::Unknown
+        );
+        // Runs without the fault are not affected.
+        let s1 = Schedule::scenario(Scenario::PauseKill, 1, 3, 60_000).expect("valid");
+        let mut none = Vec::new();
+        assert_eq!(corruption_validity(&s1, &[], &mut none), Validity::Valid);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_valid_runs_data_goes_but_damaged_data_stays_as_evidence() {
+        let dir = std::env::temp_dir().join(format!("c4aj-main-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in [
+            "data/n1/db",
+            "data/n2/db",
+            "data/n3",
+            "data/n2.damaged-step0/db",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+        }
+        remove_data(&dir, 3).expect("remove");
+        assert!(!dir.join("data/n1").exists() && !dir.join("data/n2").exists());
+        assert!(dir.join("data/n2.damaged-step0/db").exists());
+        std::fs::remove_dir_all(dir.join("data/n2.damaged-step0")).expect("clean");
+        remove_data(&dir, 3).expect("remove again");
+        assert!(!dir.join("data").exists(), "an empty data/ goes too");
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
 }

@@ -2,7 +2,8 @@
 //! as a `nemesis` operation (an invocation and an `info` completion) in the history.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat4all_jepsen::{Call, OpType, Process, Recorder};
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::api::{Answer, Api};
 use crate::config::{harness_ip, node_ip};
+use crate::corrupt;
 use crate::hosts::{Hosts, inner_veth, run_in};
 use crate::schedule::{Fault, NodeId, PartitionSpec, Phase, Schedule, grudge};
 
@@ -40,6 +42,25 @@ const NETEM: &[&str] = &[
     "10%",
 ];
 
+/// How long a node restarted on damaged data has to exit by itself.
+pub const REFUSAL_LIMIT: Duration = Duration::from_secs(20);
+
+/// What one `corrupt` fault found: whether a file was damaged and whether the node then
+/// refused to start (exited by itself, non-zero, within [`REFUSAL_LIMIT`], saying why).
+#[derive(Clone, Debug, Serialize)]
+pub struct CorruptionOutcome {
+    /// The step of the schedule.
+    pub step: usize,
+    /// The damaged node.
+    pub node: NodeId,
+    /// Whether a file was damaged at all.
+    pub damaged: bool,
+    /// Whether the node refused to start on it.
+    pub refused: bool,
+    /// What happened, in words.
+    pub detail: String,
+}
+
 /// Fault injector for one run.
 pub struct Nemesis {
     hosts: Arc<Hosts>,
@@ -47,6 +68,11 @@ pub struct Nemesis {
     recorder: Arc<Recorder>,
     topic: String,
     netem: NetemMode,
+    /// Every `corrupt` fault's outcome, in order.
+    corruptions: Mutex<Vec<CorruptionOutcome>>,
+    /// Damaged nodes not rebuilt yet, with the step that damaged them (the final heal rebuilds
+    /// them if their own heal did not run).
+    unrepaired: Arc<Mutex<BTreeMap<NodeId, usize>>>,
 }
 
 impl Nemesis {
@@ -83,7 +109,17 @@ impl Nemesis {
             recorder,
             topic: topic.to_owned(),
             netem,
+            corruptions: Mutex::new(Vec::new()),
+            unrepaired: Arc::default(),
         }
+    }
+
+    /// The outcome of every `corrupt` fault so far.
+    pub fn corruptions(&self) -> Vec<CorruptionOutcome> {
+        self.corruptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs the schedule's timeline from `start` (the workload's start). Every wait is until a
@@ -101,18 +137,18 @@ impl Nemesis {
                 Phase::Start => {
                     let invoke = self.invoke("start", event.step, fault);
                     let mut done = Applied::default();
-                    let result = self.start(fault, &held, &mut done).await;
+                    let result = self.start(event.step, fault, &held, &mut done).await;
                     self.complete(invoke, result);
-                    held.extend(done.killed.iter().chain(&done.paused));
+                    held.extend(done.killed.iter().chain(&done.paused).chain(&done.damaged));
                     applied.insert(event.step, done);
                 }
                 Phase::Heal => {
                     let invoke = self.invoke("heal", event.step, fault);
                     let done = applied.remove(&event.step).unwrap_or_default();
-                    for node in done.killed.iter().chain(&done.paused) {
+                    for node in done.killed.iter().chain(&done.paused).chain(&done.damaged) {
                         held.remove(node);
                     }
-                    let result = self.heal(done).await;
+                    let result = self.heal(event.step, done).await;
                     self.complete(invoke, result);
                 }
             }
@@ -126,9 +162,23 @@ impl Nemesis {
         self.record(OpType::Invoke, invoke.clone(), None);
         let hosts = self.hosts.clone();
         let netem = self.netem;
+        let unrepaired = self.unrepaired.clone();
         let done = blocking(move || {
             // Try everything, then report the first error.
             let mut first_error = None;
+            let mut rebuilt = Vec::new();
+            let damaged: Vec<(NodeId, usize)> = lock(&unrepaired).clone().into_iter().collect();
+            for (id, step) in damaged {
+                match rebuild(&hosts, id, step) {
+                    Ok(_) => {
+                        lock(&unrepaired).remove(&id);
+                        rebuilt.push(id);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
             for id in 1..=hosts.nodes() {
                 if let Err(e) = clear_network(id, netem) {
                     first_error.get_or_insert(e);
@@ -148,7 +198,8 @@ impl Nemesis {
             }
             match first_error {
                 Some(e) => Err(e),
-                None => Ok(json!({"restarted": restarted})),
+                None if rebuilt.is_empty() => Ok(json!({"restarted": restarted})),
+                None => Ok(json!({"restarted": restarted, "rebuilt empty": rebuilt})),
             }
         })
         .await;
@@ -193,6 +244,7 @@ impl Nemesis {
     /// `held` (already paused or killed by an overlapping step).
     async fn start(
         &self,
+        step: usize,
         fault: &Fault,
         held: &BTreeSet<NodeId>,
         done: &mut Applied,
@@ -236,6 +288,13 @@ impl Nemesis {
             Fault::PauseLeader { partition } => {
                 let leader = self.leader_of(partition, held).await?;
                 let mut value = self.stop(vec![leader], Signal::SIGSTOP, held, done).await?;
+                value["leader"] = json!(leader);
+                Ok(value)
+            }
+            Fault::Corrupt { node } => self.corrupt(step, node, held, done).await,
+            Fault::CorruptLeader { partition } => {
+                let leader = self.leader_of(partition, held).await?;
+                let mut value = self.corrupt(step, leader, held, done).await?;
                 value["leader"] = json!(leader);
                 Ok(value)
             }
@@ -322,10 +381,116 @@ impl Nemesis {
         Ok(value)
     }
 
-    /// Undoes what a start did: its rules and qdiscs removed, its paused nodes resumed, its
-    /// killed nodes restarted. Tries everything, then reports the first error.
-    async fn heal(&self, done: Applied) -> anyhow::Result<Value> {
+    /// SIGKILLs `node`, damages its files and restarts it, then waits (up to
+    /// [`REFUSAL_LIMIT`]) for it to refuse to start: exit by itself, non-zero, saying the data
+    /// is damaged. Records the outcome; the heal rebuilds the node empty.
+    async fn corrupt(
+        &self,
+        step: usize,
+        node: NodeId,
+        held: &BTreeSet<NodeId>,
+        done: &mut Applied,
+    ) -> anyhow::Result<Value> {
+        if held.contains(&node) {
+            return Ok(json!({ "skipped (already paused or killed)": [node] }));
+        }
+        // Leader or follower: the partitions it leads as another node sees it.
+        let led: Value = match self.topic(&BTreeSet::from([node])).await {
+            Ok(topic) => json!(
+                topic["partitions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .filter(|(_, p)| p["leader"].as_u64() == Some(u64::from(node)))
+                    .map(|(i, _)| i)
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => json!(format!("unknown: {e:#}")),
+        };
+        // From here on the heal rebuilds it, whatever happens next.
+        done.damaged = vec![node];
+        lock(&self.unrepaired).insert(node, step);
         let hosts = self.hosts.clone();
+        let (mut value, damaged, refused, mut detail) = blocking(move || {
+            let was_running = hosts.kill(node)?;
+            let damage = corrupt::damage(&hosts.data_dir(node).join("db"))?;
+            let log_path = hosts.log_path(node);
+            let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+            let mut value = json!({
+                "node": node,
+                "killed": was_running,
+                "damage": damage,
+            });
+            if !damage.damaged() {
+                hosts.start(node)?;
+                let detail = format!("n{node}: nothing damaged ({damage:?}); restarted as is");
+                return Ok(json!([value, false, false, detail]));
+            }
+            let started = Instant::now();
+            let status = hosts.start_expecting_exit(node, REFUSAL_LIMIT)?;
+            let waited = started.elapsed().as_secs_f64();
+            let line = corrupt::damaged_line(&read_from(&log_path, log_start));
+            value["log"] = json!(line);
+            value["exited"] = json!(status.map(|s| format!("{s} after {waited:.1} s")));
+            let (refused, detail) = match status {
+                Some(status) if !status.success() && line.is_some() => (
+                    true,
+                    format!("n{node} refused to start on damaged data: {status} after {waited:.1} s"),
+                ),
+                Some(status) if status.success() => (
+                    false,
+                    format!("n{node} exited with success ({waited:.1} s) on damaged data"),
+                ),
+                Some(status) => (
+                    false,
+                    format!(
+                        "n{node} exited ({status} after {waited:.1} s) but its log does not say the data is damaged"
+                    ),
+                ),
+                None => (
+                    false,
+                    format!("n{node} still running {waited:.1} s after its restart on damaged data"),
+                ),
+            };
+            Ok(json!([value, true, refused, detail]))
+        })
+        .await
+        .and_then(|v| Ok(serde_json::from_value::<(Value, bool, bool, String)>(v)?))?;
+        if damaged && !refused && !self.hosts.dead().contains(&node) {
+            // Still running on damaged data: does it say it is ready to serve?
+            let ready = matches!(
+                self.api.probe(node, "/ready", Duration::from_secs(2)).await,
+                Answer::Ok(_)
+            );
+            value["ready"] = json!(ready);
+            detail.push_str(if ready {
+                " and answering /ready (serving)"
+            } else {
+                " and not answering /ready (neither refused nor serving)"
+            });
+        }
+        value["led"] = led;
+        value["refused"] = json!(refused);
+        if damaged && !refused {
+            tracing::error!("{detail}");
+        }
+        lock(&self.corruptions).push(CorruptionOutcome {
+            step,
+            node,
+            damaged,
+            refused,
+            detail,
+        });
+        Ok(value)
+    }
+
+    /// Undoes what a start did: its rules and qdiscs removed, its paused nodes resumed, its
+    /// killed nodes restarted, its damaged nodes rebuilt empty. Tries everything, then reports
+    /// the first error.
+    async fn heal(&self, step: usize, done: Applied) -> anyhow::Result<Value> {
+        let hosts = self.hosts.clone();
+        let unrepaired = self.unrepaired.clone();
         blocking(move || {
             let mut first_error = None;
             let mut keep = |r: anyhow::Result<()>| {
@@ -345,6 +510,16 @@ impl Nemesis {
             for &id in &done.killed {
                 keep(hosts.start(id));
             }
+            let mut moved = Vec::new();
+            for &id in &done.damaged {
+                match rebuild(&hosts, id, step) {
+                    Ok(to) => {
+                        lock(&unrepaired).remove(&id);
+                        moved.push(to);
+                    }
+                    Err(e) => keep(Err(e)),
+                }
+            }
             if let Some(e) = first_error {
                 return Err(e);
             }
@@ -357,6 +532,10 @@ impl Nemesis {
             }
             if !done.killed.is_empty() {
                 value["restarted"] = json!(done.killed);
+            }
+            if !done.damaged.is_empty() {
+                value["rebuilt empty"] = json!(done.damaged);
+                value["damaged data moved to"] = json!(moved);
             }
             Ok(value)
         })
@@ -410,6 +589,38 @@ struct Applied {
     killed: Vec<NodeId>,
     /// Nodes paused (resumed at heal).
     paused: Vec<NodeId>,
+    /// Nodes whose files were damaged (rebuilt empty at heal).
+    damaged: Vec<NodeId>,
+}
+
+/// Rebuilds damaged node `id`: stops it if it runs (it should have refused to), moves its data
+/// directory to `data/nK.damaged-step<step>` (kept as evidence) and starts it empty; its peers
+/// bring it up to date. Returns where the data went.
+fn rebuild(hosts: &Hosts, id: NodeId, step: usize) -> anyhow::Result<PathBuf> {
+    hosts.kill(id)?;
+    let data = hosts.data_dir(id);
+    let mut to = data.with_file_name(format!("n{id}.damaged-step{step}"));
+    let mut n = 1;
+    while to.exists() {
+        n += 1;
+        to = data.with_file_name(format!("n{id}.damaged-step{step}-{n}"));
+    }
+    if data.exists() {
+        std::fs::rename(&data, &to)?;
+    }
+    hosts.start(id)?;
+    Ok(to)
+}
+
+/// The text of `path` from byte `offset` on (empty if unreadable).
+fn read_from(path: &std::path::Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(0).min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One iptables rule in a node's namespace.

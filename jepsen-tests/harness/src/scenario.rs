@@ -12,6 +12,9 @@
 //!                    n3       ── isolated ┘        partitions healed, n1 restarted; twice
 //!  S4 kill leaders   kill -9 the leader of p0, p1, p2, p0, ... (4 s each), 20 clients
 //!  S5 storm          20 short pauses and kills 1-3 s apart, half of them of current leaders
+//!  S7 corruption     n2: kill -9, bytes flipped in its largest SST, restart ─► must exit by
+//!                    itself ("is damaged"); heal: data moved away, rejoins empty. Then the
+//!                    same on the current leader of p1
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -34,15 +37,20 @@ pub enum Scenario {
     /// S5, Redpanda #3003: a storm of short, overlapping pauses and kills, half of them of the
     /// current leaders.
     PauseKillStorm,
+    /// S7, NATS #7549 / #7556: damage the files of one node while it is down (a fixed node,
+    /// then the current leader of a partition); it must refuse to start, and the others carry
+    /// on; repaired by rebuilding it empty from its peers.
+    Corruption,
 }
 
 impl Scenario {
     /// Every scenario, in the reference's order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::PauseKill,
         Scenario::LastReplicaStanding,
         Scenario::KillLeaders,
         Scenario::PauseKillStorm,
+        Scenario::Corruption,
     ];
 
     /// Parses a name as `--scenario` takes it: the full name (`s1-pause-kill`) or its tag
@@ -65,6 +73,7 @@ impl Scenario {
             Scenario::LastReplicaStanding => "s3-last-replica",
             Scenario::KillLeaders => "s4-kill-leaders",
             Scenario::PauseKillStorm => "s5-pause-kill-storm",
+            Scenario::Corruption => "s7-corruption",
         }
     }
 
@@ -75,6 +84,7 @@ impl Scenario {
             Scenario::LastReplicaStanding => "S3, KIP-966",
             Scenario::KillLeaders => "S4, Redpanda #3039",
             Scenario::PauseKillStorm => "S5, Redpanda #3003",
+            Scenario::Corruption => "S7, NATS #7549 and #7556",
         }
     }
 
@@ -92,6 +102,9 @@ impl Scenario {
             }
             Scenario::PauseKillStorm => {
                 "20 pauses and kills of 1.5-3 s, 1-3 s apart, half of current leaders, up to two at once; no inconsistent offsets"
+            }
+            Scenario::Corruption => {
+                "kill -9 n2, flip 16 bytes of its largest SST, restart: it must exit by itself saying the data is damaged; rebuilt empty at heal; then the same on the leader of p1; no acknowledged write lost, the damaged node never serves"
             }
         }
     }
@@ -141,6 +154,14 @@ impl Scenario {
                 })
                 .collect(),
             Scenario::PauseKillStorm => storm(),
+            Scenario::Corruption => vec![
+                // 15 s of writes first, so that every node has SST files (memtable_mb = 1).
+                // n2 is damaged and refuses to start; n1 + n3 carry the writes until 30 s,
+                // when n2 is rebuilt empty from them.
+                step(15_000, 30_000, Fault::Corrupt { node: 2 }),
+                // 8 s later (n2 caught up), the same on whichever node leads p1 then.
+                step(38_000, 52_000, Fault::CorruptLeader { partition: 1 }),
+            ],
         }
     }
 }
@@ -217,7 +238,7 @@ mod tests {
     fn fixed_nodes(fault: &Fault) -> Vec<NodeId> {
         match fault {
             Fault::Kill { nodes } | Fault::Netem { nodes } => nodes.clone(),
-            Fault::Pause { node } => vec![*node],
+            Fault::Pause { node } | Fault::Corrupt { node } => vec![*node],
             Fault::Partition {
                 spec: PartitionSpec::Isolate { node },
             } => vec![*node],
@@ -367,9 +388,37 @@ mod tests {
             Scenario::parse("s5-pause-kill-storm"),
             Ok(Scenario::PauseKillStorm)
         );
-        assert!(Scenario::parse("s7").is_err());
+        assert_eq!(Scenario::parse("s7"), Ok(Scenario::Corruption));
+        assert_eq!(Scenario::parse("s7-corruption"), Ok(Scenario::Corruption));
+        assert!(Scenario::parse("s2").is_err());
         assert!(Schedule::scenario(Scenario::PauseKill, 1, 5, 60_000).is_err());
         let short = Schedule::scenario(Scenario::LastReplicaStanding, 1, 3, 30_000);
         assert!(short.expect_err("too short").contains("--time-limit 55"));
+    }
+
+    #[test]
+    fn s7_damages_one_node_at_a_time_after_sst_files_exist_and_never_with_other_faults() {
+        let s = schedule(Scenario::Corruption);
+        assert!(s.corrupts());
+        assert!(!schedule(Scenario::PauseKill).corrupts());
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(s.steps[0].fault, Fault::Corrupt { node: 2 });
+        assert_eq!(s.steps[1].fault, Fault::CorruptLeader { partition: 1 });
+        // At least 10 s of writes before the first damage (1 MB memtables have flushed).
+        assert!(s.steps[0].start_ms >= 10_000);
+        for (i, a) in s.steps.iter().enumerate() {
+            assert_eq!(a.fault.kind(), crate::schedule::NemesisKind::Corrupt);
+            // Long enough for the restart to be refused (bounded wait) before the heal.
+            assert!(a.heal_ms - a.start_ms >= 10_000, "{}", a.fault);
+            // The next damage only after the previous node was rebuilt and had time to catch
+            // up: never two damaged nodes (a rebuilt node forgot its vote; README).
+            for b in &s.steps[i + 1..] {
+                assert!(b.start_ms >= a.heal_ms + 5_000);
+            }
+        }
+        assert_eq!(Scenario::Corruption.nodes(), 3);
+        assert_eq!(Scenario::Corruption.concurrency(), None);
+        assert!(Schedule::scenario(Scenario::Corruption, 1, 3, 51_000).is_err());
+        assert!(s.describe().contains("corrupt n2"));
     }
 }

@@ -34,6 +34,9 @@ pub enum NemesisKind {
     Pause,
     /// Packet delay, loss, duplication and reordering.
     Netem,
+    /// SIGKILL a node, damage one of its files, restart it (it must refuse to start); at heal
+    /// its data directory is moved away and it rejoins empty.
+    Corrupt,
 }
 
 impl NemesisKind {
@@ -46,10 +49,11 @@ impl NemesisKind {
                 "kill" => NemesisKind::Kill,
                 "pause" => NemesisKind::Pause,
                 "netem" => NemesisKind::Netem,
+                "corrupt" => NemesisKind::Corrupt,
                 "none" => continue,
                 other => {
                     return Err(format!(
-                        "unknown nemesis {other:?}: use partition, kill, pause, netem or none"
+                        "unknown nemesis {other:?}: use partition, kill, pause, netem, corrupt or none"
                     ));
                 }
             };
@@ -66,6 +70,7 @@ impl NemesisKind {
             NemesisKind::Kill => "kill",
             NemesisKind::Pause => "pause",
             NemesisKind::Netem => "netem",
+            NemesisKind::Corrupt => "corrupt",
         }
     }
 }
@@ -130,6 +135,18 @@ pub enum Fault {
         /// The partition whose leader is paused.
         partition: u32,
     },
+    /// SIGKILL this node, damage its largest SST file (or, without one, its newest WAL file),
+    /// restart it and wait for it to refuse to start; at heal move its data directory away and
+    /// restart it empty.
+    Corrupt {
+        /// The damaged node.
+        node: NodeId,
+    },
+    /// [`Fault::Corrupt`] on the current leader of a partition.
+    CorruptLeader {
+        /// The partition whose leader is damaged.
+        partition: u32,
+    },
 }
 
 impl Fault {
@@ -140,6 +157,7 @@ impl Fault {
             Fault::Kill { .. } | Fault::KillLeader { .. } => NemesisKind::Kill,
             Fault::Pause { .. } | Fault::PauseLeader { .. } => NemesisKind::Pause,
             Fault::Netem { .. } => NemesisKind::Netem,
+            Fault::Corrupt { .. } | Fault::CorruptLeader { .. } => NemesisKind::Corrupt,
         }
     }
 }
@@ -171,6 +189,14 @@ impl fmt::Display for Fault {
             Fault::PauseLeader { partition } => {
                 write!(f, "pause the leader of p{partition} (SIGCONT at heal)")
             }
+            Fault::Corrupt { node } => write!(
+                f,
+                "corrupt n{node}: kill -9, damage a file, restart (must refuse; rebuilt empty at heal)"
+            ),
+            Fault::CorruptLeader { partition } => write!(
+                f,
+                "corrupt the leader of p{partition}: kill -9, damage a file, restart (must refuse; rebuilt empty at heal)"
+            ),
         }
     }
 }
@@ -382,6 +408,14 @@ impl Schedule {
         out
     }
 
+    /// Whether any step damages a node's files (the cluster file then makes SST files appear
+    /// within seconds: `[storage] memtable_mb = 1`).
+    pub fn corrupts(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.fault.kind() == NemesisKind::Corrupt)
+    }
+
     /// The scenario's name, or the nemeses as a comma list (`none` if there are none).
     pub fn nemesis_label(&self) -> String {
         if let Some(scenario) = self.config.scenario {
@@ -443,6 +477,9 @@ fn draw_fault(rng: &mut StdRng, kind: NemesisKind, nodes: u32) -> Fault {
             };
             Fault::Netem { nodes }
         }
+        NemesisKind::Corrupt => Fault::Corrupt {
+            node: pick(rng, &all),
+        },
     }
 }
 
@@ -512,6 +549,7 @@ mod tests {
         NemesisKind::Kill,
         NemesisKind::Pause,
         NemesisKind::Netem,
+        NemesisKind::Corrupt,
     ];
 
     #[test]
@@ -572,8 +610,10 @@ mod tests {
                     }
                 }
                 Fault::Kill { nodes } | Fault::Netem { nodes } => nodes.clone(),
-                Fault::Pause { node } => vec![*node],
-                Fault::KillLeader { .. } | Fault::PauseLeader { .. } => {
+                Fault::Pause { node } | Fault::Corrupt { node } => vec![*node],
+                Fault::KillLeader { .. }
+                | Fault::PauseLeader { .. }
+                | Fault::CorruptLeader { .. } => {
                     panic!("drawn schedules name their nodes")
                 }
             };
@@ -597,6 +637,10 @@ mod tests {
             vec![NemesisKind::Partition, NemesisKind::Kill]
         );
         assert_eq!(NemesisKind::parse_list("none").expect("valid"), vec![]);
+        assert_eq!(
+            NemesisKind::parse_list("corrupt").expect("valid"),
+            vec![NemesisKind::Corrupt]
+        );
         assert!(NemesisKind::parse_list("partition,clock").is_err());
     }
 
