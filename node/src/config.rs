@@ -43,6 +43,16 @@ pub struct StorageConfig {
     /// Memtable size per column family, in MiB (RocksDB's default, 64, when absent).
     #[serde(default)]
     pub memtable_mb: Option<usize>,
+    /// How long opening the database may take before the node gives up and refuses to start,
+    /// in ms, plus 1 s per 4 MiB of write-ahead log to replay. RocksDB 11.8 can spin forever
+    /// replaying a WAL with a piece cut out of its middle (found by jepsen-tests' corrupt
+    /// fault); without a bound such a node would hang at start instead of refusing.
+    #[serde(default = "default_open_timeout_ms")]
+    pub open_timeout_ms: u64,
+}
+
+fn default_open_timeout_ms() -> u64 {
+    30_000
 }
 
 impl Default for StorageConfig {
@@ -50,6 +60,7 @@ impl Default for StorageConfig {
         StorageConfig {
             verify_on_start: true,
             memtable_mb: None,
+            open_timeout_ms: default_open_timeout_ms(),
         }
     }
 }

@@ -166,10 +166,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Storage.
     std::fs::create_dir_all(&me.data_dir)
         .with_context(|| format!("create {}", me.data_dir.display()))?;
-    let db = Db::open(&DbConfig {
-        path: me.data_dir.join("db"),
-        memtable_bytes: config.storage.memtable_mb.map(|mb| mb << 20),
-    })
+    let db = open_bounded(
+        DbConfig {
+            path: me.data_dir.join("db"),
+            memtable_bytes: config.storage.memtable_mb.map(|mb| mb << 20),
+        },
+        config.storage.open_timeout_ms,
+    )
+    .await
     .with_context(|| {
         format!(
             "open the database in {} (damaged files are refused, never repaired silently; \
@@ -312,5 +316,40 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Opens the database on a thread of its own and gives up after `base_ms` plus 1 s per 4 MiB
+/// of write-ahead log: RocksDB 11.8 can spin forever replaying a WAL that had a piece cut out
+/// of its middle. Giving up ends the process (the stuck thread with it): the node refuses to
+/// start, as for any other damage, instead of hanging.
+async fn open_bounded(config: DbConfig, base_ms: u64) -> anyhow::Result<Db> {
+    let wal_bytes: u64 = std::fs::read_dir(&config.path)
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let bound = Duration::from_millis(base_ms) + Duration::from_secs(wal_bytes / (4 << 20));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("db-open".into())
+        .spawn(move || {
+            let _ = tx.send(Db::open(&config));
+        })
+        .context("spawn the database open thread")?;
+    match tokio::time::timeout(bound, rx).await {
+        Ok(Ok(opened)) => Ok(opened?),
+        Ok(Err(_)) => bail!("the database open thread ended without an answer"),
+        Err(_) => bail!(
+            "opening the database did not finish in {} ms ({} bytes of write-ahead log to \
+             replay): RocksDB is most likely stuck on a damaged log, so the data is damaged \
+             ([storage] open_timeout_ms)",
+            bound.as_millis(),
+            wal_bytes
+        ),
     }
 }

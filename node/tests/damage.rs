@@ -134,3 +134,54 @@ async fn a_node_with_a_damaged_sst_refuses_to_start_and_the_others_carry_on() {
         .collect();
     assert_eq!(on_victim, written);
 }
+
+/// A write-ahead log from a jepsen-tests `corrupt` run (seed 1): 64 bytes were cut out of its
+/// middle. RocksDB 11.8 spins forever replaying it; the node must refuse to start instead.
+#[test]
+fn a_node_whose_wal_replay_never_ends_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wal-cut-spins-rocksdb.tgz");
+    let untar = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(&data)
+        .status()
+        .expect("tar");
+    assert!(untar.success(), "unpack {}", fixture.display());
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[storage]\nopen_timeout_ms = 2000\n\n[[nodes]]\nid = 1\nraft_addr = \"127.0.0.1:0\"\napi_addr = \"127.0.0.1:0\"\ndata_dir = \"data\"\n",
+    )
+    .expect("config");
+    let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat4all"))
+        .args(["serve", "--config", "node.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn chat4all");
+    // Bounded: 2 s of open timeout, then the process ends; 60 s is far beyond that.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node still runs: it hangs replaying the damaged WAL");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap_or_default();
+    assert!(
+        log.contains("did not finish"),
+        "the refusal says why: {log}"
+    );
+}
