@@ -108,7 +108,9 @@ impl ClusterFileConfig {
             self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms
         ));
         // Explicit, as the corruption fault counts on it: every checksum read before joining.
-        out.push_str("\n[storage]\nverify_on_start = true\n");
+        // A database open that does not finish in 5 s (+1 s per 4 MiB of WAL) is a refusal
+        // (RocksDB can spin on a damaged WAL); well within the harness's REFUSAL_LIMIT.
+        out.push_str("\n[storage]\nverify_on_start = true\nopen_timeout_ms = 5000\n");
         if let Some(mb) = self.memtable_mb {
             out.push_str(&format!("memtable_mb = {mb}\n"));
         }
@@ -194,6 +196,10 @@ mod tests {
             ["limits", "nodes", "raft", "retention", "storage", "tls"]
         );
         assert_eq!(parsed["storage"]["verify_on_start"].as_bool(), Some(true));
+        assert_eq!(
+            parsed["storage"]["open_timeout_ms"].as_integer(),
+            Some(5000)
+        );
         assert!(parsed["storage"].get("memtable_mb").is_none());
     }
 
