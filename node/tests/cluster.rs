@@ -1,6 +1,6 @@
-//! Three real `chat4all` processes over QUIC with mutual TLS and RocksDB: forwarding, idempotent
-//! producers across leader changes, SIGKILL of leaders during writes, a full-cluster restart,
-//! a minority that must never acknowledge, and retention.
+//! Three real `chat4all` processes over QUIC with mutual TLS and RocksDB: forwarding, metadata
+//! known at once everywhere, SIGKILL of leaders during writes, a full-cluster restart, and
+//! retention. Idempotent producers are in `producers.rs`, cut-off nodes in `forwarding.rs`.
 
 mod common;
 
@@ -9,25 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Cluster, eventually};
-use nix::sys::signal::Signal;
+use common::{Cluster, eventually, offsets};
 use serde_json::{Value, json};
-
-fn offsets(v: &Value) -> Vec<(u64, u64)> {
-    v["offsets"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|o| {
-                    (
-                        o["partition"].as_u64().unwrap_or(u64::MAX),
-                        o["offset"].as_u64().unwrap_or(u64::MAX),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn every_node_serves_every_request() {
@@ -127,88 +110,6 @@ async fn metadata_created_through_one_node_is_known_at_once_by_every_node() {
             );
         }
     }
-}
-
-#[tokio::test]
-async fn idempotent_producer_state_survives_a_leader_kill() {
-    let mut c = Cluster::start(3, "").await;
-    c.create_topic(1, "idem", 1, 3, json!({})).await;
-    let (s, p) = c.post(1, "/v1/producers", &json!({})).await;
-    assert_eq!(s, 201, "{p}");
-    let (id, epoch) = (p["id"].clone(), p["epoch"].clone());
-    let batch = |seq: u64, values: &[&str]| {
-        json!({
-            "records": values.iter().map(|v| json!({"value": v, "partition": 0})).collect::<Vec<_>>(),
-            "producer": {"id": id, "epoch": epoch, "sequence": seq},
-        })
-    };
-    let (s, first) = c
-        .post(1, "/v1/topics/idem/records", &batch(0, &["a", "b"]))
-        .await;
-    assert_eq!((s, offsets(&first)), (200, vec![(0, 0), (0, 1)]), "{first}");
-    let (s, again) = c
-        .post(2, "/v1/topics/idem/records", &batch(0, &["a", "b"]))
-        .await;
-    assert_eq!(
-        (s, offsets(&again)),
-        (200, vec![(0, 0), (0, 1)]),
-        "a retry returns the original offsets: {again}"
-    );
-    let (s, gap) = c
-        .post(3, "/v1/topics/idem/records", &batch(5, &["x"]))
-        .await;
-    assert_eq!(
-        (s, gap["error"]["code"].as_str()),
-        (409, Some("OUT_OF_ORDER_SEQUENCE")),
-        "{gap}"
-    );
-
-    let leader = c.leader(1, "idem", 0).await;
-    c.kill(leader);
-    let survivor = (1..=3).find(|&n| n != leader).unwrap_or(1);
-    // The new leader knows the producer's last batches: the retry is still a duplicate.
-    let (s, after) = eventually(
-        "a new leader answers the retry",
-        Duration::from_secs(30),
-        || {
-            let body = batch(0, &["a", "b"]);
-            let c = &c;
-            async move {
-                let (s, v) = c.post(survivor, "/v1/topics/idem/records", &body).await;
-                (s != 503).then_some((s, v))
-            }
-        },
-    )
-    .await;
-    assert_eq!((s, offsets(&after)), (200, vec![(0, 0), (0, 1)]), "{after}");
-    let (s, next) = c
-        .post(survivor, "/v1/topics/idem/records", &batch(2, &["c"]))
-        .await;
-    assert_eq!((s, offsets(&next)), (200, vec![(0, 2)]), "{next}");
-
-    // A new epoch for the same id fences the old one.
-    let (s, bumped) = c.post(survivor, "/v1/producers", &json!({"id": id})).await;
-    assert_eq!(s, 201, "{bumped}");
-    assert_eq!(bumped["id"], id);
-    assert!(bumped["epoch"].as_u64() > epoch.as_u64(), "{bumped}");
-    let (s, fenced) = c
-        .post(survivor, "/v1/topics/idem/records", &batch(3, &["d"]))
-        .await;
-    assert_eq!(
-        (s, fenced["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "{fenced}"
-    );
-
-    c.spawn(leader);
-    c.wait_ready(leader).await;
-    let values: Vec<Value> = c
-        .read_all(leader, "idem", 0)
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    assert_eq!(values, vec![json!("a"), json!("b"), json!("c")]);
 }
 
 /// What writers saw acknowledged: value → (partition, offset).
@@ -379,96 +280,6 @@ async fn a_full_cluster_restart_keeps_every_record() {
 }
 
 #[tokio::test]
-async fn a_leader_cut_off_from_its_majority_never_acknowledges_and_soon_refuses() {
-    let mut c = Cluster::start(3, "[limits]\nwrite_timeout_ms = 1500\n").await;
-    c.create_topic(1, "min", 1, 3, json!({})).await;
-    let (s, v) = c
-        .post(
-            1,
-            "/v1/topics/min/records",
-            &json!({"records": [{"value": "before"}]}),
-        )
-        .await;
-    assert_eq!(s, 200, "{v}");
-    // Kill both followers: the leader is alone and does not know it yet.
-    let leader = c.leader(1, "min", 0).await;
-    let followers: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
-    for &f in &followers {
-        c.kill(f);
-    }
-    let mut answers = Vec::new();
-    for i in 0..6 {
-        let (s, v) = c
-            .post(
-                leader,
-                "/v1/topics/min/records",
-                &json!({"records": [{"value": format!("alone-{i}")}]}),
-            )
-            .await;
-        assert_ne!(s, 200, "a lone node acknowledged a write: {v}");
-        assert_eq!(s, 503, "{v}");
-        let code = v["error"]["code"].as_str().unwrap_or_default().to_string();
-        assert!(code == "UNAVAILABLE" || code == "OUTCOME_UNKNOWN", "{v}");
-        answers.push(code);
-    }
-    // The first write may have been proposed before the leader could know (unknown outcome);
-    // by the time it timed out (1.5 s) the followers' lease (0.4 s) is long over, and the
-    // leader refuses without proposing: a definite failure.
-    assert_eq!(
-        answers.last().map(String::as_str),
-        Some("UNAVAILABLE"),
-        "a leader without a majority kept answering {answers:?}"
-    );
-    // With a majority back, writes succeed again and the acknowledged record is still first.
-    let back = followers[0];
-    c.spawn(back);
-    c.wait_ready(back).await;
-    let (s, v) = eventually(
-        "a write succeeds with a majority",
-        Duration::from_secs(30),
-        || {
-            let c = &c;
-            async move {
-                let (s, v) = c
-                    .post(
-                        back,
-                        "/v1/topics/min/records",
-                        &json!({"records": [{"value": "after"}]}),
-                    )
-                    .await;
-                (s == 200).then_some((s, v))
-            }
-        },
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let values: Vec<Value> = c
-        .read_all(leader, "min", 0)
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    assert_eq!(values.first(), Some(&json!("before")));
-    assert_eq!(values.last(), Some(&json!("after")));
-    // Writes that timed out may have been committed later (unknown outcome), never partially;
-    // a refused write was never written.
-    for (i, code) in answers.iter().enumerate() {
-        let value = json!(format!("alone-{i}"));
-        if code == "UNAVAILABLE" {
-            assert!(
-                !values.contains(&value),
-                "refused write {value} was written"
-            );
-        }
-    }
-    assert!(values.iter().all(|v| {
-        v.as_str()
-            .is_some_and(|s| s == "before" || s == "after" || s.starts_with("alone-"))
-    }));
-    eprintln!("answers of the lone leader: {answers:?}");
-}
-
-#[tokio::test]
 async fn retention_by_bytes_and_time_advances_the_log_start_on_every_replica() {
     let c = Cluster::start(3, "[retention]\ncheck_interval_ms = 100\n").await;
     c.create_topic(1, "bytes", 1, 3, json!({"retention_bytes": 4096}))
@@ -538,81 +349,4 @@ async fn retention_by_bytes_and_time_advances_the_log_start_on_every_replica() {
         )
         .await;
     }
-}
-
-#[tokio::test]
-async fn a_bumped_epoch_fences_the_old_one_at_once_even_on_a_lagging_leader() {
-    let mut c = Cluster::start(3, "").await;
-    c.create_topic(1, "fence", 1, 3, json!({})).await;
-    let (s, p) = c.post(1, "/v1/producers", &json!({})).await;
-    assert_eq!(s, 201, "{p}");
-    let id = p["id"].clone();
-    let mut epoch = p["epoch"].as_u64().expect("epoch");
-    let body = |epoch: u64, seq: u64, value: String| {
-        json!({
-            "records": [{"value": value, "partition": 0}],
-            "producer": {"id": id, "epoch": epoch, "sequence": seq},
-        })
-    };
-    let mut fenced = 0;
-    for round in 0..8u64 {
-        // Stop the partition's leader while the epoch is bumped through another node, so that
-        // when it resumes its copy of the controller state is behind: the bump was
-        // acknowledged, so the old epoch must be refused all the same.
-        let leader = c.leader(1, "fence", 0).await;
-        let other = (1..=3).find(|&n| n != leader).expect("another node");
-        c.signal(leader, Signal::SIGSTOP);
-        // (An unknown outcome is retried: bumping twice only fences more.)
-        let (s, bumped) = eventually("the bump is acknowledged", Duration::from_secs(30), || {
-            let c = &c;
-            let id = id.clone();
-            async move {
-                let (s, v) = c.post(other, "/v1/producers", &json!({"id": id})).await;
-                (s != 503).then_some((s, v))
-            }
-        })
-        .await;
-        c.signal(leader, Signal::SIGCONT);
-        assert_eq!(s, 201, "{bumped}");
-        let new_epoch = bumped["epoch"].as_u64().expect("epoch");
-        assert!(new_epoch > epoch, "{bumped}");
-        let (s, old) = c
-            .post(
-                leader,
-                "/v1/topics/fence/records",
-                &body(epoch, 1, format!("old-{round}")),
-            )
-            .await;
-        match (s, old["error"]["code"].as_str()) {
-            (409, Some("FENCED")) => fenced += 1,
-            // Leadership moved while the node was stopped: not a fencing answer either way.
-            (503, Some("UNAVAILABLE" | "OUTCOME_UNKNOWN")) => {}
-            _ => panic!(
-                "round {round}: epoch {epoch} was not fenced after the bump to {new_epoch}: {s} {old}"
-            ),
-        }
-        epoch = new_epoch;
-        let (s, new) = eventually("the new epoch writes", Duration::from_secs(30), || {
-            let (c, b) = (&c, body(new_epoch, 0, format!("new-{round}")));
-            async move {
-                let (s, v) = c.post(leader, "/v1/topics/fence/records", &b).await;
-                (s != 503).then_some((s, v))
-            }
-        })
-        .await;
-        assert_eq!(s, 200, "round {round}: {new}");
-    }
-    assert!(fenced > 0, "no round reached the fencing check");
-    let values: Vec<Value> = c
-        .read_all(1, "fence", 0)
-        .await
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    assert!(
-        values
-            .iter()
-            .all(|v| v.as_str().is_some_and(|s| s.starts_with("new-"))),
-        "a fenced epoch wrote: {values:?}"
-    );
 }

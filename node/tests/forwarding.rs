@@ -1,4 +1,5 @@
-//! Requests forwarded to a partition's leader when that leader fails while holding them.
+//! Nodes cut off from their peers, and requests forwarded to a leader that fails while holding
+//! them: definite refusals where nothing was sent, unknown outcomes answered at the leader change.
 
 mod common;
 
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use common::{Cluster, eventually};
 use nix::sys::signal::Signal;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_leads() {
@@ -169,4 +170,94 @@ async fn a_node_cut_off_from_every_peer_soon_refuses_at_once_and_writes_nothing(
     }
     assert_eq!(values.first(), Some(&json!("first")));
     assert_eq!(values.last(), Some(&json!("after")));
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_its_majority_never_acknowledges_and_soon_refuses() {
+    let mut c = Cluster::start(3, "[limits]\nwrite_timeout_ms = 1500\n").await;
+    c.create_topic(1, "min", 1, 3, json!({})).await;
+    let (s, v) = c
+        .post(
+            1,
+            "/v1/topics/min/records",
+            &json!({"records": [{"value": "before"}]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Kill both followers: the leader is alone and does not know it yet.
+    let leader = c.leader(1, "min", 0).await;
+    let followers: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    for &f in &followers {
+        c.kill(f);
+    }
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let (s, v) = c
+            .post(
+                leader,
+                "/v1/topics/min/records",
+                &json!({"records": [{"value": format!("alone-{i}")}]}),
+            )
+            .await;
+        assert_ne!(s, 200, "a lone node acknowledged a write: {v}");
+        assert_eq!(s, 503, "{v}");
+        let code = v["error"]["code"].as_str().unwrap_or_default().to_string();
+        assert!(code == "UNAVAILABLE" || code == "OUTCOME_UNKNOWN", "{v}");
+        answers.push(code);
+    }
+    // The first write may have been proposed before the leader could know (unknown outcome);
+    // by the time it timed out (1.5 s) the followers' lease (0.4 s) is long over, and the
+    // leader refuses without proposing: a definite failure.
+    assert_eq!(
+        answers.last().map(String::as_str),
+        Some("UNAVAILABLE"),
+        "a leader without a majority kept answering {answers:?}"
+    );
+    // With a majority back, writes succeed again and the acknowledged record is still first.
+    let back = followers[0];
+    c.spawn(back);
+    c.wait_ready(back).await;
+    let (s, v) = eventually(
+        "a write succeeds with a majority",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let (s, v) = c
+                    .post(
+                        back,
+                        "/v1/topics/min/records",
+                        &json!({"records": [{"value": "after"}]}),
+                    )
+                    .await;
+                (s == 200).then_some((s, v))
+            }
+        },
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let values: Vec<Value> = c
+        .read_all(leader, "min", 0)
+        .await
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(values.first(), Some(&json!("before")));
+    assert_eq!(values.last(), Some(&json!("after")));
+    // Writes that timed out may have been committed later (unknown outcome), never partially;
+    // a refused write was never written.
+    for (i, code) in answers.iter().enumerate() {
+        let value = json!(format!("alone-{i}"));
+        if code == "UNAVAILABLE" {
+            assert!(
+                !values.contains(&value),
+                "refused write {value} was written"
+            );
+        }
+    }
+    assert!(values.iter().all(|v| {
+        v.as_str()
+            .is_some_and(|s| s == "before" || s == "after" || s.starts_with("alone-"))
+    }));
+    eprintln!("answers of the lone leader: {answers:?}");
 }

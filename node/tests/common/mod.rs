@@ -328,3 +328,20 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// `(partition, offset)` of each record a produce answer acknowledged.
+pub fn offsets(v: &Value) -> Vec<(u64, u64)> {
+    v["offsets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| {
+                    (
+                        o["partition"].as_u64().unwrap_or(u64::MAX),
+                        o["offset"].as_u64().unwrap_or(u64::MAX),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
