@@ -21,6 +21,7 @@ mod api;
 mod config;
 mod corrupt;
 mod hosts;
+mod log;
 mod nemesis;
 mod plot;
 mod queue;
@@ -29,6 +30,7 @@ mod scenario;
 mod schedule;
 mod view;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -36,13 +38,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use chat4all_jepsen::checker::{kafka, queue as queue_checker};
-use chat4all_jepsen::{CheckConfig, History, Recorder, Validity};
+use chat4all_jepsen::{CheckConfig, History, Process, Recorder, Validity};
 use clap::Parser;
 use serde_json::json;
 
 use crate::api::{Answer, Api};
 use crate::config::ClusterFileConfig;
 use crate::hosts::Hosts;
+use crate::log::ConsumerStats;
 use crate::nemesis::{CorruptionOutcome, Nemesis, NetemMode};
 use crate::queue::Workload;
 use crate::report::Summary;
@@ -53,7 +56,8 @@ use crate::schedule::{NemesisKind, Schedule, ScheduleConfig};
 #[derive(Parser, Debug)]
 #[command(name = "jepsen", args_override_self = true)]
 struct Args {
-    /// The workload: `queue`.
+    /// The workload: `queue` (producers, then a drain) or `log` (producers and consumers that
+    /// assign themselves partitions and poll during the run, then a drain).
     #[arg(long, default_value = "queue")]
     workload: String,
     /// Faults, a comma list of partition, kill, pause, netem, corrupt (or none); they take turns.
@@ -119,11 +123,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.workload != "queue" {
-        bail!(
-            "unknown workload {:?}: only `queue` exists so far",
-            args.workload
-        );
+    if !["queue", "log"].contains(&args.workload.as_str()) {
+        bail!("unknown workload {:?}: `queue` or `log`", args.workload);
     }
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be 1..=9 (3 or 5 make sense)");
@@ -140,6 +141,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or(5);
     if args.partitions == 0 || concurrency == 0 || args.time_limit == 0 {
         bail!("--partitions, --concurrency and --time-limit must be positive");
+    }
+    if args.workload == "log" && concurrency < 2 {
+        bail!("the log workload needs --concurrency 2 or more (producers and consumers)");
     }
     if scenario.is_some() && args.partitions != 3 {
         bail!("the scenarios are written for 3 partitions (leaders of p0, p1, p2)");
@@ -276,10 +280,24 @@ async fn execute(
         let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
         tokio::spawn(async move { nemesis.run(&schedule, start).await })
     };
-    let workers: Vec<_> = (0..concurrency)
+    // The log workload: half the clients (rounded down, at least one) consume.
+    let consumers = if args.workload == "log" {
+        (concurrency / 2).max(1)
+    } else {
+        0
+    };
+    let producers = concurrency - consumers;
+    let stats = Arc::new(ConsumerStats::default());
+    let workers: Vec<_> = (0..producers)
         .map(|w| tokio::spawn(workload.clone().worker(w)))
         .collect();
-    println!("workload: {concurrency} clients for {} s", args.time_limit);
+    let consumer_tasks: Vec<_> = (0..consumers)
+        .map(|c| tokio::spawn(workload.clone().consumer(c, stats.clone())))
+        .collect();
+    println!(
+        "workload: {producers} producers, {consumers} consumers for {} s",
+        args.time_limit
+    );
     // Workers stop starting batches at the deadline; a last request takes at most the timeout.
     let grace = deadline + REQUEST_TIMEOUT * 3;
     for worker in workers {
@@ -288,6 +306,15 @@ async fn execute(
             abort.abort();
         }
     }
+    let mut lost_consumers = 0;
+    for task in consumer_tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(grace.into(), task).await.is_err() {
+            abort.abort();
+            lost_consumers += 1;
+        }
+    }
+    let readers = stats.processes();
     let abort = nemesis_task.abort_handle();
     if tokio::time::timeout_at(grace.into(), nemesis_task)
         .await
@@ -296,6 +323,17 @@ async fn execute(
         abort.abort();
     }
     let mut notes = Vec::new();
+    if lost_consumers > 0 {
+        notes.push(format!(
+            "{lost_consumers} consumers did not finish in time (aborted)"
+        ));
+    }
+    if consumers > 0 {
+        notes.push(format!(
+            "consumers: {} fetches answered 416 OFFSET_OUT_OF_RANGE (failed polls)",
+            stats.out_of_range()
+        ));
+    }
     println!("healing, then draining");
     nemesis.heal_all().await;
     if let Err(e) = wait_ready(&api, &hosts, READY_DEADLINE).await {
@@ -313,6 +351,7 @@ async fn execute(
     history.write_file(dir.join("history.jsonl"))?;
     let valid = check(
         &history,
+        &readers,
         args,
         concurrency,
         schedule,
@@ -330,6 +369,7 @@ async fn execute(
 #[allow(clippy::too_many_arguments)]
 fn check(
     history: &History,
+    readers: &BTreeSet<Process>,
     args: &Args,
     clients: u64,
     schedule: &Schedule,
@@ -342,7 +382,9 @@ fn check(
 ) -> anyhow::Result<Validity> {
     let config = CheckConfig::default();
     let mut verdicts = vec![kafka::check(history, &config)];
-    match view::queue_view(history).and_then(|view| Ok(queue_checker::check(&view, &config)?)) {
+    match view::queue_view(history, readers)
+        .and_then(|view| Ok(queue_checker::check(&view, &config)?))
+    {
         Ok(verdict) => verdicts.push(verdict),
         Err(e) => notes.push(format!("total-queue check impossible: {e:#}")),
     }

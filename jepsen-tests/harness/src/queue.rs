@@ -111,7 +111,26 @@ impl Workload {
         self.foreign.load(Ordering::SeqCst)
     }
 
-    fn note(&self, note: String) {
+    /// The records of a fetch's `body` from `node`. Those that are not `(offset, integer)` are
+    /// left out, counted as foreign and noted: the harness only ever writes integers, so
+    /// anything else is corruption.
+    pub(crate) fn records_of(
+        &self,
+        partition: u32,
+        node: NodeId,
+        body: &serde_json::Value,
+    ) -> Vec<Record> {
+        let (records, foreign, example) = crate::log::parse_records(body);
+        if let Some(record) = example {
+            self.foreign.fetch_add(foreign, Ordering::SeqCst);
+            self.note(format!(
+                "partition {partition} (n{node}): {foreign} records that are not ours, e.g. {record}"
+            ));
+        }
+        records
+    }
+
+    pub(crate) fn note(&self, note: String) {
         tracing::warn!("{note}");
         self.notes
             .lock()
@@ -119,11 +138,11 @@ impl Workload {
             .push(note);
     }
 
-    fn new_process(&self) -> Process {
+    pub(crate) fn new_process(&self) -> Process {
         Process::Client(self.next_process.fetch_add(1, Ordering::SeqCst))
     }
 
-    fn record(&self, process: Process, kind: OpType, call: Call, error: Option<String>) {
+    pub(crate) fn record(&self, process: Process, kind: OpType, call: Call, error: Option<String>) {
         let result = match kind {
             OpType::Invoke => self.recorder.invoke(process, call),
             _ => self.recorder.complete(process, kind, call, error),
@@ -319,26 +338,7 @@ impl Workload {
                     continue;
                 }
             };
-            let mut records = Vec::new();
-            let mut malformed = None;
-            for record in body["records"].as_array().into_iter().flatten() {
-                match (record["offset"].as_u64(), record["value"].as_u64()) {
-                    (Some(offset), Some(value)) => records.push(Record {
-                        offset: Offset(offset),
-                        value: Value(value),
-                    }),
-                    _ => {
-                        self.foreign.fetch_add(1, Ordering::SeqCst);
-                        malformed = Some(record.clone());
-                    }
-                }
-            }
-            if let Some(record) = malformed {
-                // The harness only ever writes integers: anything else is corruption.
-                self.note(format!(
-                    "partition {partition}: record that is not one of ours: {record}"
-                ));
-            }
+            let records = self.records_of(partition, node, &body);
             let high_watermark = body["high_watermark"].as_u64().unwrap_or(0);
             let last = records.last().map(|r| r.offset.0);
             let mut poll = Poll::default();
@@ -369,6 +369,6 @@ fn send(partition: u32, value: u64, offset: Option<u64>) -> Send {
 }
 
 /// 100-300 ms between retries.
-fn backoff(rng: &mut StdRng) -> Duration {
+pub(crate) fn backoff(rng: &mut StdRng) -> Duration {
     Duration::from_millis(rng.random_range(100..=300))
 }

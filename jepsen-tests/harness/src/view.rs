@@ -2,14 +2,26 @@
 //! one-record `send` becomes an `enqueue` of its value (same process, type and time), each `poll`
 //! a `drain` of the values it returned, and `assign`s disappear. Indices are renumbered; nothing
 //! else changes, so every outcome the kafka view has, the queue view has too.
+//!
+//! The log workload's consumers read a log, they do not dequeue: several of them read the same
+//! records, and a reassigned partition is read again from its start. Their polls are left out
+//! of the view (`readers`); what remains is the sends and the final drain, which reads every
+//! record once, so the total-queue checker still checks that every acknowledged send is drained
+//! exactly once and nothing unexpected is.
 
-use chat4all_jepsen::{Call, History, Op};
+use std::collections::BTreeSet;
 
-/// The total-queue view of a queue-workload history. Fails if a `send` carries other than one
-/// record (the workload never sends more), or if the result breaks the history model.
-pub fn queue_view(history: &History) -> anyhow::Result<History> {
+use chat4all_jepsen::{Call, History, Op, Process};
+
+/// The total-queue view of a queue- or log-workload history, without the operations of
+/// `readers` (the log workload's consumers). Fails if a `send` carries other than one record
+/// (the workloads never send more), or if the result breaks the history model.
+pub fn queue_view(history: &History, readers: &BTreeSet<Process>) -> anyhow::Result<History> {
     let mut ops = Vec::with_capacity(history.len());
     for op in history.ops() {
+        if readers.contains(&op.process) {
+            continue;
+        }
         let call = match &op.call {
             Call::Send(sends) => match sends.as_slice() {
                 [one] => Call::Enqueue(one.value),
@@ -110,7 +122,7 @@ mod tests {
 
     #[test]
     fn sends_become_enqueues_and_polls_drains_with_outcomes_kept() {
-        let view = queue_view(&history(&[(0, 1), (1, 2)])).expect("view");
+        let view = queue_view(&history(&[(0, 1), (1, 2)]), &BTreeSet::new()).expect("view");
         assert_eq!(view.len(), 12, "the assign pair is gone");
         let calls: Vec<(&str, OpType)> = view.ops().iter().map(|o| (o.call.f(), o.kind)).collect();
         assert_eq!(calls[3], ("enqueue", OpType::Info));
@@ -122,10 +134,19 @@ mod tests {
 
     #[test]
     fn a_value_missing_from_the_drain_is_lost_in_the_queue_view() {
-        let view = queue_view(&history(&[(0, 1)])).expect("view");
+        let view = queue_view(&history(&[(0, 1)]), &BTreeSet::new()).expect("view");
         let verdict = queue::check(&view, &CheckConfig::default()).expect("checkable");
         assert_eq!(verdict.valid, Validity::Invalid);
         assert_eq!(verdict.count(AnomalyKind::Lost), 1);
+    }
+
+    #[test]
+    fn the_readers_polls_are_left_out() {
+        // Leaving out the drain's process (Client(3)) leaves the sends undrained.
+        let readers = BTreeSet::from([Process::Client(3)]);
+        let view = queue_view(&history(&[(0, 1), (1, 2)]), &readers).expect("view");
+        assert_eq!(view.len(), 8, "the assign and the three polls are gone");
+        assert!(view.ops().iter().all(|op| op.call.f() == "enqueue"));
     }
 
     #[test]
@@ -144,6 +165,6 @@ mod tests {
             },
         ]);
         r.invoke(Process::Client(0), two).expect("invoke");
-        assert!(queue_view(&r.into_history()).is_err());
+        assert!(queue_view(&r.into_history(), &BTreeSet::new()).is_err());
     }
 }
