@@ -18,6 +18,7 @@ use chat4all_raft::types::{
 use chat4all_storage::{Db, DbConfig, Payload, PayloadFormat, StoredRecord};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use openraft::error::{ClientWriteError, RaftError};
 
 const PARTITION: GroupId = GroupId(7);
 
@@ -193,6 +194,33 @@ async fn append(
     }
 }
 
+/// Appends through whichever node in `among` leads. A node that lost the leadership between
+/// `leader` and the write refuses it without proposing it (ForwardToLeader), so the write is
+/// sent again to the new leader: elections can repeat under load (three replicas of a new group
+/// campaign at once, and the timeouts are 200-400 ms).
+async fn append_on_leader(
+    nodes: &[Node],
+    among: &[usize],
+    values: &[&str],
+    producer: Option<ProducerBatch>,
+) -> anyhow::Result<PartitionResponse> {
+    for _ in 0..20 {
+        let i = leader(nodes, among).await?;
+        match append(&group(&nodes[i])?, values, producer).await {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>(),
+                    Some(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))
+                ) =>
+            {
+                continue;
+            }
+            other => return other,
+        }
+    }
+    anyhow::bail!("the leadership of {among:?} kept moving")
+}
+
 fn values(n: &Node) -> anyhow::Result<Vec<(u64, String)>> {
     let GroupState::Partition(sm) = &group(n)?.state else {
         anyhow::bail!("not a partition")
@@ -232,7 +260,6 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
     let net = Arc::new(MemNet::default());
     let nodes = cluster(&net).await?;
     let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let first = leader(&nodes, &[0, 1, 2]).await?;
     let producer = |seq| {
         Some(ProducerBatch {
             id: 1,
@@ -240,7 +267,8 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
             base_sequence: seq,
         })
     };
-    let r = append(&group(&nodes[first])?, &["a", "b"], producer(0)).await?;
+    let r = append_on_leader(&nodes, &[0, 1, 2], &["a", "b"], producer(0)).await?;
+    let first = leader(&nodes, &[0, 1, 2]).await?;
     assert_eq!(
         r,
         PartitionResponse::Appended {
@@ -255,10 +283,9 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
     let stale = group(&nodes[first])?;
     let lost = tokio::spawn(async move { append(&stale, &["lost"], None).await });
     let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    let second = leader(&nodes, &rest).await?;
-    let g2 = group(&nodes[second])?;
+    leader(&nodes, &rest).await?;
     // The new leader knows the producer: a retry of its first batch is a duplicate.
-    let r = append(&g2, &["a", "b"], producer(0)).await?;
+    let r = append_on_leader(&nodes, &rest, &["a", "b"], producer(0)).await?;
     assert_eq!(
         r,
         PartitionResponse::Appended {
@@ -267,7 +294,7 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
             duplicate: true
         }
     );
-    let r = append(&g2, &["c"], producer(2)).await?;
+    let r = append_on_leader(&nodes, &rest, &["c"], producer(2)).await?;
     assert_eq!(
         r,
         PartitionResponse::Appended {
@@ -276,7 +303,7 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
             duplicate: false
         }
     );
-    let r = append(&g2, &["x"], producer(9)).await?;
+    let r = append_on_leader(&nodes, &rest, &["x"], producer(9)).await?;
     assert_eq!(r, PartitionResponse::OutOfOrderSequence { expected: 3 });
     assert!(
         !lost.is_finished(),
@@ -290,12 +317,7 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
         outcome.is_err(),
         "the isolated write must fail, got {outcome:?}"
     );
-    let r = append(
-        &group(&nodes[leader(&nodes, &[0, 1, 2]).await?])?,
-        &["d"],
-        None,
-    )
-    .await?;
+    let r = append_on_leader(&nodes, &[0, 1, 2], &["d"], None).await?;
     assert_eq!(
         r,
         PartitionResponse::Appended {
@@ -322,13 +344,14 @@ async fn a_minority_side_cannot_elect_or_commit() -> anyhow::Result<()> {
     let net = Arc::new(MemNet::default());
     let nodes = cluster(&net).await?;
     let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    append_on_leader(&nodes, &[0, 1, 2], &["kept"], None).await?;
     let first = leader(&nodes, &[0, 1, 2]).await?;
-    append(&group(&nodes[first])?, &["kept"], None).await?;
     // Isolate a follower: it may campaign, but never wins, and the majority keeps writing.
     let follower = (0..3).find(|&i| i != first).unwrap_or(0);
     net.isolate(nodes[follower].addr, &all);
+    let majority: Vec<usize> = (0..3).filter(|&i| i != follower).collect();
     for i in 0..20 {
-        append(&group(&nodes[first])?, &[&format!("w{i}")], None).await?;
+        append_on_leader(&nodes, &majority, &[&format!("w{i}")], None).await?;
     }
     let m = group(&nodes[follower])?.raft.metrics().borrow().clone();
     assert!(!m.state.is_leader(), "an isolated follower became leader");
