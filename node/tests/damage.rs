@@ -76,24 +76,13 @@ async fn a_node_with_a_damaged_sst_refuses_to_start_and_the_others_carry_on() {
         },
     )
     .await;
-    let (s, v) = eventually(
-        "a write through a survivor",
-        Duration::from_secs(30),
-        || {
-            let c = &c;
-            async move {
-                let (s, v) = c
-                    .post(
-                        3,
-                        "/v1/topics/dmg/records",
-                        &json!({"records": [{"value": "after"}]}),
-                    )
-                    .await;
-                (v["error"]["code"] != "UNAVAILABLE").then_some((s, v))
-            }
-        },
-    )
-    .await;
+    let (s, v) = c
+        .post_until_available(
+            3,
+            "/v1/topics/dmg/records",
+            &json!({"records": [{"value": "after"}]}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     written.push(json!("after"));
     let on_survivor: Vec<Value> = c
@@ -111,21 +100,8 @@ async fn a_node_with_a_damaged_sst_refuses_to_start_and_the_others_carry_on() {
     c.wait_ready(victim).await;
     // Every replica, the rebuilt one included, reports the same applied index: the victim's
     // own copy holds the whole log (a fetch through it would be served by the leader).
-    eventually(
-        "the rebuilt node applied everything the others did",
-        Duration::from_secs(60),
-        || {
-            let c = &c;
-            async move {
-                let mut applied = Vec::new();
-                for id in 1..=3 {
-                    applied.push(c.apply_index(id, "dmg", 0).await?);
-                }
-                (applied.iter().all(|&a| a == applied[0])).then_some(())
-            }
-        },
-    )
-    .await;
+    c.wait_applied_alike("dmg", 0, Duration::from_secs(60))
+        .await;
     let on_victim: Vec<Value> = c
         .read_all(victim, "dmg", 0)
         .await

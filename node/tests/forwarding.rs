@@ -100,21 +100,8 @@ async fn a_node_cut_off_from_every_peer_soon_refuses_at_once_and_writes_nothing(
     let others: Vec<u64> = (1..=3).filter(|&n| n != lone).collect();
     // Only once `lone` has heard from the leader (it applied what the leader did) is its
     // silence news; before that it may still be starting the group.
-    eventually(
-        "every replica applied the first write",
-        Duration::from_secs(30),
-        || {
-            let c = &c;
-            async move {
-                let mut applied = Vec::new();
-                for id in 1..=3 {
-                    applied.push(c.apply_index(id, "alone", 0).await?);
-                }
-                applied.iter().all(|&a| a == applied[0]).then_some(())
-            }
-        },
-    )
-    .await;
+    c.wait_applied_alike("alone", 0, Duration::from_secs(30))
+        .await;
     for &n in &others {
         c.signal(n, Signal::SIGSTOP);
     }
@@ -142,20 +129,13 @@ async fn a_node_cut_off_from_every_peer_soon_refuses_at_once_and_writes_nothing(
         "the lone node still waited for a leader or a timeout: {answers:?}"
     );
     // Nothing refused was written.
-    let (s, v) = eventually("a write succeeds again", Duration::from_secs(30), || {
-        let c = &c;
-        async move {
-            let (s, v) = c
-                .post(
-                    lone,
-                    "/v1/topics/alone/records",
-                    &json!({"records": [{"value": "after"}]}),
-                )
-                .await;
-            (v["error"]["code"] != "UNAVAILABLE").then_some((s, v))
-        }
-    })
-    .await;
+    let (s, v) = c
+        .post_until_available(
+            lone,
+            "/v1/topics/alone/records",
+            &json!({"records": [{"value": "after"}]}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let values: Vec<_> = c
         .read_all(lone, "alone", 0)

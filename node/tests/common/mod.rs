@@ -177,6 +177,41 @@ impl Cluster {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Waits (bounded by `limit`) until every node reports the same applied index for
+    /// `partition` of `topic`: each replica's own copy holds what the others applied.
+    pub async fn wait_applied_alike(&self, topic: &str, partition: u32, limit: Duration) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        eventually(
+            &format!("every replica of {topic}/{partition} applied the same index"),
+            limit,
+            || {
+                let ids = &ids;
+                async move {
+                    let mut applied = Vec::new();
+                    for &id in ids {
+                        applied.push(self.apply_index(id, topic, partition).await?);
+                    }
+                    applied.iter().all(|&a| a == applied[0]).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// POSTs until the answer is not `UNAVAILABLE` (bounded): that refusal means nothing was
+    /// written, so sending again is safe.
+    pub async fn post_until_available(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
+        eventually(
+            &format!("POST {path} answered"),
+            Duration::from_secs(30),
+            || async move {
+                let (s, v) = self.post(id, path, body).await;
+                (v["error"]["code"] != "UNAVAILABLE").then_some((s, v))
+            },
+        )
+        .await
+    }
+
     /// The data directory of node `id`.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("data/node{id}"))
