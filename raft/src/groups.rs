@@ -117,9 +117,8 @@ impl Group {
     pub fn quorum_lost_for(&self) -> Option<Duration> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        let since = m.millis_since_quorum_ack?;
-        (m.state.is_leader() && since > self.raft.config().election_timeout_max)
-            .then(|| Duration::from_millis(since))
+        let since = Duration::from_millis(m.millis_since_quorum_ack?);
+        (m.state.is_leader() && since > self.lease()).then_some(since)
     }
 }
 

@@ -183,17 +183,18 @@ impl Service {
         if g.leader() != Some(from) {
             return std::future::pending().await;
         }
-        let mut metrics = g.raft.metrics();
-        loop {
-            if let Some(l) = known_leader(&metrics.borrow_and_update())
-                && l != from
-            {
-                return l;
-            }
-            if metrics.changed().await.is_err() {
-                // The group stopped on this node: it will not learn of a new leader.
-                return std::future::pending().await;
-            }
+        let moved = g
+            .raft
+            .wait(None)
+            .metrics(
+                |m| known_leader(m).is_some_and(|l| l != from),
+                "leader moved",
+            )
+            .await;
+        match moved.ok().and_then(|m| known_leader(&m)) {
+            Some(l) => l,
+            // The group stopped on this node: it will not learn of a new leader.
+            None => std::future::pending().await,
         }
     }
 
