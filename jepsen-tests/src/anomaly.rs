@@ -1,5 +1,6 @@
-//! The anomalies the checkers report, named as Jepsen names them, each with the exact values,
-//! keys, offsets and operations (by index) that show it.
+//! The anomalies the checkers report, named as Jepsen names them (the consumer-group kinds,
+//! which Jepsen does not have, in the same style), each with the exact values, keys, offsets
+//! and operations (by index) that show it.
 
 use std::fmt;
 
@@ -46,6 +47,19 @@ pub enum AnomalyKind {
     IntNonmonotonicSend,
     /// kafka: a process's later send to a key landed at or before its previous send.
     NonmonotonicSend,
+    /// group: a read of a key's committed offset showed less than an earlier read did.
+    CommittedOffsetRegression,
+    /// group: a read of a key's committed offset showed less than an earlier `ok` commit.
+    LostCommit,
+    /// group: two members owned one key at the same time.
+    DoubleAssignment,
+    /// group: a commit succeeded after the coordinator had answered its member `FENCED`.
+    ZombieCommit,
+    /// group: a commit succeeded from a member silent for longer than the session timeout
+    /// (allowed: a new coordinator restarts every member's session).
+    LateCommit,
+    /// group: a record below a committed offset that no member of the group ever polled.
+    GroupPollSkip,
 }
 
 impl AnomalyKind {
@@ -68,6 +82,12 @@ impl AnomalyKind {
             AnomalyKind::IntSendSkip => "int-send-skip",
             AnomalyKind::IntNonmonotonicSend => "int-nonmonotonic-send",
             AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+            AnomalyKind::CommittedOffsetRegression => "committed-offset-regression",
+            AnomalyKind::LostCommit => "lost-commit",
+            AnomalyKind::DoubleAssignment => "double-assignment",
+            AnomalyKind::ZombieCommit => "zombie-commit",
+            AnomalyKind::LateCommit => "late-commit",
+            AnomalyKind::GroupPollSkip => "group-poll-skip",
         }
     }
 }
@@ -190,6 +210,59 @@ pub enum Anomaly {
         delta: i64,
         ops: [u64; 2],
     },
+    /// group `committed-offset-regression`: the read `ops[1]` showed `offsets[1]` (`null`:
+    /// none) as the committed offset of `key`, below the `offsets[0]` that the read `ops[0]`,
+    /// complete before `ops[1]` began, showed; and no commit of `offsets[1]` could have taken
+    /// effect between them.
+    CommittedOffsetRegression {
+        key: Key,
+        offsets: [Option<Offset>; 2],
+        ops: [u64; 2],
+    },
+    /// group `lost-commit`: the read `ops[1]` showed `offsets[1]` (`null`: none) as the
+    /// committed offset of `key`, below the `offsets[0]` that `member`'s `ok` commit `ops[0]`,
+    /// complete before `ops[1]` began, committed; and no commit of `offsets[1]` could have taken
+    /// effect between them.
+    LostCommit {
+        key: Key,
+        member: String,
+        offsets: [Option<Offset>; 2],
+        ops: [u64; 2],
+    },
+    /// group `double-assignment`: `members[0]` owned `key` by the heartbeat reply `ops[0]`,
+    /// `members[1]` by `ops[1]`, and both still did (as far as the client can tell) from
+    /// `window_ms[0]` to `window_ms[1]` (ms since the start of the history).
+    DoubleAssignment {
+        key: Key,
+        members: [String; 2],
+        ops: [u64; 2],
+        window_ms: [u64; 2],
+    },
+    /// group `zombie-commit`: `member` (epoch `epoch`) was answered `FENCED` by `ops[0]`, and
+    /// its commit `ops[1]`, begun after that answer, succeeded.
+    ZombieCommit {
+        member: String,
+        epoch: i64,
+        ops: [u64; 2],
+    },
+    /// group `late-commit`: `member`'s commit `ops[1]` succeeded although it began `silent_ms`
+    /// after the member's last successful heartbeat or commit `ops[0]` ended, more than the
+    /// session timeout.
+    LateCommit {
+        member: String,
+        epoch: i64,
+        silent_ms: u64,
+        ops: [u64; 2],
+    },
+    /// group `group-poll-skip`: `value` at `offset` of `key` lies below the committed offset
+    /// `committed` that `op` wrote or read, yet no `ok` poll of a group member returned it.
+    GroupPollSkip {
+        key: Key,
+        offset: Offset,
+        value: Value,
+        committed: Offset,
+        op: u64,
+    },
 }
 
 impl Anomaly {
@@ -212,6 +285,12 @@ impl Anomaly {
             Anomaly::IntSendSkip { .. } => AnomalyKind::IntSendSkip,
             Anomaly::IntNonmonotonicSend { .. } => AnomalyKind::IntNonmonotonicSend,
             Anomaly::NonmonotonicSend { .. } => AnomalyKind::NonmonotonicSend,
+            Anomaly::CommittedOffsetRegression { .. } => AnomalyKind::CommittedOffsetRegression,
+            Anomaly::LostCommit { .. } => AnomalyKind::LostCommit,
+            Anomaly::DoubleAssignment { .. } => AnomalyKind::DoubleAssignment,
+            Anomaly::ZombieCommit { .. } => AnomalyKind::ZombieCommit,
+            Anomaly::LateCommit { .. } => AnomalyKind::LateCommit,
+            Anomaly::GroupPollSkip { .. } => AnomalyKind::GroupPollSkip,
         }
     }
 

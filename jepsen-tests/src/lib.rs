@@ -12,8 +12,8 @@
 //!  clients, nemesis ──invoke/complete──► Recorder ──► History ──write_file──► history.jsonl
 //!                                                       ▲  │
 //!                                         read_file ────┘  ├──► checker::queue::check ──┐
-//!                                                          └──► checker::kafka::check ──┴─► Verdict
-//!                                                                                    (JSON)
+//!                                                          ├──► checker::kafka::check ──┼─► Verdict
+//!                                                          └──► checker::group::check ──┘   (JSON)
 //! ```
 
 pub mod anomaly;
@@ -33,6 +33,9 @@ pub use checker::CheckConfig;
 pub use error::HistoryError;
 pub use history::History;
 pub use ids::{Key, Offset, Process, Value};
-pub use op::{Assign, Call, Op, OpType, Poll, Record, Send};
+pub use op::{
+    Assign, Call, Commit, Heartbeat, HeartbeatReply, JOIN_EPOCH, LEAVE_EPOCH, Offsets, Op, OpType,
+    Poll, Record, Send,
+};
 pub use recorder::Recorder;
 pub use verdict::{AnomalyReport, OutcomeCounts, Validity, Verdict};

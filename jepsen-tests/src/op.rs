@@ -1,5 +1,5 @@
 //! One operation of a history (Jepsen's `{index, time, process, type, f, value, error}`) and the
-//! typed `f`/`value` pairs of the queue and kafka workloads.
+//! typed `f`/`value` pairs of the queue and kafka workloads, and of consumer groups.
 //!
 //! One JSON line per operation, for example:
 //!
@@ -96,6 +96,12 @@ pub enum Call {
     /// A fault injected or healed by the nemesis, free-form (for example
     /// `{"fault": "partition", "nodes": ["n1"]}`); checkers ignore it, plots use it.
     Nemesis(serde_json::Value),
+    /// Consumer groups: one heartbeat of a member (join, stay or leave).
+    Heartbeat(Heartbeat),
+    /// Consumer groups: a member commits offsets.
+    Commit(Commit),
+    /// Consumer groups: a read of the group's committed offsets.
+    Offsets(Offsets),
 }
 
 impl Call {
@@ -111,6 +117,9 @@ impl Call {
             Call::Dequeue(_) => "dequeue",
             Call::Drain(_) => "drain",
             Call::Nemesis(_) => "nemesis",
+            Call::Heartbeat(_) => "heartbeat",
+            Call::Commit(_) => "commit",
+            Call::Offsets(_) => "offsets",
         }
     }
 }
@@ -169,4 +178,86 @@ pub struct Assign {
     /// Whether the consumer then seeks to the beginning of every assigned key (the final reads).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seek_to_beginning: bool,
+}
+
+/// Member epoch sent to join a group.
+pub const JOIN_EPOCH: i64 = 0;
+/// Member epoch sent to leave a group.
+pub const LEAVE_EPOCH: i64 = -1;
+
+/// The value of a `heartbeat` operation (KIP-848's `ConsumerGroupHeartbeat`): what the member
+/// sent, and, on an `ok` completion, what the coordinator answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The member id sent (none when joining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// The member epoch sent: [`JOIN_EPOCH`], [`LEAVE_EPOCH`], or the epoch the member's last
+    /// reply carried.
+    pub epoch: i64,
+    /// The keys the member reported it still owns (a stay heartbeat; the others send none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owned: Vec<Key>,
+    /// On an `ok` completion: the coordinator's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<HeartbeatReply>,
+    /// On a `fail` completion: the refusal's error code (`FENCED`, `UNAVAILABLE`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The node the request went to (for people reading the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
+}
+
+/// A heartbeat's answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The member's id (chosen by the coordinator when it joined).
+    pub member: String,
+    /// The member's epoch now (-1 after a leave).
+    pub epoch: i64,
+    /// The keys the member may own now; it must stop using any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assignment: Vec<Key>,
+    /// Keys taken from the member: it still owns them until a heartbeat of its no longer lists
+    /// them as owned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoking: Vec<Key>,
+    /// The group's committed offset of each assigned key (`null`: none yet), as the coordinator
+    /// read it while answering.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub committed: BTreeMap<Key, Option<Offset>>,
+}
+
+/// The value of a `commit` operation: a member commits, per key, the next offset to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The committing member.
+    pub member: String,
+    /// Its epoch, as its last heartbeat reply gave it.
+    pub epoch: i64,
+    /// Per key, the next offset to read.
+    pub offsets: BTreeMap<Key, Offset>,
+    /// On a `fail` completion: the refusal's error code (`FENCED`, `UNAVAILABLE`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The node the request went to (for people reading the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
+}
+
+/// The value of an `offsets` operation: the group's committed offsets, read back. Empty at
+/// invocation; on an `ok` completion, every key with a committed offset (a key missing has
+/// none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offsets {
+    /// Per key, the committed offset (the next offset to read).
+    #[serde(default)]
+    pub offsets: BTreeMap<Key, Offset>,
+    /// The coordinator answered that the group does not exist (so it has no offsets).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
+    /// The node the request went to (for people reading the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
 }

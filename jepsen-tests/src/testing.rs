@@ -23,10 +23,17 @@ impl Script {
     /// Appends one operation; returns its index.
     pub fn push(&mut self, process: u64, kind: OpType, call: Call) -> u64 {
         let index = self.ops.len() as u64;
+        self.push_at(process, kind, call, index)
+    }
+
+    /// Appends one operation at `time` (ns; never before the previous operation's); returns its
+    /// index.
+    pub fn push_at(&mut self, process: u64, kind: OpType, call: Call, time: u64) -> u64 {
+        let index = self.ops.len() as u64;
         let process = Process::Client(process);
         self.ops.push(Op {
             index,
-            time: index,
+            time,
             process,
             kind,
             call,

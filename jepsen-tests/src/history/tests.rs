@@ -2,7 +2,7 @@ use std::io::Cursor;
 
 use super::*;
 use crate::ids::{Key, Offset, Value};
-use crate::op::{Assign, Poll, Record, Send};
+use crate::op::{Assign, Commit, Heartbeat, HeartbeatReply, Offsets, Poll, Record, Send};
 use crate::testing::{Script, poll_call, send_call};
 
 fn op(index: u64, time: u64, process: Process, kind: OpType, call: Call) -> Op {
@@ -54,6 +54,33 @@ fn operations_serialise_as_flat_jepsen_like_json() {
     );
 }
 
+/// An `ok` heartbeat with every field.
+fn group_heartbeat() -> Call {
+    Call::Heartbeat(Heartbeat {
+        member: Some("m1".into()),
+        epoch: 2,
+        owned: vec![Key(1), Key(2)],
+        reply: Some(HeartbeatReply {
+            member: "m1".into(),
+            epoch: 3,
+            assignment: vec![Key(1)],
+            revoking: vec![Key(2)],
+            committed: [(Key(1), Some(Offset(4))), (Key(5), None)].into(),
+        }),
+        code: None,
+        node: Some(1),
+    })
+}
+
+#[test]
+fn group_operations_serialise_with_keys_as_map_keys() {
+    let ok = op(1, 9, client(1), OpType::Ok, group_heartbeat());
+    assert_eq!(
+        serde_json::to_string(&ok).expect("encode"),
+        r#"{"index":1,"time":9,"process":1,"type":"ok","f":"heartbeat","value":{"member":"m1","epoch":2,"owned":[1,2],"reply":{"member":"m1","epoch":3,"assignment":[1],"revoking":[2],"committed":{"1":4,"5":null}},"node":1}}"#
+    );
+}
+
 /// One operation of every call kind, in a valid order.
 fn every_call_kind() -> History {
     let assign = Call::Assign(Assign {
@@ -87,6 +114,25 @@ fn every_call_kind() -> History {
         (OpType::Ok, Call::Dequeue(Some(Value(4)))),
         (OpType::Ok, Call::Dequeue(None)),
         (OpType::Fail, Call::Drain(vec![Value(5), Value(6)])),
+        (OpType::Ok, group_heartbeat()),
+        (
+            OpType::Fail,
+            Call::Commit(Commit {
+                member: "m1".into(),
+                epoch: 3,
+                offsets: [(Key(1), Offset(4))].into(),
+                code: Some("FENCED".into()),
+                node: Some(2),
+            }),
+        ),
+        (
+            OpType::Ok,
+            Call::Offsets(Offsets {
+                offsets: [(Key(1), Offset(4))].into(),
+                missing: false,
+                node: None,
+            }),
+        ),
         (OpType::Info, Call::Crash),
     ];
     let mut ops = Vec::new();
