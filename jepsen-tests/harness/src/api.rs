@@ -107,6 +107,21 @@ impl Api {
         self.exchange(request).await
     }
 
+    /// A PUT of `body` on `node`.
+    pub async fn put(&self, node: NodeId, path: &str, body: &Value) -> Answer {
+        let request = self
+            .http
+            .put(Api::url(node, path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        self.exchange(request).await
+    }
+
+    /// A DELETE on `node`.
+    pub async fn delete(&self, node: NodeId, path: &str) -> Answer {
+        self.exchange(self.http.delete(Api::url(node, path))).await
+    }
+
     async fn exchange(&self, request: reqwest::RequestBuilder) -> Answer {
         let response = match request.send().await {
             Ok(response) => response,

@@ -68,6 +68,20 @@ impl Consumer {
         }
     }
 
+    /// Replaces the assignment by `partitions`, as a consumer group's coordinator hands it out:
+    /// those kept keep their position, the new ones start where the coordinator says (`None`:
+    /// the log start). Returns the `assign` operation's value.
+    pub fn assign_at(&mut self, partitions: &BTreeMap<u32, Option<u64>>) -> Assign {
+        self.positions.retain(|p, _| partitions.contains_key(p));
+        for (&p, &position) in partitions {
+            self.positions.entry(p).or_insert(position);
+        }
+        Assign {
+            keys: partitions.keys().map(|&p| Key(u64::from(p))).collect(),
+            seek_to_beginning: false,
+        }
+    }
+
     /// The assigned partitions, ascending.
     pub fn assigned(&self) -> Vec<u32> {
         self.positions.keys().copied().collect()
@@ -144,6 +158,14 @@ pub struct ConsumerStats {
 }
 
 impl ConsumerStats {
+    /// Registers a process that reads (left out of the total-queue view).
+    pub fn register(&self, process: Process) {
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(process);
+    }
+
     /// The consumers' processes (each consumer has one for the whole run).
     pub fn processes(&self) -> BTreeSet<Process> {
         self.processes
@@ -167,11 +189,7 @@ impl Workload {
             self.seed ^ (consumer + 1).wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x006C_6F67,
         );
         let process = self.new_process();
-        stats
-            .processes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(process);
+        stats.register(process);
         let mut state = Consumer::default();
         let mut reassign_at = Instant::now();
         for _ in 0..MAX_POLLS_PER_CONSUMER {
@@ -185,45 +203,64 @@ impl Workload {
                 self.record(process, OpType::Ok, call, None);
                 reassign_at = now + Duration::from_millis(rng.random_range(3_000..=7_000));
             }
-            self.record(process, OpType::Invoke, Call::Poll(Poll::default()), None);
-            let mut fetched = BTreeMap::new();
-            let mut errors = Vec::new();
-            for partition in state.assigned() {
-                let node = rng.random_range(1..=self.nodes);
-                let path = state.fetch_path(&self.topic, partition);
-                match self.api.get(node, &path).await {
-                    Answer::Ok(body) => {
-                        let records = self.records_of(partition, node, &body);
-                        fetched.insert(partition, Fetched { records });
-                    }
-                    other => {
-                        let position = state.position(partition);
-                        let at = position.map_or("the log start".to_owned(), |o| o.to_string());
-                        let answer = other.describe();
-                        if matches!(other, Answer::Definite { status: 416, .. }) {
-                            let seen = stats.out_of_range.fetch_add(1, Ordering::SeqCst) + 1;
-                            if seen <= MAX_416_NOTES {
-                                self.note(format!(
-                                    "consumer {consumer} (process {process:?}): n{node} answered {answer} to a fetch of partition {partition} at offset {at}"
-                                ));
-                            }
-                        }
-                        errors.push(format!("p{partition} at {at}: n{node}: {answer}"));
-                    }
-                }
-            }
-            if errors.is_empty() {
-                let poll = state.apply(fetched);
-                self.record(process, OpType::Ok, Call::Poll(poll), None);
-            } else {
-                self.record(
-                    process,
-                    OpType::Fail,
-                    Call::Poll(Poll::default()),
-                    Some(errors.join("; ")),
-                );
+            if !self
+                .poll(consumer, process, &mut state, &mut rng, &stats)
+                .await
+            {
                 tokio::time::sleep(backoff(&mut rng)).await;
             }
+        }
+    }
+
+    /// One `poll` operation of `consumer`: one fetch per assigned partition, each to a random
+    /// node. Returns whether it was `ok` (positions then moved past the records returned).
+    pub(crate) async fn poll(
+        &self,
+        consumer: u64,
+        process: Process,
+        state: &mut Consumer,
+        rng: &mut StdRng,
+        stats: &ConsumerStats,
+    ) -> bool {
+        self.record(process, OpType::Invoke, Call::Poll(Poll::default()), None);
+        let mut fetched = BTreeMap::new();
+        let mut errors = Vec::new();
+        for partition in state.assigned() {
+            let node = rng.random_range(1..=self.nodes);
+            let path = state.fetch_path(&self.topic, partition);
+            match self.api.get(node, &path).await {
+                Answer::Ok(body) => {
+                    let records = self.records_of(partition, node, &body);
+                    fetched.insert(partition, Fetched { records });
+                }
+                other => {
+                    let position = state.position(partition);
+                    let at = position.map_or("the log start".to_owned(), |o| o.to_string());
+                    let answer = other.describe();
+                    if matches!(other, Answer::Definite { status: 416, .. }) {
+                        let seen = stats.out_of_range.fetch_add(1, Ordering::SeqCst) + 1;
+                        if seen <= MAX_416_NOTES {
+                            self.note(format!(
+                                "consumer {consumer} (process {process:?}): n{node} answered {answer} to a fetch of partition {partition} at offset {at}"
+                            ));
+                        }
+                    }
+                    errors.push(format!("p{partition} at {at}: n{node}: {answer}"));
+                }
+            }
+        }
+        if errors.is_empty() {
+            let poll = state.apply(fetched);
+            self.record(process, OpType::Ok, Call::Poll(poll), None);
+            true
+        } else {
+            self.record(
+                process,
+                OpType::Fail,
+                Call::Poll(Poll::default()),
+                Some(errors.join("; ")),
+            );
+            false
         }
     }
 }

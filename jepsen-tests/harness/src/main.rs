@@ -7,14 +7,16 @@
 //! through the REST API and the processes (`.ci/check-crate-edges.py`).
 //!
 //! ```text
-//!  args ─► Schedule (seed) ─► Hosts (netns, bridge, nodes) ─► topic
+//!  args ─► Schedule (seed) ─► Hosts (netns, bridge, nodes) ─► topic (and group)
 //!                                     │
-//!             workers (queue) ──┬─────┴── nemesis (schedule)
-//!                               ▼
+//!   producers, consumers (log, ──┬────┴── nemesis (schedule)
+//!   subscribe), offsets reader   ▼
 //!                           Recorder ─► heal all, drain ─► History ─► kafka + total-queue
+//!                                                                     (+ group: subscribe)
 //!                                                                        │
 //!                 results/<stamp>-<workload>-<nemesis>-seed<seed>/ ◄─────┘
 //!                 history.jsonl verdict.json summary.txt schedule.json plot.svg node-K.log
+//!                 (group.json: subscribe)
 //! ```
 
 mod api;
@@ -28,6 +30,7 @@ mod queue;
 mod report;
 mod scenario;
 mod schedule;
+mod subscribe;
 mod view;
 
 use std::collections::BTreeSet;
@@ -37,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use chat4all_jepsen::checker::{kafka, queue as queue_checker};
+use chat4all_jepsen::checker::{group as group_checker, kafka, queue as queue_checker};
 use chat4all_jepsen::{CheckConfig, History, Process, Recorder, Validity};
 use clap::Parser;
 use serde_json::json;
@@ -51,13 +54,15 @@ use crate::queue::Workload;
 use crate::report::Summary;
 use crate::scenario::Scenario;
 use crate::schedule::{NemesisKind, Schedule, ScheduleConfig};
+use crate::subscribe::GroupStats;
 
 /// Runs a Jepsen-style test against a local Chat4All cluster in network namespaces (as root).
 #[derive(Parser, Debug)]
 #[command(name = "jepsen", args_override_self = true)]
 struct Args {
-    /// The workload: `queue` (producers, then a drain) or `log` (producers and consumers that
-    /// assign themselves partitions and poll during the run, then a drain).
+    /// The workload: `queue` (producers, then a drain), `log` (producers and consumers that
+    /// assign themselves partitions and poll during the run, then a drain) or `subscribe`
+    /// (producers and consumers in a consumer group that poll, commit and churn, then a drain).
     #[arg(long, default_value = "queue")]
     workload: String,
     /// Faults, a comma list of partition, kill, pause, netem, corrupt (or none); they take turns.
@@ -98,6 +103,8 @@ struct Args {
 }
 
 const TOPIC: &str = "jepsen-queue";
+/// The workloads.
+const WORKLOADS: [&str; 3] = ["queue", "log", "subscribe"];
 /// Client request timeout (the nodes answer OUTCOME_UNKNOWN after 4 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long nodes may take to become ready, at start and after the final heal.
@@ -123,8 +130,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !["queue", "log"].contains(&args.workload.as_str()) {
-        bail!("unknown workload {:?}: `queue` or `log`", args.workload);
+    if !WORKLOADS.contains(&args.workload.as_str()) {
+        bail!(
+            "unknown workload {:?}: `queue`, `log` or `subscribe`",
+            args.workload
+        );
     }
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be 1..=9 (3 or 5 make sense)");
@@ -142,8 +152,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.partitions == 0 || concurrency == 0 || args.time_limit == 0 {
         bail!("--partitions, --concurrency and --time-limit must be positive");
     }
-    if args.workload == "log" && concurrency < 2 {
-        bail!("the log workload needs --concurrency 2 or more (producers and consumers)");
+    if args.workload != "queue" && concurrency < 2 {
+        bail!(
+            "the {} workload needs --concurrency 2 or more (producers and consumers)",
+            args.workload
+        );
     }
     if scenario.is_some() && args.partitions != 3 {
         bail!("the scenarios are written for 3 partitions (leaders of p0, p1, p2)");
@@ -251,6 +264,13 @@ async fn execute(
     let api = Api::new(REQUEST_TIMEOUT)?;
     wait_ready(&api, &hosts, READY_DEADLINE).await?;
     create_topic(&api, args, Instant::now() + Duration::from_secs(60)).await?;
+    let subscribe = args.workload == "subscribe";
+    let mut notes = Vec::new();
+    if subscribe {
+        let config =
+            subscribe::configure(&api, nodes, Instant::now() + Duration::from_secs(60)).await?;
+        notes.push(format!("group {}: {config}", subscribe::GROUP));
+    }
     let netem = Nemesis::detect_netem();
 
     let recorder = Arc::new(Recorder::new());
@@ -280,20 +300,32 @@ async fn execute(
         let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
         tokio::spawn(async move { nemesis.run(&schedule, start).await })
     };
-    // The log workload: half the clients (rounded down, at least one) consume.
-    let consumers = if args.workload == "log" {
-        (concurrency / 2).max(1)
-    } else {
+    // The log and subscribe workloads: half the clients (rounded down, at least one) consume.
+    let consumers = if args.workload == "queue" {
         0
+    } else {
+        (concurrency / 2).max(1)
     };
     let producers = concurrency - consumers;
     let stats = Arc::new(ConsumerStats::default());
+    let group_stats = Arc::new(GroupStats::default());
     let workers: Vec<_> = (0..producers)
         .map(|w| tokio::spawn(workload.clone().worker(w)))
         .collect();
     let consumer_tasks: Vec<_> = (0..consumers)
-        .map(|c| tokio::spawn(workload.clone().consumer(c, stats.clone())))
+        .map(|c| {
+            if subscribe {
+                let task = workload
+                    .clone()
+                    .group_consumer(c, stats.clone(), group_stats.clone());
+                tokio::spawn(task)
+            } else {
+                tokio::spawn(workload.clone().consumer(c, stats.clone()))
+            }
+        })
         .collect();
+    let reader_task =
+        subscribe.then(|| tokio::spawn(workload.clone().offsets_reader(stats.clone())));
     println!(
         "workload: {producers} producers, {consumers} consumers for {} s",
         args.time_limit
@@ -314,7 +346,14 @@ async fn execute(
             lost_consumers += 1;
         }
     }
-    let readers = stats.processes();
+    let mut offsets_reader = None;
+    if let Some(task) = reader_task {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(grace.into(), task).await {
+            Ok(Ok(process)) => offsets_reader = Some(process),
+            _ => abort.abort(),
+        }
+    }
     let abort = nemesis_task.abort_handle();
     if tokio::time::timeout_at(grace.into(), nemesis_task)
         .await
@@ -322,7 +361,6 @@ async fn execute(
     {
         abort.abort();
     }
-    let mut notes = Vec::new();
     if lost_consumers > 0 {
         notes.push(format!(
             "{lost_consumers} consumers did not finish in time (aborted)"
@@ -340,6 +378,22 @@ async fn execute(
         notes.push(format!("after the final heal: {e:#}"));
     }
     let drain_complete = workload.drain(Instant::now() + DRAIN_DEADLINE).await;
+    if subscribe {
+        // The committed offsets once more, from every node, after the heal.
+        if let Some(process) = offsets_reader {
+            for node in 1..=nodes {
+                workload.read_offsets(process, node).await;
+            }
+        }
+        match subscribe::describe(&api, nodes).await {
+            Some(group) => {
+                std::fs::write(dir.join("group.json"), serde_json::to_vec_pretty(&group)?)?
+            }
+            None => notes.push("the group could not be described after the heal".to_owned()),
+        }
+        notes.push(group_stats.summary());
+    }
+    let readers = stats.processes();
     notes.extend(hosts.unexpected_exits());
     for id in hosts.dead() {
         notes.push(format!("node {id} not running at the end"));
@@ -352,6 +406,7 @@ async fn execute(
     let valid = check(
         &history,
         &readers,
+        subscribe,
         args,
         concurrency,
         schedule,
@@ -370,6 +425,7 @@ async fn execute(
 fn check(
     history: &History,
     readers: &BTreeSet<Process>,
+    group: bool,
     args: &Args,
     clients: u64,
     schedule: &Schedule,
@@ -382,16 +438,27 @@ fn check(
 ) -> anyhow::Result<Validity> {
     let config = CheckConfig::default();
     let mut verdicts = vec![kafka::check(history, &config)];
+    let mut valid = Validity::Valid;
     match view::queue_view(history, readers)
         .and_then(|view| Ok(queue_checker::check(&view, &config)?))
     {
         Ok(verdict) => verdicts.push(verdict),
-        Err(e) => notes.push(format!("total-queue check impossible: {e:#}")),
+        Err(e) => {
+            notes.push(format!("total-queue check impossible: {e:#}"));
+            valid = Validity::Unknown;
+        }
     }
-    let mut valid = verdicts
+    if group {
+        verdicts.push(group_checker::check(
+            history,
+            &subscribe::timeouts(),
+            &config,
+        ));
+    }
+    valid = verdicts
         .iter()
-        .fold(Validity::Valid, |v, verdict| v.and(verdict.valid));
-    if verdicts.len() < 2 || !drain_complete {
+        .fold(valid, |v, verdict| v.and(verdict.valid));
+    if !drain_complete {
         valid = valid.and(Validity::Unknown);
     }
     if foreign_records > 0 {

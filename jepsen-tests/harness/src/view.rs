@@ -1,7 +1,8 @@
 //! The queue workload's history seen as a total queue, for the total-queue checker: each
 //! one-record `send` becomes an `enqueue` of its value (same process, type and time), each `poll`
-//! a `drain` of the values it returned, and `assign`s disappear. Indices are renumbered; nothing
-//! else changes, so every outcome the kafka view has, the queue view has too.
+//! a `drain` of the values it returned, and `assign`s and consumer-group operations disappear.
+//! Indices are renumbered; nothing else changes, so every outcome the kafka view has, the queue
+//! view has too.
 //!
 //! The log workload's consumers read a log, they do not dequeue: several of them read the same
 //! records, and a reassigned partition is read again from its start. Their polls are left out
@@ -14,7 +15,7 @@ use std::collections::BTreeSet;
 use chat4all_jepsen::{Call, History, Op, Process};
 
 /// The total-queue view of a queue- or log-workload history, without the operations of
-/// `readers` (the log workload's consumers). Fails if a `send` carries other than one record
+/// `readers` (the log and subscribe workloads' consumers and readers). Fails if a `send` carries other than one record
 /// (the workloads never send more), or if the result breaks the history model.
 pub fn queue_view(history: &History, readers: &BTreeSet<Process>) -> anyhow::Result<History> {
     let mut ops = Vec::with_capacity(history.len());
@@ -37,7 +38,7 @@ pub fn queue_view(history: &History, readers: &BTreeSet<Process>) -> anyhow::Res
                     .map(|record| record.value)
                     .collect(),
             ),
-            Call::Assign(_) => continue,
+            Call::Assign(_) | Call::Heartbeat(_) | Call::Commit(_) | Call::Offsets(_) => continue,
             other => other.clone(),
         };
         ops.push(Op {
