@@ -53,7 +53,8 @@ pub enum AnomalyKind {
     LostCommit,
     /// group: two members owned one key at the same time.
     DoubleAssignment,
-    /// group: a commit succeeded after the coordinator had answered its member `FENCED`.
+    /// group: a commit succeeded after the coordinator had answered its member `FENCED`, or
+    /// after the member left.
     ZombieCommit,
     /// group: a commit succeeded from a member silent for longer than the session timeout
     /// (allowed: a new coordinator restarts every member's session).
@@ -238,8 +239,8 @@ pub enum Anomaly {
         ops: [u64; 2],
         window_ms: [u64; 2],
     },
-    /// group `zombie-commit`: `member` (epoch `epoch`) was answered `FENCED` by `ops[0]`, and
-    /// its commit `ops[1]`, begun after that answer, succeeded.
+    /// group `zombie-commit`: `member` (epoch `epoch`) was answered `FENCED` by `ops[0]` (or
+    /// left by it), and its commit `ops[1]`, begun after that answer, succeeded.
     ZombieCommit {
         member: String,
         epoch: i64,

@@ -2,8 +2,9 @@
 //!
 //! - `zombie-commit`: the coordinator answered `FENCED` to a heartbeat or commit of member `m`
 //!   with epoch `e` (the member is unknown, or `e` is stale), and a later commit of `m` with
-//!   an epoch at most `e`, begun after that answer, succeeded. Member ids are never reused and
-//!   epochs only grow, so nothing can make that commit legitimate again.
+//!   an epoch at most `e`, begun after that answer, succeeded; or `m` left (an `ok` leave)
+//!   and a commit of `m` begun after that succeeded. Member ids are never reused and epochs
+//!   only grow, so nothing can make that commit legitimate again.
 //! - `late-commit` (allowed): a commit of `m` succeeded although it began more than the session
 //!   timeout plus the slack after the end of `m`'s last successful heartbeat or commit, with no
 //!   heartbeat or commit of `m` of unknown outcome before it (which could have been served
@@ -13,22 +14,22 @@
 use super::Timeouts;
 use super::exchanges::Exchanges;
 use crate::anomaly::Anomaly;
-use crate::op::OpType;
+use crate::op::{LEAVE_EPOCH, OpType};
 
 /// `zombie-commit`, by member, then by commit.
 pub(super) fn zombie_commits(exchanges: &Exchanges<'_>) -> Vec<Anomaly> {
     let mut found = Vec::new();
     for (member, mine) in exchanges.by_member() {
-        // (end, epoch sent, index) of each FENCED answer.
+        // (end, highest epoch it voids, index) of each FENCED answer and `ok` leave.
         let fenced: Vec<(u64, i64, u64)> = mine
             .heartbeats
             .iter()
             .chain(&mine.commits)
-            .filter(|e| e.kind == OpType::Fail && e.code() == Some("FENCED"))
             .filter_map(|e| {
-                let epoch = match (e.heartbeat(), e.commit()) {
-                    (Some(hb), _) => hb.epoch,
-                    (_, Some(c)) => c.epoch,
+                let epoch = match (e.kind, e.code(), e.heartbeat(), e.commit()) {
+                    (OpType::Fail, Some("FENCED"), Some(hb), _) => hb.epoch,
+                    (OpType::Fail, Some("FENCED"), _, Some(c)) => c.epoch,
+                    (OpType::Ok, _, Some(hb), _) if hb.epoch == LEAVE_EPOCH => i64::MAX,
                     _ => return None,
                 };
                 Some((e.end, epoch, e.index))

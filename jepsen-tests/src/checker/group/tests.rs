@@ -524,7 +524,7 @@ fn records_below_a_committed_offset_that_no_member_polled_are_a_group_poll_skip(
 }
 
 #[test]
-fn a_leave_ends_ownership_at_once() {
+fn a_leave_ends_ownership_at_once_and_commits_after_it_are_zombies() {
     let mut t = Timeline::default();
     t.join(1, [0, 10], reply("a", 1, &[0], &[]));
     let leave = Heartbeat {
@@ -536,7 +536,7 @@ fn a_leave_ends_ownership_at_once() {
         reply: Some(reply("a", LEAVE_EPOCH, &[], &[])),
         ..leave.clone()
     };
-    t.pair(
+    let leave = t.pair(
         1,
         [100, 110],
         OpType::Ok,
@@ -546,6 +546,21 @@ fn a_leave_ends_ownership_at_once() {
     t.join(2, [105, 120], reply("b", 2, &[0], &[]));
     t.commit(2, [130, 140], ("b", 2), &[(0, 0)], OpType::Ok);
     t.read(3, [150, 160], &[(0, 0)]);
+    let mut with_zombie = Timeline {
+        events: t.events.clone(),
+    };
     let verdict = t.build().verdict();
     assert_eq!(verdict.valid, Validity::Valid, "{verdict:?}");
+
+    // A commit of the member that left, accepted: a zombie commit.
+    let zombie = with_zombie.commit(1, [170, 180], ("a", 1), &[(0, 0)], OpType::Ok);
+    let built = with_zombie.build();
+    assert_eq!(
+        all_found(&built.verdict()),
+        [Anomaly::ZombieCommit {
+            member: "a".into(),
+            epoch: 1,
+            ops: [built.index(leave), built.index(zombie)],
+        }]
+    );
 }
