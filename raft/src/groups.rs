@@ -285,16 +285,18 @@ impl Groups {
     /// once, the others only if no leader has appeared after a few election timeouts. (openraft
     /// 0.9 has no leader transfer, so where a partition's leadership starts is where it stays
     /// until a failure; spreading the preferred replicas spreads the leaders' work.)
+    /// `compacted` keeps the latest offset per record key (a compacted topic).
     pub async fn start_partition(
         &self,
         id: GroupId,
         replicas: BTreeMap<NodeId, NodeInfo>,
         preferred: Option<NodeId>,
+        compacted: bool,
     ) -> Result<Group, Error> {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
-        let sm = PartitionStateMachine::open(self.db.clone(), id)?;
+        let sm = PartitionStateMachine::open_with(self.db.clone(), id, compacted)?;
         let initialize = match preferred {
             Some(p) if p != self.node_id && replicas.contains_key(&p) => Initialize::AsFallback,
             _ => Initialize::AtOnce,

@@ -140,7 +140,7 @@ async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
     }
     for n in &nodes {
         n.groups
-            .start_partition(PARTITION, members.clone(), None)
+            .start_partition(PARTITION, members.clone(), None, false)
             .await?;
     }
     Ok(nodes)

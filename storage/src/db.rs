@@ -24,15 +24,19 @@ pub enum Cf {
     OffsetRecord,
     /// `(group, producer id)` → idempotent producer state.
     ProducerState,
+    /// `(group, record key bytes)` → the offset of the latest record with that key, in a
+    /// compacted topic's partition (Kafka's `cleanup.policy=compact` view).
+    KeyOffset,
 }
 
 impl Cf {
-    const ALL: [Cf; 5] = [
+    const ALL: [Cf; 6] = [
         Cf::LogEntry,
         Cf::GroupRaftState,
         Cf::GroupMeta,
         Cf::OffsetRecord,
         Cf::ProducerState,
+        Cf::KeyOffset,
     ];
 
     /// The column family's name on disk.
@@ -43,6 +47,7 @@ impl Cf {
             Cf::GroupMeta => "tag_groupmeta",
             Cf::OffsetRecord => "offset_record",
             Cf::ProducerState => "producerid_producerstate",
+            Cf::KeyOffset => "key_offset",
         }
     }
 }

@@ -40,6 +40,27 @@ pub fn decode_group_i64(key: &[u8]) -> Option<(u64, i64)> {
     decode_group_u64(key).map(|(g, n)| (g, (n ^ (1 << 63)) as i64))
 }
 
+/// `group ‖ bytes`: a variable-length key inside a group's range (a record key, a prefix).
+pub fn group_bytes(group: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + bytes.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(bytes);
+    k
+}
+
+/// The first key after every key that starts with `prefix` (exclusive end of a prefix scan);
+/// `None` when no such key exists (the prefix is all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// The first key of a group's range.
 pub fn group_start(group: u64) -> [u8; 8] {
     group.to_be_bytes()
@@ -53,6 +74,18 @@ pub fn group_end(group: u64) -> Option<[u8; 8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_end_bounds_exactly_the_keys_with_the_prefix() {
+        let p = group_bytes(7, b"o/g1/");
+        let end = prefix_end(&p).expect("not all 0xff");
+        assert!(group_bytes(7, b"o/g1/t/0").as_slice() < end.as_slice());
+        assert!(group_bytes(7, b"o/g1/\xff\xff").as_slice() < end.as_slice());
+        assert!(group_bytes(7, b"o/g10").as_slice() >= end.as_slice());
+        assert!(group_bytes(7, b"o/g1") < p);
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
 
     #[test]
     fn u64_keys_sort_numerically_within_and_across_groups() {

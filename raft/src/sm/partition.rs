@@ -68,6 +68,9 @@ pub struct OffsetOutOfRange {
 struct Inner {
     db: Db,
     group: GroupId,
+    /// Keeps the latest offset of every record key (a compacted topic such as
+    /// `__consumer_offsets`), so the latest value of a key is one lookup, not a log scan.
+    compacted: bool,
     state: RwLock<(PartitionState, HashMap<i64, ProducerEntry>)>,
     hw: watch::Sender<u64>,
 }
@@ -92,6 +95,17 @@ fn producer_key(group: GroupId, id: i64) -> [u8; keys::GROUP_U64_KEY_LEN] {
 impl PartitionStateMachine {
     /// Opens the partition state of `group`, recovering what was applied before a restart.
     pub fn open(db: Db, group: GroupId) -> Result<PartitionStateMachine, RaftStorageError> {
+        PartitionStateMachine::open_with(db, group, false)
+    }
+
+    /// Like [`PartitionStateMachine::open`]; with `compacted` the partition also keeps the
+    /// latest offset of every record key (see [`PartitionStateMachine::latest_with_prefix`]).
+    /// Every replica of a group must be opened alike: it is a property of the topic.
+    pub fn open_with(
+        db: Db,
+        group: GroupId,
+        compacted: bool,
+    ) -> Result<PartitionStateMachine, RaftStorageError> {
         let state: PartitionState = db
             .get(Cf::GroupMeta, &keys::group_tag(group.0, TAG_APPLIED))
             .map_err(read_err)?
@@ -116,6 +130,7 @@ impl PartitionStateMachine {
             inner: Arc::new(Inner {
                 db,
                 group,
+                compacted,
                 state: RwLock::new((state, producers)),
                 hw,
             }),
@@ -187,6 +202,40 @@ impl PartitionStateMachine {
             high_watermark,
             log_start_offset,
         }))
+    }
+
+    /// The latest record of every key that starts with `prefix`, in key order, as
+    /// `(key bytes, offset, record)`; keys whose latest record is a tombstone (a JSON `null`
+    /// value) are absent. Empty unless the partition is compacted. Reads what this replica
+    /// applied: a caller that needs everything committed confirms its leadership first.
+    pub fn latest_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, u64, StoredRecord)>, chat4all_storage::StorageError> {
+        if !self.inner.compacted {
+            return Ok(Vec::new());
+        }
+        let g = self.inner.group.0;
+        let start = keys::group_bytes(g, prefix);
+        let end = keys::prefix_end(&start)
+            .or_else(|| keys::group_end(g).map(|k| k.to_vec()))
+            .unwrap_or_else(|| vec![0xff; 17]);
+        let rows: Vec<(Vec<u8>, u64)> =
+            self.inner
+                .db
+                .scan(Cf::KeyOffset, &start, &end, usize::MAX)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, offset) in rows {
+            // A key whose record retention deleted is gone with it.
+            if let Some(r) = self
+                .inner
+                .db
+                .get::<StoredRecord>(Cf::OffsetRecord, &keys::group_u64(g, offset))?
+            {
+                out.push((k[8..].to_vec(), offset, r));
+            }
+        }
+        Ok(out)
     }
 
     /// The offset retention should advance the log start to: the first record that is neither
@@ -287,6 +336,9 @@ impl PartitionStateMachine {
                             r,
                         )
                         .map_err(write_err)?;
+                    if self.inner.compacted {
+                        index_key(batch, g.0, state.next_offset, r)?;
+                    }
                     state.total_bytes += r.size_bytes();
                     state.next_offset += 1;
                 }
@@ -343,9 +395,14 @@ impl PartitionStateMachine {
         let mut b = db.batch();
         b.delete_range(Cf::OffsetRecord, &keys::group_start(g), &end);
         b.delete_range(Cf::ProducerState, &keys::group_start(g), &end);
+        b.delete_range(Cf::KeyOffset, &keys::group_start(g), &end);
         for (off, r) in &snap.records {
             b.put(Cf::OffsetRecord, &keys::group_u64(g, *off), r)
                 .map_err(write_err)?;
+            if self.inner.compacted {
+                // The view is a function of the records, so it is rebuilt, not shipped.
+                index_key(&mut b, g, *off, r)?;
+            }
         }
         for (id, p) in &snap.producers {
             b.put(Cf::ProducerState, &producer_key(self.inner.group, *id), p)
@@ -365,6 +422,31 @@ impl PartitionStateMachine {
         self.inner.hw.send_replace(hw);
         Ok(())
     }
+}
+
+/// Points a compacted partition's key at `offset`, or forgets the key for a tombstone (a JSON
+/// `null` value, as Kafka's null value). Records without a key are not indexed.
+fn index_key(
+    batch: &mut chat4all_storage::Batch<'_>,
+    group: u64,
+    offset: u64,
+    r: &StoredRecord,
+) -> Result<(), RaftStorageError> {
+    let Some(key) = &r.key else {
+        return Ok(());
+    };
+    let k = keys::group_bytes(group, &key.bytes);
+    if is_tombstone(r) {
+        batch.delete(Cf::KeyOffset, &k);
+    } else {
+        batch.put(Cf::KeyOffset, &k, &offset).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// Whether a record deletes its key from a compacted partition.
+pub fn is_tombstone(r: &StoredRecord) -> bool {
+    r.value.format == chat4all_storage::PayloadFormat::Json && r.value.bytes == b"null"
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
