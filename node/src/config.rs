@@ -30,6 +30,66 @@ pub struct ClusterConfig {
     /// The node's RocksDB.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Consumer groups.
+    #[serde(default)]
+    pub groups: GroupsConfig,
+    /// Workers every node runs as consumer group members.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+}
+
+/// Workers every node runs, each a member of its consumer group.
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// `[[workers.copy]]`: copy every record of one topic to another, at least once.
+    #[serde(default)]
+    pub copy: Vec<CopyWorkerConfig>,
+}
+
+/// A worker that copies a topic.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CopyWorkerConfig {
+    /// Its consumer group.
+    pub group: String,
+    /// The topic to read.
+    pub from: String,
+    /// The topic to write: a keyed record goes where its key hashes, an unkeyed one to the
+    /// same partition number (modulo the partition count).
+    pub to: String,
+}
+
+/// Consumer groups.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Partitions of `__consumer_offsets` when the cluster creates it (at the first group
+    /// request); fixed from then on. Each is a Raft group whose leader coordinates the groups
+    /// that hash to it, so more partitions spread coordination over more nodes.
+    #[serde(default = "default_offsets_partitions")]
+    pub offsets_partitions: u32,
+    /// Session timeout of groups created from now on, in ms (1000..=300000); change one
+    /// group's with `PUT /v1/groups/{group}/config`.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+}
+
+fn default_session_timeout_ms() -> u64 {
+    crate::groups::model::DEFAULT_SESSION_TIMEOUT_MS
+}
+
+fn default_offsets_partitions() -> u32 {
+    6
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            offsets_partitions: default_offsets_partitions(),
+            session_timeout_ms: default_session_timeout_ms(),
+        }
+    }
 }
 
 /// The node's RocksDB.
@@ -245,6 +305,8 @@ impl ClusterConfig {
             retention: RetentionConfig::default(),
             raft: RaftConfig::default(),
             storage: StorageConfig::default(),
+            groups: GroupsConfig::default(),
+            workers: WorkersConfig::default(),
         }
     }
 
@@ -304,6 +366,26 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid(format!(
                 "[storage] memtable_mb must be between 1 and 4096, not {mb}"
             )));
+        }
+        if !crate::groups::model::SESSION_TIMEOUT_MS.contains(&self.groups.session_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "[groups] session_timeout_ms must be between 1000 and 300000".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.groups.offsets_partitions) {
+            return Err(ConfigError::Invalid(
+                "[groups] offsets_partitions must be between 1 and 1000".into(),
+            ));
+        }
+        for c in &self.workers.copy {
+            crate::groups::validate_group_name(&c.group)
+                .map_err(|e| ConfigError::Invalid(format!("[[workers.copy]] {e}")))?;
+            if c.from == c.to {
+                return Err(ConfigError::Invalid(format!(
+                    "[[workers.copy]] group {:?} copies '{}' onto itself",
+                    c.group, c.from
+                )));
+            }
         }
         Ok(())
     }

@@ -81,6 +81,16 @@ pub enum ServiceError {
     /// A bug or a storage failure on the node.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A consumer group member that is unknown, stale, or committing a partition it does not
+    /// own: it must rejoin with member epoch 0, owning nothing.
+    #[error("{0}")]
+    MemberFenced(String),
+    /// No such consumer group.
+    #[error("consumer group '{0}' does not exist")]
+    UnknownGroup(String),
+    /// A write to a topic the node keeps for itself.
+    #[error("topic '{0}' is internal: only the node writes to it")]
+    InternalTopic(String),
 }
 
 impl ServiceError {
@@ -107,6 +117,9 @@ impl ServiceError {
             ServiceError::Unavailable(_) => "UNAVAILABLE",
             ServiceError::OutcomeUnknown(_) => "OUTCOME_UNKNOWN",
             ServiceError::Internal(_) => "INTERNAL",
+            ServiceError::MemberFenced(_) => "FENCED",
+            ServiceError::UnknownGroup(_) => "GROUP_NOT_FOUND",
+            ServiceError::InternalTopic(_) => "INTERNAL_TOPIC",
         }
     }
 

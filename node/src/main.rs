@@ -7,12 +7,15 @@
 mod api;
 mod bench;
 mod config;
+mod consumer;
 mod error;
+mod groups;
 mod manager;
 mod metrics;
 mod partitioner;
 mod retention;
 mod service;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -249,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         groups.clone(),
         controller.clone(),
         config.limits.clone(),
+        config.groups.clone(),
         metrics,
     );
     groups.set_forward_handler(Arc::new(ForwardHandlerImpl(Arc::downgrade(&service))));
@@ -267,6 +271,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         interval: Duration::from_millis(config.retention.check_interval_ms.max(10)),
     };
     let retention = tokio::spawn(retention.run(shutdown.clone()));
+    let sweeper = tokio::spawn(service.clone().run_group_sweeper(shutdown.clone()));
+    let copy_workers: Vec<_> = config
+        .workers
+        .copy
+        .iter()
+        .map(|c| {
+            let worker = workers::copy::CopyWorker {
+                service: service.clone(),
+                config: c.clone(),
+            };
+            tokio::spawn(worker.run(shutdown.clone()))
+        })
+        .collect();
 
     // REST.
     let api_bind: SocketAddr = resolve(me.api_bind.as_deref().unwrap_or(&me.api_addr))
@@ -288,7 +305,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // Clean shutdown: workers, then Raft groups, then the transport.
     shutdown.cancel();
-    let _ = tokio::join!(manager, retention);
+    let _ = tokio::join!(manager, retention, sweeper);
+    futures::future::join_all(copy_workers).await;
     groups.shutdown().await;
     if let Some(t) = transport {
         t.close().await;

@@ -41,7 +41,12 @@ impl PartitionManagerWorker {
                     let preferred = p.replicas.first().copied();
                     match self
                         .groups
-                        .start_partition(p.group, replicas, preferred)
+                        .start_partition(
+                            p.group,
+                            replicas,
+                            preferred,
+                            crate::groups::is_compacted_topic(&topic.name),
+                        )
                         .await
                     {
                         Ok(_) => {

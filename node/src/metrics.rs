@@ -28,6 +28,9 @@ pub struct Metrics {
     pub forwarded: IntCounterVec,
     /// `chat4all_fetch_waiting`: long polls parked on this node, waiting for records.
     pub fetch_waiting: IntGauge,
+    /// `chat4all_consumer_group_lag{group,topic,partition}`: high watermark minus committed
+    /// offset, exported by the group's coordinator.
+    pub consumer_group_lag: IntGaugeVec,
     partition: PartitionGauges,
 }
 
@@ -73,8 +76,18 @@ impl Metrics {
             "Long-poll fetches parked on this node, waiting for records",
         )?;
         registry.register(Box::new(fetch_waiting.clone()))?;
+        let consumer_group_lag = IntGaugeVec::new(
+            Opts::new(
+                "chat4all_consumer_group_lag",
+                "Records a consumer group has not committed yet: high watermark minus committed \
+                 offset, exported by the group's coordinator",
+            ),
+            &["group", "topic", "partition"],
+        )?;
+        registry.register(Box::new(consumer_group_lag.clone()))?;
         let m = Metrics {
             fetch_waiting,
+            consumer_group_lag,
             produce_requests: counter(
                 "chat4all_produce_requests_total",
                 "Produce requests by outcome (ok, error, unknown)",

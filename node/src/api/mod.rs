@@ -1,9 +1,12 @@
 //! The REST API: routes, JSON shapes, and the one place where service errors become HTTP.
 
+mod groups;
 mod ops;
 mod payload;
 mod records;
 mod topics;
+
+pub use topics::{assign_replicas, is_legal_name};
 
 use std::sync::Arc;
 
@@ -11,7 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
 use crate::error::ServiceError;
@@ -38,6 +41,18 @@ pub fn router(service: Arc<Service>) -> Router {
             get(records::get_records),
         )
         .route("/v1/producers", post(records::post_producer))
+        .route("/v1/groups", get(groups::list_groups))
+        .route("/v1/groups/{group}", get(groups::get_group))
+        .route("/v1/groups/{group}/heartbeat", post(groups::post_heartbeat))
+        .route(
+            "/v1/groups/{group}/members/{member_id}",
+            delete(groups::delete_member),
+        )
+        .route(
+            "/v1/groups/{group}/offsets",
+            post(groups::post_offsets).get(groups::get_offsets),
+        )
+        .route("/v1/groups/{group}/config", put(groups::put_config))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(service)
@@ -90,12 +105,14 @@ impl From<ServiceError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ServiceError::RecordTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ServiceError::UnknownTopic(_) | ServiceError::UnknownPartition { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            ServiceError::UnknownTopic(_)
+            | ServiceError::UnknownPartition { .. }
+            | ServiceError::UnknownGroup(_) => StatusCode::NOT_FOUND,
             ServiceError::TopicExists(_)
             | ServiceError::OutOfOrderSequence { .. }
-            | ServiceError::Fenced { .. } => StatusCode::CONFLICT,
+            | ServiceError::Fenced { .. }
+            | ServiceError::MemberFenced(_) => StatusCode::CONFLICT,
+            ServiceError::InternalTopic(_) => StatusCode::FORBIDDEN,
             ServiceError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ServiceError::Unavailable(_) | ServiceError::OutcomeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -164,6 +164,9 @@ pub async fn post_records(
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = parse_json(body)?;
+    if crate::groups::is_internal_topic(&topic) {
+        return Err(ServiceError::InternalTopic(topic).into());
+    }
     let meta = s.topic_synced(&topic).await?;
     let partitions = meta.partitions.len() as u32;
     let records = body

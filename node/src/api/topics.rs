@@ -3,26 +3,18 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use chat4all_raft::types::{ControllerCommand, ControllerResponse, NodeId, TopicMeta, TopicSpec};
+use chat4all_raft::types::{ControllerCommand, ControllerResponse, NodeId, TopicMeta};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, parse_json};
 use crate::error::ServiceError;
-use crate::retention::now_ms;
 
 /// Most partitions one topic may have.
 pub const MAX_PARTITIONS: u64 = 1024;
 
 /// Kafka's rule: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 249
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
+    if is_legal_name(name) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
@@ -66,6 +58,17 @@ pub fn assign_replicas(
         .collect()
 }
 
+/// Kafka's rule for topic and group names: 1-249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+pub fn is_legal_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
 /// `POST /v1/topics`.
 pub async fn post_topic(
     State(s): State<AppState>,
@@ -76,6 +79,14 @@ pub async fn post_topic(
         ApiError::bad_request("INVALID_TOPIC_NAME", "\"name\" (a string) is required")
     })?;
     validate_topic_name(name)?;
+    if crate::groups::is_internal_topic(name) {
+        return Err(ApiError::bad_request(
+            "INVALID_TOPIC_NAME",
+            format!(
+                "topic names starting with '__' are reserved for the node's own topics ({name:?})"
+            ),
+        ));
+    }
     let partitions = body.get("partitions").and_then(Value::as_u64).unwrap_or(1);
     if partitions == 0 || partitions > MAX_PARTITIONS {
         return Err(ApiError::bad_request(
@@ -105,19 +116,13 @@ pub async fn post_topic(
     }
     let retention_ms = optional_positive(&body, "retention_ms")?;
     let retention_bytes = optional_positive(&body, "retention_bytes")?;
-    let existing: usize = s
-        .metadata()
-        .topics
-        .values()
-        .map(|t| t.partitions.len())
-        .sum();
-    let spec = TopicSpec {
-        name: name.to_string(),
-        assignments: assign_replicas(&node_ids, partitions as usize, rf as usize, existing),
+    let spec = s.topic_spec(
+        name,
+        partitions as usize,
+        rf as usize,
         retention_ms,
         retention_bytes,
-        created_at_ms: now_ms(),
-    };
+    );
     match s
         .controller_write(ControllerCommand::CreateTopic(spec), 0)
         .await?

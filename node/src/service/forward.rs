@@ -13,7 +13,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{FetchRequest, FetchResult, MAX_HOPS, PartitionStatus, ProduceBatch, Service};
+use super::{
+    FetchRequest, FetchResult, GroupOp, GroupReply, MAX_HOPS, PartitionStatus, ProduceBatch,
+    Service,
+};
 use crate::error::ServiceError;
 
 /// A request one node asks another to serve.
@@ -47,6 +50,17 @@ pub enum ForwardRequest {
     },
     /// The controller's read index (the receiver must lead the controller).
     ControllerReadIndex,
+    /// A consumer group request, for the leader of a `__consumer_offsets` partition.
+    Group {
+        /// The `__consumer_offsets` partition.
+        partition: u32,
+        /// The group.
+        name: String,
+        /// What to do.
+        op: GroupOp,
+        /// Hops so far.
+        hops: u8,
+    },
 }
 
 /// The answers to [`ForwardRequest`]s.
@@ -67,6 +81,8 @@ pub enum ForwardResponse {
     Described(Option<PartitionStatus>),
     /// The controller's read index.
     ReadIndex(Option<u64>),
+    /// A group coordinator's answer.
+    Group(GroupReply),
 }
 
 type Wire = Result<ForwardResponse, ServiceError>;
@@ -103,10 +119,16 @@ impl Service {
             ForwardRequest::Controller { .. } => "controller",
             ForwardRequest::Describe { .. } => "describe",
             ForwardRequest::ControllerReadIndex => "read_index",
+            ForwardRequest::Group { .. } => "group",
         };
         let writes = matches!(
             req,
-            ForwardRequest::Produce { .. } | ForwardRequest::Controller { .. }
+            ForwardRequest::Produce { .. }
+                | ForwardRequest::Controller { .. }
+                | ForwardRequest::Group {
+                    op: GroupOp::Heartbeat(_) | GroupOp::Commit { .. } | GroupOp::Configure { .. },
+                    ..
+                }
         );
         let transport = self.groups.transport().ok_or_else(|| {
             ServiceError::Internal("forwarding needs the cluster transport".into())
@@ -226,6 +248,15 @@ impl Service {
                 });
                 Ok(ForwardResponse::Described(status))
             }
+            ForwardRequest::Group {
+                partition,
+                name,
+                op,
+                hops,
+            } => self
+                .group_call(partition, name, op, hops)
+                .await
+                .map(ForwardResponse::Group),
             ForwardRequest::ControllerReadIndex => {
                 let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
                 self.controller_read_index(deadline)

@@ -8,6 +8,7 @@
 mod batcher;
 pub mod fetch;
 mod forward;
+mod groups;
 mod metadata;
 mod produce;
 
@@ -25,9 +26,10 @@ use openraft::error::{ClientWriteError, RaftError};
 
 pub use fetch::{FetchRequest, FetchResult};
 pub use forward::{ForwardHandlerImpl, ForwardRequest, ForwardResponse};
+pub use groups::{GroupOp, GroupReply, MAX_METADATA_BYTES};
 pub use produce::ProduceBatch;
 
-use crate::config::LimitsConfig;
+use crate::config::{GroupsConfig, LimitsConfig};
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
 
@@ -65,6 +67,8 @@ pub struct Service {
     unkeyed: std::sync::atomic::AtomicU32,
     batcher: batcher::Batcher,
     sync_rounds: metadata::SyncRounds,
+    coordinator: groups::Coordinator,
+    groups_config: GroupsConfig,
 }
 
 /// A partition's leader and offsets, as `GET /v1/topics/{name}` shows them.
@@ -86,6 +90,7 @@ impl Service {
         groups: Arc<Groups>,
         controller: ControllerStateMachine,
         limits: LimitsConfig,
+        groups_config: GroupsConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Service> {
         let batcher = batcher::Batcher::new(Duration::from_millis(limits.write_timeout_ms));
@@ -99,6 +104,8 @@ impl Service {
             metrics,
             unkeyed: std::sync::atomic::AtomicU32::new(rand::random()),
             sync_rounds: metadata::SyncRounds::default(),
+            coordinator: groups::Coordinator::default(),
+            groups_config,
         })
     }
 
@@ -135,6 +142,32 @@ impl Service {
     /// The cluster metadata as this node has applied it.
     pub fn metadata(&self) -> Arc<ControllerState> {
         self.controller.state()
+    }
+
+    /// A new topic's spec: replicas spread over the nodes, continuing the rotation of the
+    /// partitions that exist, so leaders (first replicas) stay spread.
+    pub fn topic_spec(
+        &self,
+        name: &str,
+        partitions: usize,
+        rf: usize,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+    ) -> chat4all_raft::types::TopicSpec {
+        let nodes: Vec<NodeId> = self.members.keys().copied().collect();
+        let existing: usize = self
+            .metadata()
+            .topics
+            .values()
+            .map(|t| t.partitions.len())
+            .sum();
+        chat4all_raft::types::TopicSpec {
+            name: name.to_string(),
+            assignments: crate::api::assign_replicas(&nodes, partitions, rf, existing),
+            retention_ms,
+            retention_bytes,
+            created_at_ms: crate::retention::now_ms(),
+        }
     }
 
     /// A topic, or `UNKNOWN_TOPIC`.

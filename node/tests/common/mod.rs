@@ -250,6 +250,37 @@ impl Cluster {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Any method with an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        id: u64,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.api(id)));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self, id: u64) -> String {
+        self.http
+            .get(format!("{}/metrics", self.api(id)))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
     pub async fn post(&self, id: u64, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(id, path, body.to_string()).await
     }
@@ -350,12 +381,32 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() {
+            // Keep the whole logs of a failed test; print the tail without openraft's
+            // per-RPC noise about a node the test killed.
+            let keep = std::env::temp_dir().join(format!(
+                "chat4all-failed-{}-{}",
+                std::process::id(),
+                std::thread::current()
+                    .name()
+                    .unwrap_or("test")
+                    .replace("::", "-")
+            ));
+            let _ = std::fs::create_dir_all(&keep);
             for n in &self.nodes {
-                eprintln!("---- node {} log (tail) ----", n.id);
-                let log =
-                    std::fs::read_to_string(self.dir.path().join(format!("node{}.log", n.id)))
-                        .unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let path = self.dir.path().join(format!("node{}.log", n.id));
+                let _ = std::fs::copy(&path, keep.join(format!("node{}.log", n.id)));
+                eprintln!(
+                    "---- node {} log (tail; all of it in {}) ----",
+                    n.id,
+                    keep.display()
+                );
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.contains("openraft::"))
+                    .take(40)
+                    .collect();
                 for l in tail.into_iter().rev() {
                     eprintln!("{l}");
                 }

@@ -1,0 +1,351 @@
+//! The node's own consumer: a member of a consumer group with Kafka's semantics, for the
+//! workers that run inside every node (the chat router next). It speaks to the coordinator
+//! through [`Service`], so it works the same whichever node coordinates its group.
+//!
+//! Delivery is at least once: records are handed out by [`Consumer::poll`], and the positions
+//! after them are committed by [`Consumer::commit`]. A partition taken away is released only
+//! at the next `poll` (after the caller has handled what the previous poll returned and
+//! committed), so it is never processed by two members at once while both are live.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat4all_storage::StoredRecord;
+
+use crate::error::ServiceError;
+use crate::groups::model::{Heartbeat, JOIN_EPOCH, LEAVE_EPOCH, Tp};
+use crate::groups::stored::Committed;
+use crate::retention::now_ms;
+use crate::service::{FetchRequest, GroupOp, GroupReply, Service};
+
+/// A record with where it came from.
+#[derive(Clone, Debug)]
+pub struct Consumed {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// The record.
+    pub record: StoredRecord,
+}
+
+/// A consumer group member.
+pub struct Consumer {
+    service: Arc<Service>,
+    group: String,
+    topics: BTreeSet<String>,
+    instance_id: Option<String>,
+    member_id: Option<String>,
+    epoch: i32,
+    /// Assigned partitions and the next offset to read (`None`: not resolved yet).
+    positions: BTreeMap<Tp, Option<u64>>,
+    /// Positions already committed.
+    committed: BTreeMap<Tp, u64>,
+    /// Where [`Consumer::rewind`] goes back to: the last committed position, or where the
+    /// partition started when it was assigned.
+    rewind_to: BTreeMap<Tp, Option<u64>>,
+    interval: Duration,
+    next_heartbeat: Instant,
+    /// Rotates which partition a poll long-polls on.
+    turn: usize,
+}
+
+impl Consumer {
+    /// A consumer of `topics` in `group`; it joins at its first poll.
+    pub fn new(
+        service: Arc<Service>,
+        group: &str,
+        topics: &[String],
+        instance_id: Option<String>,
+    ) -> Consumer {
+        Consumer {
+            service,
+            group: group.to_string(),
+            topics: topics.iter().cloned().collect(),
+            instance_id,
+            member_id: None,
+            epoch: JOIN_EPOCH,
+            positions: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            rewind_to: BTreeMap::new(),
+            interval: Duration::from_secs(1),
+            next_heartbeat: Instant::now(),
+            turn: 0,
+        }
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> BTreeSet<Tp> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// Heartbeats: joins, reports what it owns (releasing what was revoked) and takes the
+    /// assignment the coordinator returns. A fenced member rejoins owning nothing.
+    pub async fn heartbeat(&mut self) -> Result<(), ServiceError> {
+        let joining = self.epoch == JOIN_EPOCH;
+        let hb = Heartbeat {
+            member_id: self.member_id.clone(),
+            instance_id: self.instance_id.clone(),
+            member_epoch: self.epoch,
+            topics: joining.then(|| self.topics.clone()),
+            rebalance_timeout_ms: None,
+            owned: Some(self.assignment()),
+        };
+        let reply = match self
+            .service
+            .group_request(&self.group, GroupOp::Heartbeat(hb))
+            .await
+        {
+            Ok(r) => r,
+            Err(ServiceError::MemberFenced(why)) => {
+                tracing::warn!(group = %self.group, "fenced: {why}; rejoining");
+                self.reset();
+                return Err(ServiceError::MemberFenced(why));
+            }
+            Err(e) => return Err(e),
+        };
+        let GroupReply::Heartbeat {
+            reply,
+            heartbeat_interval_ms,
+            committed,
+            auto_offset_reset,
+        } = reply
+        else {
+            return Err(ServiceError::Internal(format!(
+                "heartbeat answered {reply:?}"
+            )));
+        };
+        self.member_id = Some(reply.member_id);
+        self.epoch = reply.member_epoch;
+        self.interval = Duration::from_millis(heartbeat_interval_ms);
+        self.next_heartbeat = Instant::now() + self.interval;
+        // Revoked partitions: commit how far this member got, then release them (it holds
+        // nothing between polls); the next heartbeat reports them released.
+        let revoked: BTreeSet<Tp> = self
+            .positions
+            .keys()
+            .filter(|tp| reply.revoking.contains(*tp))
+            .cloned()
+            .collect();
+        if !revoked.is_empty()
+            && let Err(e) = self.commit_partitions(|tp| revoked.contains(tp)).await
+        {
+            tracing::warn!(group = %self.group, "commit before release: {e}");
+        }
+        self.positions.retain(|tp, _| reply.assigned.contains(tp));
+        self.committed.retain(|tp, _| reply.assigned.contains(tp));
+        self.rewind_to.retain(|tp, _| reply.assigned.contains(tp));
+        let released = !reply.revoking.is_empty();
+        for (tp, c) in committed {
+            if self.positions.contains_key(&tp) {
+                continue;
+            }
+            let pos = match c {
+                Some(o) => Some(o),
+                None => {
+                    self.service
+                        .start_position(&tp.0, tp.1, auto_offset_reset)
+                        .await
+                }
+            };
+            if let Some(o) = c {
+                self.committed.insert(tp.clone(), o);
+            }
+            self.rewind_to.insert(tp.clone(), pos);
+            self.positions.insert(tp, pos);
+        }
+        if released {
+            // Tell the coordinator right away, so the partitions move without waiting a
+            // heartbeat interval.
+            self.next_heartbeat = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Goes back to the last committed position of every owned partition (or where it
+    /// started, if nothing was committed since): for a caller that could not handle what the
+    /// last polls returned and must not skip it.
+    pub fn rewind(&mut self) {
+        for (tp, pos) in &self.rewind_to {
+            if let Some(p) = self.positions.get_mut(tp) {
+                *p = *pos;
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.epoch = JOIN_EPOCH;
+        self.positions.clear();
+        self.committed.clear();
+        self.rewind_to.clear();
+        self.next_heartbeat = Instant::now();
+    }
+
+    /// Returns up to `max_records` records of the owned partitions, waiting up to `max_wait`
+    /// when there are none. Heartbeats when one is due.
+    pub async fn poll(
+        &mut self,
+        max_records: u32,
+        max_wait: Duration,
+    ) -> Result<Vec<Consumed>, ServiceError> {
+        if Instant::now() >= self.next_heartbeat {
+            match self.heartbeat().await {
+                Ok(()) | Err(ServiceError::MemberFenced(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let tps: Vec<Tp> = self.positions.keys().cloned().collect();
+        if tps.is_empty() {
+            let nap = max_wait.min(
+                self.next_heartbeat
+                    .saturating_duration_since(Instant::now()),
+            );
+            tokio::time::sleep(nap).await;
+            return Ok(Vec::new());
+        }
+        let until_heartbeat = self
+            .next_heartbeat
+            .saturating_duration_since(Instant::now());
+        let mut out = Vec::new();
+        self.turn = self.turn.wrapping_add(1);
+        let n = tps.len();
+        for i in 0..n {
+            let tp = &tps[(self.turn + i) % n];
+            let left = max_records.saturating_sub(out.len() as u32);
+            if left == 0 {
+                break;
+            }
+            // Only the last partition of a round waits, and only if nothing came back yet.
+            let wait = if i + 1 == n && out.is_empty() {
+                max_wait.min(until_heartbeat)
+            } else {
+                Duration::ZERO
+            };
+            out.extend(self.fetch_one(tp, left, wait).await?);
+        }
+        Ok(out)
+    }
+
+    async fn fetch_one(
+        &mut self,
+        tp: &Tp,
+        max_records: u32,
+        wait: Duration,
+    ) -> Result<Vec<Consumed>, ServiceError> {
+        let position = self.positions.get(tp).copied().flatten();
+        let req = FetchRequest {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            offset: position,
+            max_records,
+            max_wait_ms: wait.as_millis() as u64,
+        };
+        let res = match self.service.fetch(req, 0).await {
+            Ok(r) => r,
+            Err(ServiceError::OffsetOutOfRange {
+                log_start_offset, ..
+            }) => {
+                // Retention deleted records this group never consumed: go on from the
+                // oldest left (Kafka's auto.offset.reset=earliest after truncation).
+                tracing::warn!(group = %self.group, topic = %tp.0, partition = tp.1, "position gone; skipping to {log_start_offset}");
+                self.positions.insert(tp.clone(), Some(log_start_offset));
+                return Ok(Vec::new());
+            }
+            Err(ServiceError::Unavailable(why)) => {
+                tracing::debug!(group = %self.group, "fetch unavailable: {why}");
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut next = position.unwrap_or(res.log_start_offset);
+        let out: Vec<Consumed> = res
+            .records
+            .into_iter()
+            .map(|(offset, record)| {
+                next = offset + 1;
+                Consumed {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset,
+                    record,
+                }
+            })
+            .collect();
+        if self.positions.contains_key(tp) {
+            self.positions.insert(tp.clone(), Some(next));
+        }
+        Ok(out)
+    }
+
+    /// Commits the position of every owned partition that moved since the last commit.
+    pub async fn commit(&mut self) -> Result<(), ServiceError> {
+        self.commit_partitions(|_| true).await
+    }
+
+    async fn commit_partitions(&mut self, which: impl Fn(&Tp) -> bool) -> Result<(), ServiceError> {
+        let now = now_ms();
+        let offsets: Vec<(Tp, Committed)> = self
+            .positions
+            .iter()
+            .filter(|(tp, _)| which(tp))
+            .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p)))
+            .filter(|(tp, p)| self.committed.get(tp) != Some(p))
+            .map(|(tp, offset)| {
+                (
+                    tp,
+                    Committed {
+                        offset,
+                        metadata: None,
+                        committed_at_ms: now,
+                    },
+                )
+            })
+            .collect();
+        let Some(member_id) = self.member_id.clone() else {
+            return Ok(());
+        };
+        if offsets.is_empty() || self.epoch <= 0 {
+            return Ok(());
+        }
+        let op = GroupOp::Commit {
+            member: Some((member_id, self.epoch)),
+            offsets: offsets.clone(),
+        };
+        match self.service.group_request(&self.group, op).await {
+            Ok(_) => {
+                for (tp, c) in offsets {
+                    self.rewind_to.insert(tp.clone(), Some(c.offset));
+                    self.committed.insert(tp, c.offset);
+                }
+                Ok(())
+            }
+            Err(ServiceError::MemberFenced(why)) => {
+                self.reset();
+                Err(ServiceError::MemberFenced(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leaves the group: its partitions go to the other members at once.
+    pub async fn close(mut self) {
+        let Some(id) = self.member_id.take() else {
+            return;
+        };
+        let hb = Heartbeat {
+            member_id: Some(id),
+            member_epoch: LEAVE_EPOCH,
+            ..Heartbeat::default()
+        };
+        if let Err(e) = self
+            .service
+            .group_request(&self.group, GroupOp::Heartbeat(hb))
+            .await
+        {
+            tracing::debug!(group = %self.group, "leave: {e}");
+        }
+    }
+}
