@@ -13,9 +13,13 @@
 //!      │             `assign []`, rejoin as a new member
 //!      ├─ poll: as the log workload (one fetch per polled partition, random nodes)
 //!      ├─ every ~1 s: commit the positions that moved (member id and epoch)
-//!      └─ every 4-10 s (seeded): leave (heartbeat epoch -1 or DELETE) and rejoin, or pause
-//!               for session timeout + 1.5-3 s (no heartbeat, poll or commit), then commit
-//!               with the old identity and heartbeat (both must be answered 409 FENCED)
+//!      └─ every 4-10 s (seeded), one of:
+//!               leave (heartbeat epoch -1 or DELETE), commit with the old identity (must be
+//!               refused), rejoin;
+//!               long pause: session timeout + 1.5-3 s without heartbeat, poll or commit,
+//!               then commit with the old identity and heartbeat (both must be 409 FENCED);
+//!               brief pause: until the session's end -100..+300 ms, then heartbeat;
+//!               nothing
 //!  offsets reader ── GET /v1/groups/{g}/offsets every 250-500 ms, random nodes
 //! ```
 //!
@@ -58,12 +62,16 @@ pub const SLACK_MS: u64 = 1_000;
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Heartbeat interval until the coordinator says otherwise.
 const DEFAULT_HEARTBEAT_MS: u64 = 750;
+/// How often the offsets reader asks which node coordinates the group.
+const COORDINATOR_EVERY: Duration = Duration::from_secs(2);
 /// Pause between two reads of the committed offsets.
 const OFFSETS_READ_EVERY_MS: RangeInclusive<u64> = 250..=500;
 /// Time between two churn decisions of a consumer.
 const CHURN_EVERY_MS: RangeInclusive<u64> = 4_000..=10_000;
-/// How much longer than the session timeout a pause lasts.
+/// How much longer than the session timeout a long pause lasts.
 const PAUSE_EXTRA_MS: RangeInclusive<u64> = 1_500..=3_000;
+/// Where a brief pause ends, from the session timeout after the member was last heard from.
+const BRIEF_PAUSE_MS: RangeInclusive<i64> = -100..=300;
 /// Steps of one consumer, at most (the time limit ends them long before).
 const MAX_STEPS: u64 = 10_000_000;
 
@@ -307,17 +315,40 @@ impl GroupStats {
 
 impl Workload {
     /// Reads the committed offsets every 250-500 ms until the deadline, under one process
-    /// (reads are never indeterminate), which it registers in `stats` and returns.
+    /// (reads are never indeterminate), which it registers in `stats` and returns. About every
+    /// 2 s it also asks a node which node coordinates the group, and notes each change (not
+    /// recorded in the history: it is only there to read the history with).
     pub async fn offsets_reader(self: Arc<Self>, stats: Arc<ConsumerStats>) -> Process {
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x006F_6666_7365_7473);
         let process = self.new_process();
         stats.register(process);
+        let start = Instant::now();
+        let mut next_describe = start;
+        let mut coordinators: Vec<(f64, u64)> = Vec::new();
         while Instant::now() < self.deadline {
             let node = rng.random_range(1..=self.nodes);
             self.read_offsets(process, node).await;
+            if Instant::now() >= next_describe {
+                next_describe = Instant::now() + COORDINATOR_EVERY;
+                let path = format!("/v1/groups/{GROUP}");
+                if let Answer::Ok(group) = self.api.get(node, &path).await
+                    && let Some(coordinator) = group["coordinator"].as_u64()
+                    && coordinators.last().map(|&(_, c)| c) != Some(coordinator)
+                {
+                    coordinators.push((start.elapsed().as_secs_f64(), coordinator));
+                }
+            }
             let wait = rng.random_range(OFFSETS_READ_EVERY_MS);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
+        let seen: Vec<String> = coordinators
+            .iter()
+            .map(|(at, node)| format!("n{node} from {at:.1} s"))
+            .collect();
+        self.note(format!(
+            "group coordinator as seen about every 2 s (s since the workload started): {}",
+            seen.join(", ")
+        ));
         process
     }
 

@@ -14,8 +14,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value as Json, json};
 
 use super::{
-    CHURN_EVERY_MS, COMMIT_EVERY, DEFAULT_HEARTBEAT_MS, GROUP, GroupConsumer, GroupStats,
-    MAX_STEPS, PAUSE_EXTRA_MS, REBALANCE_TIMEOUT_MS, Reply, SESSION_TIMEOUT_MS, key,
+    BRIEF_PAUSE_MS, CHURN_EVERY_MS, COMMIT_EVERY, DEFAULT_HEARTBEAT_MS, GROUP, GroupConsumer,
+    GroupStats, MAX_STEPS, PAUSE_EXTRA_MS, REBALANCE_TIMEOUT_MS, Reply, SESSION_TIMEOUT_MS, key,
     partition_list,
 };
 use crate::api::Answer;
@@ -44,6 +44,8 @@ struct Runner<'w> {
     group: &'w GroupStats,
     interval: Duration,
     next_heartbeat: Instant,
+    /// When the member's last `ok` heartbeat or commit was answered.
+    last_heard: Instant,
 }
 
 impl Runner<'_> {
@@ -80,7 +82,8 @@ impl Runner<'_> {
                 let assign = self.state.apply(&reply);
                 self.record_assign(assign);
                 self.interval = Duration::from_millis(reply.interval_ms.max(50));
-                self.next_heartbeat = Instant::now() + self.interval;
+                self.last_heard = Instant::now();
+                self.next_heartbeat = self.last_heard + self.interval;
                 true
             }
             Err(e) => {
@@ -269,6 +272,7 @@ impl Runner<'_> {
                     .record(self.process, OpType::Ok, Call::Commit(sent), None);
                 if self.state.member() == Some((member, epoch)) {
                     self.state.committed(&offsets);
+                    self.last_heard = Instant::now();
                 }
                 Committed::Ok
             }
@@ -305,9 +309,10 @@ impl Runner<'_> {
         }
     }
 
-    /// Leaves the group (a heartbeat with epoch -1, or the DELETE), then owns nothing.
+    /// Leaves the group (a heartbeat with epoch -1, or the DELETE); once it has left, one
+    /// commit with the old identity (which must be refused); then it owns nothing.
     async fn leave(&mut self) {
-        let Some((member, _)) = self.state.member() else {
+        let Some((member, epoch)) = self.state.member() else {
             return;
         };
         let node = self.node();
@@ -345,6 +350,14 @@ impl Runner<'_> {
                 self.w
                     .record(self.process, OpType::Ok, Call::Heartbeat(done), None);
                 self.group.count("leaves");
+                let offsets = self.state.to_commit(true);
+                if !offsets.is_empty() && Instant::now() < self.w.deadline {
+                    match self.commit_as(member, epoch, offsets).await {
+                        Committed::Ok => self.group.count("commits after a leave accepted"),
+                        Committed::Fenced => self.group.count("commits after a leave refused"),
+                        _ => {}
+                    }
+                }
             }
             other => {
                 self.unanswered(sent, node, other);
@@ -358,18 +371,38 @@ impl Runner<'_> {
     /// commits with its old identity, then heartbeats.
     async fn pause(&mut self) {
         let ms = SESSION_TIMEOUT_MS + self.rng.random_range(PAUSE_EXTRA_MS);
-        self.group.count("pauses");
+        self.group.count("long pauses");
         let until = (Instant::now() + Duration::from_millis(ms)).min(self.w.deadline);
         tokio::time::sleep_until(until.into()).await;
         if Instant::now() >= self.w.deadline {
             return;
         }
         match self.commit(true).await {
-            Committed::Ok => self.group.count("commits after a pause accepted"),
-            Committed::Fenced => self.group.count("commits after a pause refused"),
+            Committed::Ok => self.group.count("commits after a long pause accepted"),
+            Committed::Fenced => self.group.count("commits after a long pause refused"),
             _ => {}
         }
         self.heartbeat().await;
+    }
+
+    /// Stops everything until just around the session timeout after the coordinator last heard
+    /// from the member (-100..+300 ms), then heartbeats: the coordinator removes silent members
+    /// on a timer, so this lands now and then between the session's end and the removal.
+    async fn brief_pause(&mut self) {
+        self.group.count("brief pauses");
+        let ms = self.rng.random_range(BRIEF_PAUSE_MS);
+        let session_end = self.last_heard + Duration::from_millis(SESSION_TIMEOUT_MS);
+        let off = Duration::from_millis(ms.unsigned_abs());
+        let until = if ms >= 0 {
+            session_end + off
+        } else {
+            session_end - off
+        };
+        let until = until.min(self.w.deadline);
+        tokio::time::sleep_until(until.into()).await;
+        if Instant::now() < self.w.deadline {
+            self.heartbeat().await;
+        }
     }
 }
 
@@ -397,6 +430,7 @@ impl Workload {
             group: &group,
             interval: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             next_heartbeat: Instant::now(),
+            last_heard: Instant::now(),
         };
         let mut next_commit = Instant::now() + COMMIT_EVERY;
         let mut next_churn =
@@ -415,13 +449,14 @@ impl Workload {
             if now >= next_churn {
                 next_churn = now + Duration::from_millis(r.rng.random_range(CHURN_EVERY_MS));
                 match r.rng.random_range(0..10) {
-                    0..=3 => {
+                    0..=2 => {
                         r.commit(false).await;
                         r.leave().await;
                         let wait = r.rng.random_range(0..=1_000);
                         tokio::time::sleep(Duration::from_millis(wait)).await;
                     }
-                    4..=6 => r.pause().await,
+                    3..=4 => r.pause().await,
+                    5..=6 => r.brief_pause().await,
                     _ => {}
                 }
                 continue;
