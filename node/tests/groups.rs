@@ -150,6 +150,53 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
         "{v}"
     );
 
+    // A group that starts at the end: its first member's positions are the high watermarks.
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            1,
+            "/v1/groups/tail/config",
+            Some(&json!({"auto_offset_reset": "latest"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["auto_offset_reset"].as_str()),
+        (200, Some("latest")),
+        "{v}"
+    );
+    let (s, v) = c
+        .post(
+            1,
+            "/v1/groups/tail/heartbeat",
+            &json!({"member_epoch": 0, "topics": ["t"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let positions: BTreeMap<u64, Value> = v["assignment"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| (a["partition"].as_u64().unwrap_or(99), a["position"].clone()))
+        .collect();
+    assert_eq!(
+        positions,
+        BTreeMap::from([(0, json!(10)), (1, json!(0)), (2, json!(0)), (3, json!(0))]),
+        "{v}"
+    );
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            1,
+            "/v1/groups/tail/config",
+            Some(&json!({"auto_offset_reset": "end"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("INVALID_OFFSET_RESET")),
+        "{v}"
+    );
+
     let commit = |m: &Member, p: u64, offset: Value| {
         json!({"member_id": m.id, "member_epoch": m.epoch,
                "offsets": [{"topic": "t", "partition": p, "offset": offset, "metadata": "m"}]})
@@ -298,7 +345,10 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
     assert_eq!(s, 200);
     assert_eq!(
         v["groups"],
-        json!([{"group": "g", "state": "STABLE", "members": 2}])
+        json!([
+            {"group": "g", "state": "STABLE", "members": 2},
+            {"group": "tail", "state": "STABLE", "members": 1}
+        ])
     );
 
     // B restarts (static member): same partitions, no rebalance.

@@ -95,6 +95,12 @@ impl Group {
         (since > longer_than).then_some(since)
     }
 
+    /// When this replica last heard from a leader (AppendEntries or a snapshot), whatever its
+    /// role now: on a newly elected leader, about when its predecessor went silent.
+    pub fn last_leader_contact(&self) -> Option<Instant> {
+        self.contact.lock().unwrap_or_else(|p| p.into_inner()).at
+    }
+
     /// The lease a follower grants its leader (`election_timeout_max`).
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.raft.config().election_timeout_max)

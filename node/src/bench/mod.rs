@@ -5,11 +5,14 @@
 //!   flight, and, given the nodes' pids, bytes written to disk per byte acknowledged.
 //! - `failover`: spawns its own cluster, SIGKILLs a partition's leader again and again, and
 //!   times how long until a write to that partition succeeds again.
+//! - `rebalance`: spawns its own cluster with a consumer group member per node, SIGKILLs
+//!   nodes, and times how long until the survivors own the dead member's partitions.
 //!
 //! Only the REST API is used, as a client would: nothing here links to the node's internals.
 
 mod failover;
 mod produce;
+mod rebalance;
 mod spawn;
 
 use std::time::{Duration, Instant};
@@ -24,6 +27,8 @@ pub enum BenchCommand {
     Produce(produce::ProduceArgs),
     /// Kills partition leaders of a cluster it spawns and reports the time to recover.
     Failover(failover::FailoverArgs),
+    /// Kills nodes running consumer group members and reports when their partitions move.
+    Rebalance(rebalance::RebalanceArgs),
 }
 
 /// Runs one bench subcommand and prints its JSON line.
@@ -35,6 +40,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         match cmd {
             BenchCommand::Produce(args) => produce::run(args).await,
             BenchCommand::Failover(args) => failover::run(args).await,
+            BenchCommand::Rebalance(args) => rebalance::run(args).await,
         }
     };
     let line = tokio::select! {

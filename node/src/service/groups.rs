@@ -34,7 +34,7 @@ use crate::groups::stored::{self, Committed};
 use crate::groups::{OFFSETS_TOPIC, offsets_partition, validate_group_name};
 
 /// How often the coordinator looks for expired members.
-const SWEEP_EVERY: Duration = Duration::from_millis(200);
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How often it refreshes the lag metric.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Longest offset metadata string (Kafka's `offset.metadata.max.bytes`).
@@ -448,11 +448,21 @@ impl Service {
                 );
             }
         }
+        // Members' sessions run from when the previous coordinator was last heard of (they
+        // may have been silent since), but each gets at least half a session to find this
+        // one: a failover never expires a live member that keeps heartbeating.
         let now = Instant::now();
+        let start = match (&group, g.last_leader_contact()) {
+            (Some(grp), Some(contact)) => {
+                let half = Duration::from_millis(grp.config.session_timeout_ms / 2);
+                contact.max(now.checked_sub(half).unwrap_or(now)).min(now)
+            }
+            _ => now,
+        };
         let last_seen = group
             .iter()
             .flat_map(|g| g.members.keys())
-            .map(|id| (id.clone(), now))
+            .map(|id| (id.clone(), start))
             .collect();
         let revoking_since = group
             .iter()
