@@ -66,7 +66,8 @@ impl Consumer {
             group: group.to_string(),
             topics: topics.iter().cloned().collect(),
             instance_id,
-            member_id: None,
+            // Its own id, so a join retried after a lost reply is still one member.
+            member_id: Some(format!("{:032x}", rand::random::<u128>())),
             epoch: JOIN_EPOCH,
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -332,7 +333,7 @@ impl Consumer {
 
     /// Leaves the group: its partitions go to the other members at once.
     pub async fn close(mut self) {
-        let Some(id) = self.member_id.take() else {
+        let Some(id) = self.member_id.take().filter(|_| self.epoch > 0) else {
             return;
         };
         let hb = Heartbeat {

@@ -116,7 +116,8 @@ pub struct Group {
 /// A heartbeat, as the coordinator needs it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Heartbeat {
-    /// Absent on a first join.
+    /// The member's id; on a join, absent to let the coordinator pick one, or the member's
+    /// own (then a retried join is idempotent).
     pub member_id: Option<String>,
     /// For static membership.
     pub instance_id: Option<String>,
@@ -245,8 +246,8 @@ impl Group {
                         .find(|m| m.instance_id.as_ref() == Some(i))
                         .map(|m| m.id.clone())
                 });
-                // A member id rejoining with epoch 0 lost its state (it restarted or was
-                // fenced): it owns nothing any more.
+                // A member id rejoining with epoch 0 lost its state (it restarted, was fenced,
+                // or never saw the reply to its join): it owns nothing any more.
                 if let Some(old) = &hb.member_id
                     && static_prev.as_ref() != Some(old)
                     && self.members.contains_key(old)
@@ -254,7 +255,9 @@ impl Group {
                     self.drop_member(old);
                     inputs_changed = true;
                 }
-                let id = new_id();
+                // A member may choose its own id (as KIP-1082 clients do), so a join retried
+                // after a lost reply is the same member, not a second one.
+                let id = hb.member_id.clone().unwrap_or_else(&mut *new_id);
                 match static_prev.and_then(|old| self.members.remove(&old)) {
                     Some(mut prev) => {
                         // A static member back within its session: it takes over its

@@ -268,6 +268,30 @@ fn a_topic_created_after_the_subscription_is_assigned_on_the_next_heartbeat() {
 }
 
 #[test]
+fn a_join_retried_with_the_members_own_id_is_one_member() {
+    let mut g = Group::default();
+    let hb = Heartbeat {
+        member_id: Some("mine".into()),
+        member_epoch: JOIN_EPOCH,
+        topics: topics(&["a"]),
+        ..Heartbeat::default()
+    };
+    let first = g
+        .heartbeat(hb.clone(), &counts, &mut || unreachable!("own id"))
+        .expect("join");
+    // The reply was lost; the member sends the same join again.
+    let again = g
+        .heartbeat(hb, &counts, &mut || unreachable!("own id"))
+        .expect("join again");
+    assert_eq!(
+        (first.member_id.as_str(), again.member_id.as_str()),
+        ("mine", "mine")
+    );
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(again.assigned.len(), 6);
+}
+
+#[test]
 fn joining_without_topics_and_odd_timeouts_are_invalid() {
     let mut g = Group::default();
     let err = g
