@@ -88,6 +88,9 @@ pub enum ServiceError {
     /// No such consumer group.
     #[error("consumer group '{0}' does not exist")]
     UnknownGroup(String),
+    /// The group still has members.
+    #[error("{0}")]
+    GroupNotEmpty(String),
     /// A write to a topic the node keeps for itself.
     #[error("topic '{0}' is internal: only the node writes to it")]
     InternalTopic(String),
@@ -120,6 +123,7 @@ impl ServiceError {
             ServiceError::MemberFenced(_) => "FENCED",
             ServiceError::UnknownGroup(_) => "GROUP_NOT_FOUND",
             ServiceError::InternalTopic(_) => "INTERNAL_TOPIC",
+            ServiceError::GroupNotEmpty(_) => "GROUP_NOT_EMPTY",
         }
     }
 

@@ -447,6 +447,33 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
         BTreeMap::from([(("t".to_string(), 0), 5)]),
         "{v}"
     );
+
+    // Deleting: refused while a member is in, then the group and its offsets are gone.
+    let (s, v) = c.call(Method::DELETE, 1, "/v1/groups/tail", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("GROUP_NOT_EMPTY")),
+        "{v}"
+    );
+    let (s, v) = c.call(Method::DELETE, 1, "/v1/groups/g", None).await;
+    assert_eq!((s, v["deleted"].clone()), (200, json!(true)), "{v}");
+    let (s, v) = c.get(1, "/v1/groups/g/offsets").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("GROUP_NOT_FOUND")),
+        "{v}"
+    );
+    let (s, v) = c.call(Method::DELETE, 1, "/v1/groups/g", None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("GROUP_NOT_FOUND")),
+        "{v}"
+    );
+    // A group of the same name starts afresh, without the old offsets.
+    let fresh = Member::join(&c, 1, "g", &["t"], None).await;
+    let (_, v) = c.get(1, "/v1/groups/g/offsets").await;
+    assert_eq!(committed(&v), BTreeMap::new(), "{v}");
+    assert_eq!(fresh.owns.len(), 4);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Consumer groups: `POST /v1/groups/{group}/heartbeat`, `DELETE
 //! /v1/groups/{group}/members/{member_id}`, `POST`/`GET /v1/groups/{group}/offsets`,
-//! `PUT /v1/groups/{group}/config`, `GET /v1/groups`, `GET /v1/groups/{group}`.
+//! `PUT /v1/groups/{group}/config`, `GET /v1/groups`, `GET`/`DELETE /v1/groups/{group}`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -383,6 +383,17 @@ pub async fn put_config(
             "auto_offset_reset": c.auto_offset_reset,
         }))),
         other => Err(ServiceError::Internal(format!("config answered {other:?}")).into()),
+    }
+}
+
+/// `DELETE /v1/groups/{group}`: an empty group and its committed offsets.
+pub async fn delete_group(
+    State(s): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    match s.group_request(&group, GroupOp::Delete).await? {
+        GroupReply::Deleted => Ok(axum::Json(json!({"group": group, "deleted": true}))),
+        other => Err(ServiceError::Internal(format!("delete answered {other:?}")).into()),
     }
 }
 

@@ -42,7 +42,10 @@ pub fn router(service: Arc<Service>) -> Router {
         )
         .route("/v1/producers", post(records::post_producer))
         .route("/v1/groups", get(groups::list_groups))
-        .route("/v1/groups/{group}", get(groups::get_group))
+        .route(
+            "/v1/groups/{group}",
+            get(groups::get_group).delete(groups::delete_group),
+        )
         .route("/v1/groups/{group}/heartbeat", post(groups::post_heartbeat))
         .route(
             "/v1/groups/{group}/members/{member_id}",
@@ -111,7 +114,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::TopicExists(_)
             | ServiceError::OutOfOrderSequence { .. }
             | ServiceError::Fenced { .. }
-            | ServiceError::MemberFenced(_) => StatusCode::CONFLICT,
+            | ServiceError::MemberFenced(_)
+            | ServiceError::GroupNotEmpty(_) => StatusCode::CONFLICT,
             ServiceError::InternalTopic(_) => StatusCode::FORBIDDEN,
             ServiceError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ServiceError::Unavailable(_) | ServiceError::OutcomeUnknown(_) => {

@@ -126,7 +126,10 @@ impl Service {
             ForwardRequest::Produce { .. }
                 | ForwardRequest::Controller { .. }
                 | ForwardRequest::Group {
-                    op: GroupOp::Heartbeat(_) | GroupOp::Commit { .. } | GroupOp::Configure { .. },
+                    op: GroupOp::Heartbeat(_)
+                        | GroupOp::Commit { .. }
+                        | GroupOp::Configure { .. }
+                        | GroupOp::Delete,
                     ..
                 }
         );

@@ -65,6 +65,8 @@ pub enum GroupOp {
     },
     /// Every group of one `__consumer_offsets` partition (the group name is ignored).
     List,
+    /// Delete an empty group and its committed offsets.
+    Delete,
 }
 
 /// The coordinator's answers.
@@ -91,6 +93,8 @@ pub enum GroupReply {
     Configured(GroupConfig),
     /// Groups of one partition.
     Listed(Vec<(String, GroupStateName, usize)>),
+    /// The group is gone.
+    Deleted,
 }
 
 /// A group as `GET /v1/groups/{group}` shows it (lag is added at the edge).
@@ -628,6 +632,39 @@ impl Service {
                 }
                 loaded.offsets.extend(offsets);
                 Ok(Proposed::Done(GroupReply::Committed))
+            }
+            GroupOp::Delete => {
+                let Some(group) = &loaded.group else {
+                    return Err(ServiceError::UnknownGroup(name.to_string()));
+                };
+                if !group.members.is_empty() {
+                    return Err(ServiceError::GroupNotEmpty(format!(
+                        "group '{name}' has {} members; they must leave (or time out) first",
+                        group.members.len()
+                    )));
+                }
+                // Tombstones: the compacted view forgets the keys.
+                let now = now_ms();
+                let mut records = vec![
+                    stored::record(stored::group_key(name), &serde_json::Value::Null, now)
+                        .map_err(ServiceError::Internal)?,
+                ];
+                for tp in loaded.offsets.keys() {
+                    records.push(
+                        stored::record(stored::offset_key(name, tp), &serde_json::Value::Null, now)
+                            .map_err(ServiceError::Internal)?,
+                    );
+                }
+                if let Proposed::NotLeader(l) =
+                    self.append_group_records(g, records, deadline).await?
+                {
+                    return Ok(Proposed::NotLeader(l));
+                }
+                loaded.group = None;
+                loaded.offsets.clear();
+                loaded.last_seen.clear();
+                loaded.revoking_since.clear();
+                Ok(Proposed::Done(GroupReply::Deleted))
             }
             GroupOp::Offsets => {
                 if loaded.group.is_none() {
