@@ -55,9 +55,15 @@ pub const SESSION_TIMEOUT_MS: u64 = 3_000;
 /// The members' rebalance timeout: the node's maximum, so that it never fences a member within
 /// a run (the consumers release revoked partitions at once) and ownership stays checkable.
 pub const REBALANCE_TIMEOUT_MS: u64 = 600_000;
-/// How far the coordinator's timers may be off the history's clock (its sweeper runs every
-/// 200 ms, and removing a member is a replicated write).
-pub const SLACK_MS: u64 = 1_000;
+/// How far the coordinator's timers may be off the history's clock. Its sweeper runs every
+/// 100-200 ms and removing a member is a replicated write (late side); a new coordinator
+/// counts sessions from its last contact with the old one, but from no more than half a
+/// session (1.5 s) before it loads the group, and it is elected no sooner than a Raft lease
+/// (0.6 s) after the old one last confirmed its leadership: so a member's session there may
+/// start up to 0.9 s before the old coordinator last heard from it (early side).
+pub const SLACK_MS: u64 = 1_500;
+/// The share of joins with an id of the consumer's own (the others let the coordinator pick).
+const OWN_ID_JOINS: f64 = 0.75;
 /// How often a consumer commits positions that moved.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Heartbeat interval until the coordinator says otherwise.

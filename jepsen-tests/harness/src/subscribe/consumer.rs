@@ -15,8 +15,8 @@ use serde_json::{Value as Json, json};
 
 use super::{
     BRIEF_PAUSE_MS, CHURN_EVERY_MS, COMMIT_EVERY, DEFAULT_HEARTBEAT_MS, GROUP, GroupConsumer,
-    GroupStats, MAX_STEPS, PAUSE_EXTRA_MS, REBALANCE_TIMEOUT_MS, Reply, SESSION_TIMEOUT_MS, key,
-    partition_list,
+    GroupStats, MAX_STEPS, OWN_ID_JOINS, PAUSE_EXTRA_MS, REBALANCE_TIMEOUT_MS, Reply,
+    SESSION_TIMEOUT_MS, key, partition_list,
 };
 use crate::api::Answer;
 use crate::log::ConsumerStats;
@@ -46,6 +46,8 @@ struct Runner<'w> {
     next_heartbeat: Instant,
     /// When the member's last `ok` heartbeat or commit was answered.
     last_heard: Instant,
+    /// The id of a join whose outcome was unknown, to retry it with.
+    retry_join: Option<String>,
 }
 
 impl Runner<'_> {
@@ -139,9 +141,19 @@ impl Runner<'_> {
         }
     }
 
+    /// Joins as a new member: 3 times in 4 with an id of its own (KIP-1082), never used
+    /// before, except that a join whose outcome was unknown is retried with the same id (so
+    /// that it stays one member); otherwise the coordinator picks the id.
     async fn join(&mut self) -> bool {
         let node = self.node();
+        let id = self.retry_join.take().or_else(|| {
+            self.rng.random_bool(OWN_ID_JOINS).then(|| {
+                let tag: u64 = self.rng.random();
+                format!("c{}-{tag:016x}", self.consumer)
+            })
+        });
         let sent = Heartbeat {
+            member: id.clone(),
             epoch: JOIN_EPOCH,
             node: Some(node),
             ..Heartbeat::default()
@@ -152,22 +164,39 @@ impl Runner<'_> {
             Call::Heartbeat(sent.clone()),
             None,
         );
-        let body = json!({
+        let mut body = json!({
             "member_epoch": JOIN_EPOCH,
             "topics": [self.w.topic],
             "rebalance_timeout_ms": REBALANCE_TIMEOUT_MS,
         });
+        if let Some(id) = &id {
+            body["member_id"] = json!(id);
+        }
         let path = format!("/v1/groups/{GROUP}/heartbeat");
         match self.w.api.post(node, &path, &body).await {
             Answer::Ok(body) => {
                 let joined = self.replied(sent, node, &body);
                 if joined {
                     self.group.count("joins");
+                    if let Some(id) = id
+                        && body["member_id"].as_str() != Some(id.as_str())
+                    {
+                        self.w.note(format!(
+                            "consumer {}: joined with its own id {id}, answered {}",
+                            self.consumer, body["member_id"]
+                        ));
+                    }
                 }
                 joined
             }
             other => {
-                self.unanswered(sent, node, other);
+                if self.unanswered(sent, node, other).is_none() {
+                    // Unknown outcome: the same id again, so as not to leave a second member.
+                    self.retry_join = id;
+                    if self.retry_join.is_some() {
+                        self.group.count("joins retried with the same id");
+                    }
+                }
                 false
             }
         }
@@ -431,6 +460,7 @@ impl Workload {
             interval: Duration::from_millis(DEFAULT_HEARTBEAT_MS),
             next_heartbeat: Instant::now(),
             last_heard: Instant::now(),
+            retry_join: None,
         };
         let mut next_commit = Instant::now() + COMMIT_EVERY;
         let mut next_churn =
