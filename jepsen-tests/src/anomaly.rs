@@ -57,7 +57,7 @@ pub enum AnomalyKind {
     /// after the member left.
     ZombieCommit,
     /// group: a commit succeeded from a member silent for longer than the session timeout
-    /// (allowed: a new coordinator restarts every member's session).
+    /// (allowed: a new coordinator starts every member's session again).
     LateCommit,
     /// group: a record below a committed offset that no member of the group ever polled.
     GroupPollSkip,

@@ -8,8 +8,9 @@
 //! - `late-commit` (allowed): a commit of `m` succeeded although it began more than the session
 //!   timeout plus the slack after the end of `m`'s last successful heartbeat or commit, with no
 //!   heartbeat or commit of `m` of unknown outcome before it (which could have been served
-//!   late). The coordinator should have removed `m` by then; but a new coordinator restarts
-//!   every member's session, which the client cannot see, so this is reported, not judged.
+//!   late). The coordinator should have removed `m` by then; but a new coordinator starts
+//!   every member's session again (Kafka's at its election, Chat4All's at its last contact
+//!   with the old one), which the client cannot see, so this is reported, not judged.
 
 use super::Timeouts;
 use super::exchanges::Exchanges;

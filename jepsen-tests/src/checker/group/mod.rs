@@ -67,7 +67,7 @@ impl Timeouts {
 }
 
 /// Kinds reported without making the history invalid: `late-commit`, since a new coordinator
-/// starts every member's session afresh (as Kafka's does), which the client cannot see.
+/// starts every member's session again, which the client cannot see.
 pub fn allowed() -> Vec<AnomalyKind> {
     vec![AnomalyKind::LateCommit]
 }
