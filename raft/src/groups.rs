@@ -14,7 +14,7 @@ use openraft::error::{InitializeError, RaftError};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 
 use crate::Error;
-use crate::log_store::{FsyncObserver, LogStore};
+use crate::log_store::{FsyncObserver, LogStore, WalSyncer};
 use crate::network::{GroupNetwork, RaftReply, SnapshotRequest, decode, encode};
 use crate::sm::controller::ControllerStateMachine;
 use crate::sm::partition::PartitionStateMachine;
@@ -146,7 +146,7 @@ pub struct Groups {
     config: Arc<openraft::Config>,
     groups: RwLock<HashMap<GroupId, Group>>,
     forward: OnceLock<Arc<dyn ForwardHandler>>,
-    observer: Option<Arc<dyn FsyncObserver>>,
+    syncer: Arc<WalSyncer>,
 }
 
 /// When a replica of a new group initializes it (and so campaigns).
@@ -219,6 +219,7 @@ impl Groups {
         config: openraft::Config,
         observer: Option<Arc<dyn FsyncObserver>>,
     ) -> Arc<Groups> {
+        let syncer = WalSyncer::start(db.clone(), observer);
         Arc::new(Groups {
             node_id,
             db,
@@ -227,7 +228,7 @@ impl Groups {
             config: Arc::new(config),
             groups: RwLock::new(HashMap::new()),
             forward: OnceLock::new(),
-            observer,
+            syncer,
         })
     }
 
@@ -332,7 +333,7 @@ impl Groups {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
-        let log = LogStore::new(self.db.clone(), id, self.observer.clone());
+        let log = LogStore::with_syncer(self.db.clone(), id, self.syncer.clone());
         let pristine = log.is_pristine()?;
         let network = GroupNetwork::new(self.transport.get().cloned(), id);
         let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm).await?;

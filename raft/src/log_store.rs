@@ -1,12 +1,16 @@
 //! The Raft log of one group, in the node's shared RocksDB.
 //!
-//! Every entry and vote is written with a synchronous (fsynced) write before openraft is told it
-//! is durable: a leader counts its own log toward a majority only after that, so no write is
-//! acknowledged before a majority has it on disk. Many groups' fsyncs share RocksDB's WAL, so
-//! concurrent appends of different partitions are committed by one fsync (group commit).
+//! Entries are written to RocksDB when openraft appends them (readable at once), and openraft
+//! is told they are durable only after the write-ahead log has been fsynced past them, by the
+//! node's [`WalSyncer`]: a leader counts its own log toward a majority only then, so no write is
+//! acknowledged before a majority has it on disk. Not waiting for the fsync in `append` (as
+//! openraft's storage API asks) lets the leader replicate to its followers while its own fsync
+//! runs, and one fsync covers every group's appends that arrived meanwhile (group commit across
+//! partitions). Votes are written with a synchronous write before they are answered.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 use chat4all_storage::{Cf, Db, StorageError, keys};
@@ -25,12 +29,66 @@ pub trait FsyncObserver: Send + Sync + 'static {
     fn observe_fsync(&self, seconds: f64);
 }
 
+/// Syncs the write-ahead log for appends that did not wait for it, on a thread of its own,
+/// and tells openraft they are durable. Appends that arrive while an fsync runs share the next
+/// one. Appends are written before they are queued, so each fsync covers every append queued
+/// before it started. The thread ends when every [`LogStore`] using it is gone.
+pub struct WalSyncer {
+    queue: std::sync::Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    observer: Option<Arc<dyn FsyncObserver>>,
+}
+
+impl WalSyncer {
+    /// Starts the syncing thread for `db`.
+    pub fn start(db: Db, observer: Option<Arc<dyn FsyncObserver>>) -> Arc<WalSyncer> {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let obs = observer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let start = Instant::now();
+                    let res = db.sync_wal();
+                    if let Some(o) = &obs {
+                        o.observe_fsync(start.elapsed().as_secs_f64());
+                    }
+                    for cb in waiting {
+                        cb.log_io_completed(
+                            res.as_ref()
+                                .map(|_| ())
+                                .map_err(|e| std::io::Error::other(e.to_string())),
+                        );
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread no append would ever be reported durable: the groups would
+            // stall, never acknowledge falsely. Say why loudly.
+            tracing::error!("cannot start the WAL sync thread: {e}");
+        }
+        Arc::new(WalSyncer {
+            queue: std::sync::Mutex::new(tx),
+            observer,
+        })
+    }
+
+    fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), std::io::Error> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(callback)
+            .map_err(|_| std::io::Error::other("the WAL sync thread has stopped"))
+    }
+}
+
 /// The log store of one group. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
     group: GroupId,
-    observer: Option<std::sync::Arc<dyn FsyncObserver>>,
+    syncer: Arc<WalSyncer>,
 }
 
 fn io_err(e: impl std::error::Error + 'static) -> openraft::AnyError {
@@ -38,17 +96,15 @@ fn io_err(e: impl std::error::Error + 'static) -> openraft::AnyError {
 }
 
 impl LogStore {
-    /// The log of `group` in `db`.
-    pub fn new(
-        db: Db,
-        group: GroupId,
-        observer: Option<std::sync::Arc<dyn FsyncObserver>>,
-    ) -> LogStore {
-        LogStore {
-            db,
-            group,
-            observer,
-        }
+    /// The log of `group` in `db`, with a WAL syncer of its own.
+    pub fn new(db: Db, group: GroupId, observer: Option<Arc<dyn FsyncObserver>>) -> LogStore {
+        let syncer = WalSyncer::start(db.clone(), observer);
+        LogStore::with_syncer(db, group, syncer)
+    }
+
+    /// The log of `group` in `db`, sharing the node's WAL syncer.
+    pub fn with_syncer(db: Db, group: GroupId, syncer: Arc<WalSyncer>) -> LogStore {
+        LogStore { db, group, syncer }
     }
 
     /// Whether this group has never stored anything (no vote, no entry): a fresh replica.
@@ -82,7 +138,7 @@ impl LogStore {
         build: impl FnOnce(&Db) -> Result<chat4all_storage::Batch<'_>, StorageError> + Send + 'static,
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
-        let observer = self.observer.clone();
+        let observer = self.syncer.observer.clone();
         let res = tokio::task::spawn_blocking(move || {
             let batch = build(&db)?;
             let start = Instant::now();
@@ -209,26 +265,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let group = self.group.0;
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let res = self
-            .write_sync(move |db| {
-                let mut b = db.batch();
-                for e in &entries {
-                    b.put(Cf::LogEntry, &keys::group_u64(group, e.log_id.index), e)?;
-                }
-                Ok(b)
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(io_err(e)).into())
-            }
+        // Written now, in order (openraft calls append one at a time per group), so readable
+        // when this returns and never leaving a hole; durable once the syncer's fsync covers
+        // it. A write without sync only appends to the WAL buffer and the memtable.
+        let mut b = self.db.batch();
+        for e in entries {
+            b.put(Cf::LogEntry, &keys::group_u64(group, e.log_id.index), &e)
+                .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
         }
+        self.db
+            .write(b, false)
+            .map_err(|e| StorageIOError::write_logs(io_err(e)))?;
+        self.syncer
+            .submit(callback)
+            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftStorageError> {

@@ -260,6 +260,13 @@ impl Db {
         Ok(())
     }
 
+    /// Makes every write so far durable: syncs the write-ahead log (writes made with
+    /// `sync: false` included).
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        self.inner.flush_wal(true)?;
+        Ok(())
+    }
+
     /// Flushes memtables and asks RocksDB to compact a deleted range away, freeing its space.
     pub fn compact_range(&self, cf: Cf, start: &[u8], end: &[u8]) {
         self.inner
