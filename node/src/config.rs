@@ -73,6 +73,15 @@ pub struct GroupsConfig {
     /// group's with `PUT /v1/groups/{group}/config`.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How often a coordinator looks for members whose session ran out, in ms. A request to
+    /// a group also removes its expired members first, so this only decides how soon the
+    /// others learn of it.
+    #[serde(default = "default_sweep_interval_ms")]
+    pub sweep_interval_ms: u64,
+}
+
+fn default_sweep_interval_ms() -> u64 {
+    100
 }
 
 fn default_session_timeout_ms() -> u64 {
@@ -88,6 +97,7 @@ impl Default for GroupsConfig {
         GroupsConfig {
             offsets_partitions: default_offsets_partitions(),
             session_timeout_ms: default_session_timeout_ms(),
+            sweep_interval_ms: default_sweep_interval_ms(),
         }
     }
 }

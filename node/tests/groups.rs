@@ -638,3 +638,69 @@ async fn copy_workers_move_partitions_off_a_killed_node_and_lose_nothing() {
     let (_, v) = c.get(1, "/v1/groups/mirror").await;
     assert_eq!(v["members"].as_array().map(Vec::len), Some(2), "{v}");
 }
+
+/// A member whose session ran out is fenced by whatever request comes first, and stays out:
+/// found by jepsen-tests' subscribe workload, where a member answered FENCED could still
+/// commit (and so be kept for another session) until the sweeper came by. The sweeper is
+/// switched off here, so only the requests themselves can expire anyone.
+#[tokio::test]
+async fn an_expired_member_is_fenced_by_its_next_request_not_by_the_sweeper() {
+    let c = Cluster::start(1, "[groups]\nsweep_interval_ms = 600000\n").await;
+    c.create_topic(1, "t", 2, 1, json!({})).await;
+    let commit = |m: &Member| {
+        json!({"member_id": m.id, "member_epoch": m.epoch,
+               "offsets": [{"topic": "t", "partition": 0, "offset": 1}]})
+    };
+    // One member in each of two groups, each owning both partitions and committing.
+    let mut members = Vec::new();
+    for group in ["commits-first", "beats-first"] {
+        let (s, v) = c
+            .call(
+                Method::PUT,
+                1,
+                &format!("/v1/groups/{group}/config"),
+                Some(&json!({"session_timeout_ms": 1000})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let m = Member::join(&c, 1, group, &["t"], None).await;
+        assert_eq!(m.owns.len(), 2, "{m:?}");
+        let (s, v) = c
+            .post(1, &format!("/v1/groups/{group}/offsets"), &commit(&m))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        members.push(m);
+    }
+    // Both fall silent for longer than the session. (Sleeping is the fault under test here:
+    // silence past the session timeout.)
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The first member's first request after the silence is a commit: refused.
+    let (s, v) = c
+        .post(1, "/v1/groups/commits-first/offsets", &commit(&members[0]))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("FENCED")),
+        "{v}"
+    );
+    // The second one's is a heartbeat: FENCED, and a commit right after it too.
+    let mut m = members[1].clone();
+    let (s, v) = m.beat(&c, 1, "beats-first").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("FENCED")),
+        "{v}"
+    );
+    let (s, v) = c
+        .post(1, "/v1/groups/beats-first/offsets", &commit(&members[1]))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("FENCED")),
+        "{v}"
+    );
+    for group in ["commits-first", "beats-first"] {
+        let (_, v) = c.get(1, &format!("/v1/groups/{group}")).await;
+        assert_eq!(v["state"], json!("EMPTY"), "removed for good: {v}");
+    }
+}

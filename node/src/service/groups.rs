@@ -33,8 +33,6 @@ use crate::groups::model::{
 use crate::groups::stored::{self, Committed};
 use crate::groups::{OFFSETS_TOPIC, offsets_partition, validate_group_name};
 
-/// How often the coordinator looks for expired members.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// How often it refreshes the lag metric.
 const LAG_EVERY: Duration = Duration::from_secs(5);
 /// Longest offset metadata string (Kafka's `offset.metadata.max.bytes`).
@@ -524,6 +522,33 @@ impl Service {
         }
     }
 
+    /// Removes the members whose session or rebalance timeout has passed, and writes that
+    /// down, before a request is judged: an answer (FENCED to a heartbeat, or a refused
+    /// commit) must never rest on a removal the group's record does not have yet, or the
+    /// member could still commit, and be kept, until the sweeper came by.
+    async fn expire_now(
+        &self,
+        g: &RaftGroup,
+        name: &str,
+        loaded: &mut Loaded,
+        deadline: Instant,
+    ) -> Result<Proposed<()>, ServiceError> {
+        let Some(group) = &loaded.group else {
+            return Ok(Proposed::Done(()));
+        };
+        let mut next = group.clone();
+        let counts = self.partition_counts();
+        if !expire(&mut next, loaded, &counts, Instant::now()) {
+            return Ok(Proposed::Done(()));
+        }
+        if let Proposed::NotLeader(l) = self.write_group(g, name, &next, deadline).await? {
+            return Ok(Proposed::NotLeader(l));
+        }
+        tracing::info!(group = %name, epoch = next.epoch, "expired members removed");
+        loaded.group = Some(next);
+        Ok(Proposed::Done(()))
+    }
+
     /// Writes a group's new state (its record in the compacted partition).
     async fn write_group(
         &self,
@@ -555,12 +580,14 @@ impl Service {
                 if hb.member_epoch < 0 && loaded.group.is_none() {
                     return Err(ServiceError::UnknownGroup(name.to_string()));
                 }
+                if let Proposed::NotLeader(l) = self.expire_now(g, name, loaded, deadline).await? {
+                    return Ok(Proposed::NotLeader(l));
+                }
                 let mut group = loaded
                     .group
                     .clone()
                     .unwrap_or_else(|| Group::new(self.new_group_config()));
                 let counts = self.partition_counts();
-                expire(&mut group, loaded, &counts, Instant::now());
                 let reply = group
                     .heartbeat(hb, &counts, &mut || {
                         format!("{:032x}", rand::random::<u128>())
@@ -608,6 +635,9 @@ impl Service {
                 }))
             }
             GroupOp::Commit { member, offsets } => {
+                if let Proposed::NotLeader(l) = self.expire_now(g, name, loaded, deadline).await? {
+                    return Ok(Proposed::NotLeader(l));
+                }
                 let Some(group) = &loaded.group else {
                     return Err(ServiceError::UnknownGroup(name.to_string()));
                 };
@@ -627,9 +657,8 @@ impl Service {
                 {
                     return Ok(Proposed::NotLeader(l));
                 }
-                if let Some((id, _)) = &member {
-                    loaded.last_seen.insert(id.clone(), Instant::now());
-                }
+                // (A commit does not extend the member's session: only heartbeats do, as in
+                // Kafka.)
                 loaded.offsets.extend(offsets);
                 Ok(Proposed::Done(GroupReply::Committed))
             }
@@ -728,7 +757,8 @@ impl Service {
     /// Removes members whose session or rebalance timeout passed, in every group this node
     /// coordinates, and refreshes the lag metric. Runs until `shutdown`.
     pub async fn run_group_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        let every = Duration::from_millis(self.groups_config.sweep_interval_ms.max(1));
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_lag = Instant::now();
         loop {
