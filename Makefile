@@ -31,12 +31,16 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Every test: the workspace's tests, then a short seeded Jepsen-style run (root: network
-# namespaces) that fails on any invalid history.
+# Every test: the workspace's tests, then two short seeded Jepsen-style runs (root: network
+# namespaces), each failing on any invalid history.
 test:
 	.ci/setup
 	cargo test --release --workspace
 	jepsen-tests/run $(JEPSEN_SHORT)
+	jepsen-tests/run $(JEPSEN_SHORT_GROUPS)
 
-# The short run CI does: kills and partitions every ~5 s for 40 s, 3 nodes, fixed seed.
+# The short runs CI does: kills and partitions every ~5 s for 40 s, 3 nodes, fixed seed; the
+# queue workload (idempotent producers, then the drain), then consumer groups (members that
+# poll, commit and churn).
 JEPSEN_SHORT := --workload queue --nemesis partition,kill --nodes 3 --time-limit 40 --interval 5 --seed 42
+JEPSEN_SHORT_GROUPS := --workload subscribe --nemesis partition,kill --nodes 3 --time-limit 40 --interval 5 --seed 42
