@@ -704,3 +704,57 @@ async fn an_expired_member_is_fenced_by_its_next_request_not_by_the_sweeper() {
         assert_eq!(v["state"], json!("EMPTY"), "removed for good: {v}");
     }
 }
+
+/// A member that keeps a revoked partition past its rebalance timeout is removed, and only
+/// then does the partition move: never two owners, and never stuck for good.
+#[tokio::test]
+async fn a_member_that_never_releases_is_removed_after_its_rebalance_timeout() {
+    let c = Cluster::start(1, "").await;
+    c.create_topic(1, "t", 2, 1, json!({})).await;
+    let (s, v) = c
+        .post(
+            1,
+            "/v1/groups/g/heartbeat",
+            &json!({"member_epoch": 0, "topics": ["t"], "rebalance_timeout_ms": 1000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut stubborn = Member {
+        id: v["member_id"].as_str().expect("id").to_string(),
+        epoch: v["member_epoch"].as_i64().expect("epoch"),
+        owns: assignment(&v),
+    };
+    assert_eq!(stubborn.owns.len(), 2);
+    let mut polite = Member::join(&c, 1, "g", &["t"], None).await;
+    // The stubborn member keeps heartbeating but reports everything still owned.
+    let held = stubborn.owns.clone();
+    let (s, v) = stubborn.beat(&c, 1, "g").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["revoking"].as_array().map(Vec::len), Some(1), "{v}");
+    let start = Instant::now();
+    let body = json!({"member_id": stubborn.id, "member_epoch": stubborn.epoch,
+                      "owned": owned_json(&held)});
+    loop {
+        let (s, v) = c.post(1, "/v1/groups/g/heartbeat", &body).await;
+        let (_, pv) = polite.beat(&c, 1, "g").await;
+        if s == 200 {
+            // While the stubborn member is in, the polite one never gets what it holds.
+            assert!(polite.owns.is_disjoint(&held), "two owners: {pv} while {v}");
+        } else {
+            assert_eq!(v["error"]["code"], json!("FENCED"), "{v}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the stubborn member was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "removed too early"
+    );
+    // Its partitions are free: the polite member gets both at its next heartbeat.
+    polite.beat(&c, 1, "g").await;
+    assert_eq!(polite.owns.len(), 2, "{polite:?}");
+}
