@@ -52,6 +52,15 @@ fn committed(v: &Value) -> BTreeMap<Tp, u64> {
         .collect()
 }
 
+/// Asserts an error answer's status and stable code.
+fn assert_code((s, v): (u16, Value), status: u16, code: &str) {
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{v}"
+    );
+}
+
 /// A member as a test drives it.
 #[derive(Clone, Debug)]
 struct Member {
@@ -116,18 +125,12 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
     // Nothing exists yet.
     let (s, v) = c.get(1, "/v1/groups").await;
     assert_eq!((s, v["groups"].clone()), (200, json!([])), "{v}");
-    let (s, v) = c.get(1, "/v1/groups/g").await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (404, Some("GROUP_NOT_FOUND")),
-        "{v}"
-    );
+    assert_code(c.get(1, "/v1/groups/g").await, 404, "GROUP_NOT_FOUND");
     let commit = json!({"offsets": [{"topic": "t", "partition": 0, "offset": 1}]});
-    let (s, v) = c.post(1, "/v1/groups/g/offsets", &commit).await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (404, Some("GROUP_NOT_FOUND")),
-        "{v}"
+    assert_code(
+        c.post(1, "/v1/groups/g/offsets", &commit).await,
+        404,
+        "GROUP_NOT_FOUND",
     );
 
     // A joins and owns everything, starting from the log start (earliest).
@@ -183,18 +186,16 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
         BTreeMap::from([(0, json!(10)), (1, json!(0)), (2, json!(0)), (3, json!(0))]),
         "{v}"
     );
-    let (s, v) = c
-        .call(
+    assert_code(
+        c.call(
             Method::PUT,
             1,
             "/v1/groups/tail/config",
             Some(&json!({"auto_offset_reset": "end"})),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("INVALID_OFFSET_RESET")),
-        "{v}"
+        .await,
+        400,
+        "INVALID_OFFSET_RESET",
     );
 
     let commit = |m: &Member, p: u64, offset: Value| {
@@ -241,65 +242,53 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
             "{body} → {v}"
         );
     }
-    let (s, v) = c
-        .post_raw(1, "/v1/groups/g/offsets", "{not json".into())
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("INVALID_JSON")),
-        "{v}"
+    assert_code(
+        c.post_raw(1, "/v1/groups/g/offsets", "{not json".into())
+            .await,
+        400,
+        "INVALID_JSON",
     );
-    let (s, v) = c
-        .post(1, "/v1/groups/g/heartbeat", &json!({"member_epoch": 0}))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("INVALID_SUBSCRIPTION")),
-        "{v}"
+    assert_code(
+        c.post(1, "/v1/groups/g/heartbeat", &json!({"member_epoch": 0}))
+            .await,
+        400,
+        "INVALID_SUBSCRIPTION",
     );
-    let (s, v) = c
-        .post(
+    assert_code(
+        c.post(
             1,
             "/v1/groups/g/heartbeat",
             &json!({"member_epoch": 0, "topics": ["__consumer_offsets"]}),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (403, Some("INTERNAL_TOPIC")),
-        "{v}"
+        .await,
+        403,
+        "INTERNAL_TOPIC",
     );
-    let (s, v) = c
-        .post(
+    assert_code(
+        c.post(
             1,
             "/v1/groups/bad%2Fname/heartbeat",
             &json!({"member_epoch": 0, "topics": ["t"]}),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("INVALID_GROUP_NAME")),
-        "{v}"
+        .await,
+        400,
+        "INVALID_GROUP_NAME",
     );
-    let (s, v) = c
-        .post(
+    assert_code(
+        c.post(
             1,
             "/v1/topics/__consumer_offsets/records",
             &json!({"records": [{"value": 1}]}),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (403, Some("INTERNAL_TOPIC")),
-        "{v}"
+        .await,
+        403,
+        "INTERNAL_TOPIC",
     );
-    let (s, v) = c
-        .post(1, "/v1/topics", &json!({"name": "__mine", "partitions": 1}))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("INVALID_TOPIC_NAME")),
-        "{v}"
+    assert_code(
+        c.post(1, "/v1/topics", &json!({"name": "__mine", "partitions": 1}))
+            .await,
+        400,
+        "INVALID_TOPIC_NAME",
     );
     let (s, v) = c.get(1, "/v1/groups/g/offsets").await;
     assert_eq!(s, 200, "{v}");
@@ -358,12 +347,7 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
     assert_eq!(b2.owns, b.owns);
     let (_, v) = c.get(1, "/v1/groups").await;
     assert_eq!(v["groups"], epoch_before);
-    let (s, v) = b.beat(&c, 1, "g").await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "old incarnation: {v}"
-    );
+    assert_code(b.beat(&c, 1, "g").await, 409, "FENCED");
     let mut b = b2;
 
     // A leaves: B gets everything.
@@ -404,43 +388,34 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = c
-        .call(
+    assert_code(
+        c.call(
             Method::PUT,
             1,
             "/v1/groups/g/config",
             Some(&json!({"session_timeout_ms": 5})),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (400, Some("INVALID_SESSION_TIMEOUT")),
-        "{v}"
+        .await,
+        400,
+        "INVALID_SESSION_TIMEOUT",
     );
     eventually("b expired", Duration::from_secs(10), || async {
         let (_, v) = c.get(1, "/v1/groups/g").await;
         (v["state"] == json!("EMPTY")).then_some(())
     })
     .await;
-    let (s, v) = c
-        .post(
+    assert_code(
+        c.post(
             1,
             "/v1/groups/g/offsets",
             &json!({"member_id": b.id, "member_epoch": b.epoch,
         "offsets": [{"topic": "t", "partition": 1, "offset": 3}]}),
         )
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "{v}"
+        .await,
+        409,
+        "FENCED",
     );
-    let (s, v) = b.beat(&c, 1, "g").await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "{v}"
-    );
+    assert_code(b.beat(&c, 1, "g").await, 409, "FENCED");
     let (_, v) = c.get(1, "/v1/groups/g/offsets").await;
     assert_eq!(
         committed(&v),
@@ -449,25 +424,22 @@ async fn groups_rest_api_rebalances_fences_and_refuses_bad_input() {
     );
 
     // Deleting: refused while a member is in, then the group and its offsets are gone.
-    let (s, v) = c.call(Method::DELETE, 1, "/v1/groups/tail", None).await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("GROUP_NOT_EMPTY")),
-        "{v}"
+    assert_code(
+        c.call(Method::DELETE, 1, "/v1/groups/tail", None).await,
+        409,
+        "GROUP_NOT_EMPTY",
     );
     let (s, v) = c.call(Method::DELETE, 1, "/v1/groups/g", None).await;
     assert_eq!((s, v["deleted"].clone()), (200, json!(true)), "{v}");
-    let (s, v) = c.get(1, "/v1/groups/g/offsets").await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (404, Some("GROUP_NOT_FOUND")),
-        "{v}"
+    assert_code(
+        c.get(1, "/v1/groups/g/offsets").await,
+        404,
+        "GROUP_NOT_FOUND",
     );
-    let (s, v) = c.call(Method::DELETE, 1, "/v1/groups/g", None).await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (404, Some("GROUP_NOT_FOUND")),
-        "{v}"
+    assert_code(
+        c.call(Method::DELETE, 1, "/v1/groups/g", None).await,
+        404,
+        "GROUP_NOT_FOUND",
     );
     // A group of the same name starts afresh, without the old offsets.
     let fresh = Member::join(&c, 1, "g", &["t"], None).await;
@@ -675,29 +647,20 @@ async fn an_expired_member_is_fenced_by_its_next_request_not_by_the_sweeper() {
     // silence past the session timeout.)
     tokio::time::sleep(Duration::from_millis(1300)).await;
     // The first member's first request after the silence is a commit: refused.
-    let (s, v) = c
-        .post(1, "/v1/groups/commits-first/offsets", &commit(&members[0]))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "{v}"
+    assert_code(
+        c.post(1, "/v1/groups/commits-first/offsets", &commit(&members[0]))
+            .await,
+        409,
+        "FENCED",
     );
     // The second one's is a heartbeat: FENCED, and a commit right after it too.
     let mut m = members[1].clone();
-    let (s, v) = m.beat(&c, 1, "beats-first").await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "{v}"
-    );
-    let (s, v) = c
-        .post(1, "/v1/groups/beats-first/offsets", &commit(&members[1]))
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (409, Some("FENCED")),
-        "{v}"
+    assert_code(m.beat(&c, 1, "beats-first").await, 409, "FENCED");
+    assert_code(
+        c.post(1, "/v1/groups/beats-first/offsets", &commit(&members[1]))
+            .await,
+        409,
+        "FENCED",
     );
     for group in ["commits-first", "beats-first"] {
         let (_, v) = c.get(1, &format!("/v1/groups/{group}")).await;
