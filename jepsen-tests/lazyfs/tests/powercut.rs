@@ -178,7 +178,10 @@ fn reads_see_the_latest_writes_before_a_cut() {
     r.read_exact_at(&mut head, 0).unwrap();
     assert_eq!(&head, b"LINE");
     // The backing file has them too.
-    assert_eq!(std::fs::read(m.backing.join("f")).unwrap(), std::fs::read(&p).unwrap());
+    assert_eq!(
+        std::fs::read(m.backing.join("f")).unwrap(),
+        std::fs::read(&p).unwrap()
+    );
     m.cut();
     let expect: String = (0..=20).map(|i| format!("line {i}\n")).collect();
     r.seek(SeekFrom::Start(0)).unwrap();
@@ -267,7 +270,10 @@ fn the_other_operations_rocksdb_uses() {
     assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
     // symlink and hard link
     std::os::unix::fs::symlink("f", m.path("sym")).unwrap();
-    assert_eq!(std::fs::read_link(m.path("sym")).unwrap().to_str(), Some("f"));
+    assert_eq!(
+        std::fs::read_link(m.path("sym")).unwrap().to_str(),
+        Some("f")
+    );
     std::fs::hard_link(&p, m.path("hard")).unwrap();
     assert_eq!(std::fs::metadata(m.path("hard")).unwrap().nlink(), 2);
     // unlink of an open file: the descriptor keeps working
@@ -308,9 +314,17 @@ fn posix_locks_exclude_another_process() {
         "import fcntl,sys\nf=open('{}','r+')\ntry:\n  fcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB)\n  sys.exit(0)\nexcept OSError:\n  sys.exit(3)\n",
         p.display()
     );
-    let st = Command::new("python3").arg("-c").arg(&script).status().unwrap();
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(3), "a second process took the lock");
     drop(f);
-    let st = Command::new("python3").arg("-c").arg(&script).status().unwrap();
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
     assert_eq!(st.code(), Some(0), "the lock was not released on close");
 }
