@@ -230,14 +230,10 @@ fn chat4all_survives_kill_and_power_cut_with_every_acknowledged_record() {
             .unwrap_or_else(|_| "/var/cache/chat4all/target/release/chat4all".into()),
     );
     if !bin.exists() {
-        println!(
-            "SKIPPED: chat4all_power_cut: no node binary at {}",
+        common::say_skipped(&format!(
+            "chat4all_power_cut: no node binary at {}",
             bin.display()
-        );
-        eprintln!(
-            "SKIPPED: chat4all_power_cut: no node binary at {}",
-            bin.display()
-        );
+        ));
         return;
     }
     let m = Mounted::new("chat4all");

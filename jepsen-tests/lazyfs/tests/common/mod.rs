@@ -26,12 +26,17 @@ pub fn skip_reason() -> Option<String> {
 pub fn skip(test: &str) -> bool {
     match skip_reason() {
         Some(r) => {
-            println!("SKIPPED: {test}: {r}");
-            eprintln!("SKIPPED: {test}: {r}");
+            say_skipped(&format!("{test}: {r}"));
             true
         }
         None => false,
     }
+}
+
+/// Prints `SKIPPED: ...` where it is seen even though cargo test captures the output of passing
+/// tests (the capture only covers the print macros, not a direct write to the stderr handle).
+pub fn say_skipped(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
 }
 
 pub struct Mounted {
