@@ -1,4 +1,8 @@
-//! Hosts: each node in its own network namespace on one bridge, and the node processes in them.
+//! Hosts: each node in its own network namespace on one bridge, and the node processes in them
+//! (`--hosts netns`, the default); or each node a container of a compose project on a private
+//! Docker network (`--hosts docker`, see [`crate::docker`]). Either way a node has its own
+//! address and network namespace, and the nemesis reaches it only through [`Hosts`]: start,
+//! kill, signal, and commands run in its namespace ([`Hosts::run_in`], [`Hosts::net_add`]).
 //!
 //! ```text
 //!   root namespace: c4aj-br 10.77.0.254 (the harness)
@@ -11,7 +15,17 @@
 //! ```
 //!
 //! Everything the harness creates is named `c4aj-*`, so a later run can find and remove what an
-//! interrupted one left ([`Hosts::remove_leftovers`]).
+//! interrupted one left ([`Hosts::remove_leftovers`]), in either mode.
+//!
+//! What differs in docker mode: a node is started with `docker start -a c4aj-nK` (the child
+//! process is that client, which streams the node's output to `node-K.log` and exits with the
+//! node's exit code); killed with `docker kill -s KILL`, paused and resumed with `docker kill -s
+//! SIGSTOP` / `SIGCONT` (the same signals as the netns mode's, to the container's init, which is
+//! the node); commands in its namespace run as `nsenter -t <container pid> -n …` with the host's
+//! iptables and tc. A stopped container has no network namespace, and a restarted one gets a
+//! fresh one: what the nemesis added to a node's namespace ([`Hosts::net_add`]) is therefore
+//! remembered and added again when its container starts (within ~0.1 s of the start: the node
+//! runs unfiltered for that long).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -26,7 +40,42 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::config::{harness_ip, node_ip};
+use crate::docker;
 use crate::schedule::NodeId;
+
+/// How the harness makes its hosts (`--hosts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostsMode {
+    /// A network namespace per node, on a bridge; the node a child process in it.
+    Netns,
+    /// A container per node, from a generated compose file, on the local Docker engine.
+    Docker,
+}
+
+impl HostsMode {
+    /// `netns` or `docker`.
+    pub fn parse(name: &str) -> Result<HostsMode, String> {
+        match name {
+            "netns" => Ok(HostsMode::Netns),
+            "docker" => Ok(HostsMode::Docker),
+            other => Err(format!("unknown --hosts {other:?}: `netns` or `docker`")),
+        }
+    }
+
+    /// The first three bytes of the mode's subnet.
+    pub fn subnet(self) -> [u8; 3] {
+        match self {
+            HostsMode::Netns => crate::config::SUBNET_PREFIX,
+            HostsMode::Docker => crate::config::DOCKER_SUBNET_PREFIX,
+        }
+    }
+}
+
+/// How long a container may take to run after `docker start`.
+const CONTAINER_START_LIMIT: Duration = Duration::from_secs(30);
+/// How long `docker start -a` may take to return after `docker kill -s KILL`.
+const CONTAINER_KILL_LIMIT: Duration = Duration::from_secs(20);
 
 /// Prefix of every namespace, link and rule the harness creates.
 pub const PREFIX: &str = "c4aj-";
@@ -65,10 +114,19 @@ pub fn run(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Runs a command inside node `id`'s namespace.
-pub fn run_in(id: NodeId, args: &[&str]) -> anyhow::Result<String> {
+/// Runs a command inside network namespace `c4aj-nK` (netns mode).
+fn run_in_netns(id: NodeId, args: &[&str]) -> anyhow::Result<String> {
     let ns = netns(id);
     let mut full = vec!["ip", "netns", "exec", &ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Runs a command inside the network namespace of the process `pid` (docker mode: a
+/// container's init).
+fn run_in_pid(pid: i32, args: &[&str]) -> anyhow::Result<String> {
+    let pid = pid.to_string();
+    let mut full = vec!["nsenter", "-t", &pid, "-n"];
     full.extend_from_slice(args);
     run(&full)
 }
@@ -89,13 +147,37 @@ const FORWARD_RULE: &[&str] = &[
     "ACCEPT",
 ];
 
-/// The hosts of one run: namespaces, bridge, and the node processes.
+/// How the nodes of one run are made.
+enum Backend {
+    /// Namespaces on a bridge; nodes are `ip netns exec c4aj-nK chat4all serve …`.
+    Netns,
+    /// Containers of compose project [`docker::PROJECT`] from `file`.
+    Docker {
+        /// `docker compose` or `docker-compose`.
+        compose: Vec<String>,
+        /// The run's compose file.
+        file: PathBuf,
+    },
+}
+
+/// A running node: its child process, and in docker mode its container's init on the host
+/// (whose network namespace is the node's).
+struct Node {
+    child: Child,
+    pid: Option<i32>,
+}
+
+/// The hosts of one run: namespaces (or containers), bridge, and the node processes.
 pub struct Hosts {
     nodes: u32,
     bin: PathBuf,
     config: PathBuf,
     dir: PathBuf,
-    children: Mutex<BTreeMap<NodeId, Child>>,
+    backend: Backend,
+    children: Mutex<BTreeMap<NodeId, Node>>,
+    /// The commands that added what is now in each node's namespace ([`Hosts::net_add`]), in
+    /// order: docker mode runs them again in a restarted container's fresh namespace.
+    network: Mutex<BTreeMap<NodeId, Vec<Vec<String>>>>,
     /// Exits the harness did not cause (a crash, or a signal from outside the harness), as
     /// found: node, UTC time, exit status.
     unexpected: Mutex<Vec<(NodeId, String, String)>>,
@@ -106,8 +188,10 @@ pub struct Hosts {
 }
 
 impl Hosts {
-    /// Removes every `c4aj-*` namespace (killing what runs in it), link and rule.
+    /// Removes every `c4aj-*` container and Docker network (if there is a Docker engine),
+    /// namespace (killing what runs in it), link and rule.
     pub fn remove_leftovers() {
+        docker::remove_leftovers();
         if let Ok(list) = run(&["ip", "netns", "list"]) {
             for ns in list
                 .lines()
@@ -145,19 +229,56 @@ impl Hosts {
         }
     }
 
-    /// Creates the bridge and `nodes` namespaces with their addresses; nothing is started yet.
-    pub fn create(nodes: u32, bin: &Path, config: &Path, dir: &Path) -> anyhow::Result<Hosts> {
+    /// Creates the hosts of `mode`, nothing started yet: the bridge and `nodes` namespaces with
+    /// their addresses; or the image, the compose file (in `dir`) and the containers.
+    pub fn create(
+        mode: HostsMode,
+        nodes: u32,
+        bin: &Path,
+        config: &Path,
+        dir: &Path,
+    ) -> anyhow::Result<Hosts> {
         Hosts::remove_leftovers();
+        let backend = match mode {
+            HostsMode::Netns => Backend::Netns,
+            HostsMode::Docker => {
+                if !docker::available() {
+                    bail!("--hosts docker: no Docker engine answers `docker version` here");
+                }
+                Backend::Docker {
+                    compose: docker::compose_command()?,
+                    file: dir.join(docker::COMPOSE_FILE),
+                }
+            }
+        };
         let hosts = Hosts {
             nodes,
             bin: bin.to_path_buf(),
             config: config.to_path_buf(),
             dir: dir.to_path_buf(),
+            backend,
             children: Mutex::new(BTreeMap::new()),
+            network: Mutex::new(BTreeMap::new()),
             unexpected: Mutex::new(Vec::new()),
             expected: Mutex::new(BTreeMap::new()),
             torn_down: AtomicBool::new(false),
         };
+        if let Backend::Docker { compose, file } = &hosts.backend {
+            let image = docker::image(bin)?;
+            std::fs::write(
+                file,
+                docker::compose_file(dir, nodes, &image, &node_log_filter()),
+            )?;
+            std::fs::create_dir_all(crate::config::certs_dir(dir))?;
+            for id in 1..=nodes {
+                std::fs::create_dir_all(hosts.data_dir(id))?;
+            }
+            let file = file.to_string_lossy();
+            let mut up: Vec<&str> = compose.iter().map(String::as_str).collect();
+            up.extend(["-p", docker::PROJECT, "-f", &file, "up", "--no-start"]);
+            run(&up)?;
+            return Ok(hosts);
+        }
         let harness = format!("{}/24", harness_ip());
         run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
         run(&["ip", "addr", "add", &harness, "dev", BRIDGE])?;
@@ -169,16 +290,91 @@ impl Hosts {
             let (ns, inner, outer) = (netns(id), inner_veth(id), outer_veth(id));
             let address = format!("{}/24", node_ip(id));
             run(&["ip", "netns", "add", &ns])?;
-            run_in(id, &["ip", "link", "set", "lo", "up"])?;
+            run_in_netns(id, &["ip", "link", "set", "lo", "up"])?;
             run(&[
                 "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns,
             ])?;
             run(&["ip", "link", "set", &outer, "master", BRIDGE])?;
             run(&["ip", "link", "set", &outer, "up"])?;
-            run_in(id, &["ip", "addr", "add", &address, "dev", &inner])?;
-            run_in(id, &["ip", "link", "set", &inner, "up"])?;
+            run_in_netns(id, &["ip", "addr", "add", &address, "dev", &inner])?;
+            run_in_netns(id, &["ip", "link", "set", &inner, "up"])?;
         }
         Ok(hosts)
+    }
+
+    /// Node `id`'s network interface, as seen in its namespace.
+    pub fn iface(&self, id: NodeId) -> String {
+        match self.backend {
+            Backend::Netns => inner_veth(id),
+            Backend::Docker { .. } => docker::CONTAINER_IFACE.to_owned(),
+        }
+    }
+
+    /// Whether node `id` has a network namespace now: always in netns mode; in docker mode
+    /// while its container runs.
+    pub fn has_namespace(&self, id: NodeId) -> bool {
+        match self.backend {
+            Backend::Netns => true,
+            Backend::Docker { .. } => self.namespace_pid(id).is_some(),
+        }
+    }
+
+    /// Docker mode: the host pid of node `id`'s container init, if it runs.
+    fn namespace_pid(&self, id: NodeId) -> Option<i32> {
+        let mut children = self.lock();
+        if !self.running(&mut children, id) {
+            return None;
+        }
+        children.get(&id).and_then(|node| node.pid)
+    }
+
+    /// Runs a command inside node `id`'s network namespace (docker mode: fails if its
+    /// container is not running).
+    pub fn run_in(&self, id: NodeId, args: &[&str]) -> anyhow::Result<String> {
+        match self.backend {
+            Backend::Netns => run_in_netns(id, args),
+            Backend::Docker { .. } => match self.namespace_pid(id) {
+                Some(pid) => run_in_pid(pid, args),
+                None => bail!(
+                    "node {id} is not running: its container has no network namespace for `{}`",
+                    args.join(" ")
+                ),
+            },
+        }
+    }
+
+    /// Adds something to node `id`'s namespace by running `args` there (an iptables rule, a
+    /// qdisc), and remembers it until [`Hosts::net_undo`] or [`Hosts::net_forget`]. In docker
+    /// mode a node that is not running gets it when its container starts.
+    pub fn net_add(&self, id: NodeId, args: &[&str]) -> anyhow::Result<()> {
+        if self.has_namespace(id) {
+            self.run_in(id, args)?;
+        }
+        let command = args.iter().map(|a| (*a).to_owned()).collect();
+        lock_map(&self.network).entry(id).or_default().push(command);
+        Ok(())
+    }
+
+    /// Undoes what `added` (given to [`Hosts::net_add`]) added, by running `undo` in node
+    /// `id`'s namespace; in docker mode only if the container runs (else it is gone already).
+    pub fn net_undo(&self, id: NodeId, added: &[&str], undo: &[&str]) -> anyhow::Result<()> {
+        {
+            let mut network = lock_map(&self.network);
+            if let Some(commands) = network.get_mut(&id)
+                && let Some(i) = commands.iter().position(|c| c.iter().eq(added.iter()))
+            {
+                commands.remove(i);
+            }
+        }
+        if self.has_namespace(id) {
+            self.run_in(id, undo)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets everything added to node `id`'s namespace (the caller flushes it).
+    pub fn net_forget(&self, id: NodeId) {
+        lock_map(&self.network).remove(&id);
     }
 
     /// Number of nodes.
@@ -228,7 +424,8 @@ impl Hosts {
     }
 
     /// Starts node `id` in its namespace (appending to its log). `ip netns exec` execs the
-    /// binary, so the child's pid is the node's.
+    /// binary, so the child's pid is the node's. In docker mode: `docker start -a`, then waits
+    /// until the container runs and adds what its namespace should hold.
     pub fn start(&self, id: NodeId) -> anyhow::Result<()> {
         let mut children = self.lock();
         if self.running(&mut children, id) {
@@ -238,6 +435,11 @@ impl Hosts {
             .create(true)
             .append(true)
             .open(self.log_path(id))?;
+        if let Backend::Docker { .. } = self.backend {
+            let node = self.start_container(id, log)?;
+            children.insert(id, node);
+            return Ok(());
+        }
         let child = Command::new("ip")
             .args(["netns", "exec", &netns(id)])
             .arg(&self.bin)
@@ -246,17 +448,74 @@ impl Hosts {
             .arg(&self.config)
             .args(["--node-id", &id.to_string()])
             .current_dir(&self.dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
+            .env("RUST_LOG", node_log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
-        children.insert(id, child);
+        children.insert(id, Node { child, pid: None });
         Ok(())
+    }
+
+    /// Docker mode: `docker start -a c4aj-nK` (output to `log`), waits until the container
+    /// runs (or has exited already), then replays the node's network additions in its fresh
+    /// namespace.
+    fn start_container(&self, id: NodeId, log: std::fs::File) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(self.data_dir(id))?;
+        let name = docker::container(id);
+        let mut child = Command::new("docker")
+            .args(["start", "-a", &name])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run `docker start -a {name}`"))?;
+        let deadline = Instant::now() + CONTAINER_START_LIMIT;
+        let pid = loop {
+            if child.try_wait()?.is_some() {
+                // Exited already (a refusal, or docker failed: see the node's log).
+                return Ok(Node { child, pid: None });
+            }
+            let state = run(&[
+                "docker",
+                "inspect",
+                "--format",
+                "{{.State.Running}} {{.State.Pid}}",
+                &name,
+            ])
+            .unwrap_or_default();
+            let mut words = state.split_whitespace();
+            if words.next() == Some("true")
+                && let Some(pid) = words.next().and_then(|p| p.parse::<i32>().ok())
+                && pid > 0
+            {
+                break pid;
+            }
+            if Instant::now() >= deadline {
+                let _ = run(&["docker", "kill", "-s", "KILL", &name]);
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "container {name} not running {CONTAINER_START_LIMIT:?} after `docker start`"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        let commands = lock_map(&self.network)
+            .get(&id)
+            .cloned()
+            .unwrap_or_default();
+        for command in commands {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            if let Err(e) = run_in_pid(pid, &args) {
+                tracing::warn!("node {id}: cannot add again to its new namespace: {e:#}");
+            }
+        }
+        Ok(Node {
+            child,
+            pid: Some(pid),
+        })
     }
 
     /// SIGKILLs node `id` and reaps it; `false` if it was not running (then it is still not
@@ -266,11 +525,15 @@ impl Hosts {
         if !self.running(&mut children, id) {
             return Ok(false);
         }
-        let Some(mut child) = children.remove(&id) else {
+        let Some(mut node) = children.remove(&id) else {
             return Ok(false);
         };
-        child.kill()?;
-        child.wait()?;
+        if let Backend::Docker { .. } = self.backend {
+            kill_container(id, node)?;
+            return Ok(true);
+        }
+        node.child.kill()?;
+        node.child.wait()?;
         Ok(true)
     }
 
@@ -280,10 +543,20 @@ impl Hosts {
         if !self.running(&mut children, id) {
             return Ok(false);
         }
-        let Some(child) = children.get(&id) else {
+        let Some(node) = children.get(&id) else {
             return Ok(false);
         };
-        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        if let Backend::Docker { .. } = self.backend {
+            run(&[
+                "docker",
+                "kill",
+                "-s",
+                signal.as_str(),
+                &docker::container(id),
+            ])?;
+            return Ok(true);
+        }
+        let pid = Pid::from_raw(i32::try_from(node.child.id())?);
         kill(pid, signal)?;
         Ok(true)
     }
@@ -312,11 +585,11 @@ impl Hosts {
 
     /// Whether node `id` runs. A child found exited is reaped, recorded as an unexpected exit
     /// and forgotten, so every later call sees it as not running.
-    fn running(&self, children: &mut BTreeMap<NodeId, Child>, id: NodeId) -> bool {
-        let Some(child) = children.get_mut(&id) else {
+    fn running(&self, children: &mut BTreeMap<NodeId, Node>, id: NodeId) -> bool {
+        let Some(node) = children.get_mut(&id) else {
             return false;
         };
-        let status = match child.try_wait() {
+        let status = match node.child.try_wait() {
             Ok(None) => return true,
             Ok(Some(status)) => {
                 if let Some(slot) = self.expected_lock().get_mut(&id) {
@@ -341,18 +614,43 @@ impl Hosts {
         false
     }
 
-    /// Kills every node and removes the namespaces, links and rules. Idempotent.
+    /// Kills every node and removes the namespaces, links and rules; in docker mode the
+    /// containers (`compose down -v`) and the network too. Idempotent.
     pub fn teardown(&self) {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
         }
         let mut children = self.lock();
-        for child in children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        children.clear();
+        let nodes = std::mem::take(&mut *children);
         drop(children);
+        for (id, mut node) in nodes {
+            if let Backend::Docker { .. } = self.backend {
+                if let Err(e) = kill_container(id, node) {
+                    tracing::warn!("teardown: {e:#}");
+                }
+            } else {
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+            }
+        }
+        if let Backend::Docker { compose, file } = &self.backend {
+            let file = file.to_string_lossy();
+            let mut down: Vec<&str> = compose.iter().map(String::as_str).collect();
+            down.extend([
+                "-p",
+                docker::PROJECT,
+                "-f",
+                &file,
+                "down",
+                "-v",
+                "--remove-orphans",
+                "-t",
+                "0",
+            ]);
+            if let Err(e) = run(&down) {
+                tracing::warn!("teardown: {e:#}");
+            }
+        }
         Hosts::remove_leftovers();
     }
 
@@ -362,11 +660,42 @@ impl Hosts {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Child>> {
-        self.children
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Node>> {
+        lock_map(&self.children)
     }
+}
+
+fn lock_map<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The nodes' `RUST_LOG` (`JEPSEN_NODE_LOG`, else `info,openraft=warn`).
+pub fn node_log_filter() -> String {
+    std::env::var("JEPSEN_NODE_LOG").unwrap_or_else(|_| "info,openraft=warn".into())
+}
+
+/// Docker mode: `docker kill -s KILL` node `id`'s container and reaps its `docker start -a`
+/// client (bounded; the client is killed if it does not return). An error if the container
+/// still runs.
+fn kill_container(id: NodeId, mut node: Node) -> anyhow::Result<()> {
+    let name = docker::container(id);
+    let killed = run(&["docker", "kill", "-s", "KILL", &name]);
+    let deadline = Instant::now() + CONTAINER_KILL_LIMIT;
+    while node.child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+            let running = run(&["docker", "inspect", "--format", "{{.State.Running}}", &name])
+                .map(|s| s.trim() == "true")
+                .unwrap_or(false);
+            if running {
+                bail!("container {name} still runs after `docker kill -s KILL`: {killed:?}");
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 impl Drop for Hosts {

@@ -22,6 +22,7 @@
 mod api;
 mod config;
 mod corrupt;
+mod docker;
 mod hosts;
 mod log;
 mod nemesis;
@@ -47,7 +48,7 @@ use serde_json::json;
 
 use crate::api::{Answer, Api};
 use crate::config::ClusterFileConfig;
-use crate::hosts::Hosts;
+use crate::hosts::{Hosts, HostsMode};
 use crate::log::ConsumerStats;
 use crate::nemesis::{CorruptionOutcome, Nemesis, NetemMode};
 use crate::queue::Workload;
@@ -56,7 +57,8 @@ use crate::scenario::Scenario;
 use crate::schedule::{NemesisKind, Schedule, ScheduleConfig};
 use crate::subscribe::GroupStats;
 
-/// Runs a Jepsen-style test against a local Chat4All cluster in network namespaces (as root).
+/// Runs a Jepsen-style test against a local Chat4All cluster in network namespaces, or in
+/// Docker containers (as root).
 #[derive(Parser, Debug)]
 #[command(name = "jepsen", args_override_self = true)]
 struct Args {
@@ -96,6 +98,11 @@ struct Args {
     /// Where results folders are made.
     #[arg(long, default_value = "jepsen-tests/results")]
     results: PathBuf,
+    /// How nodes are made: `netns` (a network namespace per node, no Docker needed) or `docker`
+    /// (a container per node from a generated compose file, on the local Docker engine; the
+    /// image is built from --bin).
+    #[arg(long, default_value = "netns")]
+    hosts: String,
     /// Keep the nodes' data directories (~75 MB per node) after a valid run too; they are
     /// always kept when the verdict is not valid.
     #[arg(long)]
@@ -136,6 +143,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.workload
         );
     }
+    let mode = HostsMode::parse(&args.hosts).map_err(anyhow::Error::msg)?;
+    config::use_subnet(mode.subnet());
     if !(1..=9).contains(&args.nodes) {
         bail!("--nodes must be 1..=9 (3 or 5 make sense)");
     }
@@ -178,8 +187,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bin = std::fs::canonicalize(&args.bin)
         .with_context(|| format!("no chat4all binary at {}", args.bin.display()))?;
     let name = format!(
-        "{}-{}-{}-seed{seed}",
+        "{}-{}{}-{}-seed{seed}",
         report::utc_stamp(now.as_secs()),
+        if mode == HostsMode::Docker {
+            "docker-"
+        } else {
+            ""
+        },
         args.workload,
         schedule.nemesis_label().replace(',', "+")
     );
@@ -197,14 +211,40 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if schedule.corrupts() {
         cluster.memtable_mb = Some(1);
     }
+    cluster.in_container = mode == HostsMode::Docker;
     let config_path = dir.join(config::CLUSTER_FILE);
     std::fs::write(&config_path, cluster.render())?;
 
-    let hosts = Arc::new(Hosts::create(args.nodes, &bin, &config_path, &dir)?);
+    // SIGINT and SIGTERM from now on end the run with a teardown (also while the hosts are
+    // being made: docker mode builds an image and creates containers, which takes seconds).
+    let mut signals = interrupted()?;
+    // Any error from here on (the hosts half made, or not) leaves nothing behind: a failed
+    // `create` drops what it made (teardown), and the hosts are torn down below.
+    let created = {
+        let (nodes, bin, config_path, dir) =
+            (args.nodes, bin.clone(), config_path.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || Hosts::create(mode, nodes, &bin, &config_path, &dir))
+            .await?
+    };
+    let hosts = match created {
+        Ok(hosts) => Arc::new(hosts),
+        Err(e) => {
+            Hosts::remove_leftovers();
+            return Err(e);
+        }
+    };
+    let pending = *signals.borrow();
+    if let Some(signal) = pending {
+        hosts.teardown();
+        bail!("interrupted by {signal} while the hosts were made (removed again)");
+    }
     let recorder_slot: Arc<Mutex<Option<Arc<Recorder>>>> = Arc::default();
     let outcome = tokio::select! {
         outcome = execute(&args, concurrency, &schedule, hosts.clone(), &dir, recorder_slot.clone()) => outcome,
-        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+        signal = signals.wait_for(Option::is_some) => {
+            let signal = signal.ok().and_then(|s| *s).unwrap_or("a signal");
+            Err(anyhow::anyhow!("interrupted by {signal}"))
+        }
     };
     hosts.teardown();
     match outcome {
@@ -234,18 +274,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn interrupted() -> &'static str {
+/// Catches SIGINT and SIGTERM from now on (instead of dying at once): the receiver turns
+/// `Some(name)` at the first.
+fn interrupted() -> anyhow::Result<tokio::sync::watch::Receiver<Option<&'static str>>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
-    }
+        };
+        let _ = tx.send(Some(name));
+    });
+    Ok(rx)
 }
 
 /// Starts the cluster, runs workload and nemesis, heals, drains and checks.
@@ -271,7 +314,7 @@ async fn execute(
             subscribe::configure(&api, nodes, Instant::now() + Duration::from_secs(60)).await?;
         notes.push(format!("group {}: {config}", subscribe::GROUP));
     }
-    let netem = Nemesis::detect_netem();
+    let netem = Nemesis::detect_netem(&hosts);
 
     let recorder = Arc::new(Recorder::new());
     *recorder_slot
@@ -479,6 +522,7 @@ fn check(
         "notes": notes,
         "seed": schedule.config.seed,
         "clients": clients,
+        "hosts": args.hosts,
         "command": command,
     });
     std::fs::write(

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::api::{Answer, Api};
 use crate::config::{harness_ip, node_ip};
 use crate::corrupt;
-use crate::hosts::{Hosts, inner_veth, run_in};
+use crate::hosts::Hosts;
 use crate::schedule::{Fault, NodeId, PartitionSpec, Phase, Schedule, grudge};
 
 /// How the `netem` fault is carried out on this machine.
@@ -76,14 +76,15 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    /// Probes whether the kernel has the netem qdisc, on node 1's link.
-    pub fn detect_netem() -> NetemMode {
-        let dev = inner_veth(1);
+    /// Probes whether the kernel has the netem qdisc, on node 1's link (node 1 must run in
+    /// docker mode).
+    pub fn detect_netem(hosts: &Hosts) -> NetemMode {
+        let dev = hosts.iface(1);
         let mut add = vec!["tc", "qdisc", "replace", "dev", &dev, "root"];
         add.extend_from_slice(NETEM);
-        match run_in(1, &add) {
+        match hosts.run_in(1, &add) {
             Ok(_) => {
-                let _ = run_in(1, &["tc", "qdisc", "del", "dev", &dev, "root"]);
+                let _ = hosts.run_in(1, &["tc", "qdisc", "del", "dev", &dev, "root"]);
                 NetemMode::Tc
             }
             Err(e) => {
@@ -180,7 +181,7 @@ impl Nemesis {
                 }
             }
             for id in 1..=hosts.nodes() {
-                if let Err(e) = clear_network(id, netem) {
+                if let Err(e) = clear_network(&hosts, id, netem) {
                     first_error.get_or_insert(e);
                 }
                 if let Err(e) = hosts.signal(id, Signal::SIGCONT) {
@@ -268,10 +269,10 @@ impl Nemesis {
                         ]
                     })
                     .collect();
-                let rules = done.rules.clone();
+                let (rules, hosts) = (done.rules.clone(), self.hosts.clone());
                 blocking(move || {
                     for rule in &rules {
-                        rule.apply("-A")?;
+                        rule.add(&hosts)?;
                     }
                     Ok(json!({"leaders": leaders, "cut": cut}))
                 })
@@ -305,20 +306,19 @@ impl Nemesis {
                     NetemMode::IptablesLossAndDuplicate => {
                         done.rules = targets
                             .iter()
-                            .flat_map(|&id| netem_rules(id, nodes))
+                            .flat_map(|&id| netem_rules(id, nodes, &self.hosts.iface(id)))
                             .collect();
                     }
                 }
                 let (rules, qdiscs) = (done.rules.clone(), done.qdiscs.clone());
+                let hosts = self.hosts.clone();
                 blocking(move || {
                     for &id in &qdiscs {
-                        let dev = inner_veth(id);
-                        let mut args = vec!["tc", "qdisc", "replace", "dev", &dev, "root"];
-                        args.extend_from_slice(NETEM);
-                        run_in(id, &args)?;
+                        let args = qdisc_add(&hosts.iface(id));
+                        hosts.net_add(id, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
                     }
                     for rule in &rules {
-                        rule.apply("-A")?;
+                        rule.add(&hosts)?;
                     }
                     Ok(json!({"mode": mode}))
                 })
@@ -499,10 +499,13 @@ impl Nemesis {
                 }
             };
             for rule in &done.rules {
-                keep(rule.apply("-D"));
+                keep(rule.delete(&hosts));
             }
             for &id in &done.qdiscs {
-                keep(run_in(id, &["tc", "qdisc", "del", "dev", &inner_veth(id), "root"]).map(drop));
+                let dev = hosts.iface(id);
+                let added = qdisc_add(&dev);
+                let added: Vec<&str> = added.iter().map(String::as_str).collect();
+                keep(hosts.net_undo(id, &added, &["tc", "qdisc", "del", "dev", &dev, "root"]));
             }
             for &id in &done.paused {
                 keep(hosts.signal(id, Signal::SIGCONT).map(drop));
@@ -646,18 +649,36 @@ impl Rule {
         }
     }
 
-    /// `-A` adds the rule, `-D` deletes one copy of it.
-    fn apply(&self, action: &str) -> anyhow::Result<()> {
+    /// The iptables command that `-A`dds the rule or `-D`eletes one copy of it.
+    fn command(&self, action: &'static str) -> Vec<&str> {
         let mut args = vec!["iptables", "-t", self.table, action, self.chain];
         args.extend(self.spec.iter().map(String::as_str));
-        run_in(self.node, &args).map(drop)
+        args
+    }
+
+    /// Appends the rule in its node's namespace (see [`Hosts::net_add`]).
+    fn add(&self, hosts: &Hosts) -> anyhow::Result<()> {
+        hosts.net_add(self.node, &self.command("-A"))
+    }
+
+    /// Deletes one copy of the rule (see [`Hosts::net_undo`]).
+    fn delete(&self, hosts: &Hosts) -> anyhow::Result<()> {
+        hosts.net_undo(self.node, &self.command("-A"), &self.command("-D"))
     }
 }
 
-/// The iptables rules that degrade node `id`'s link when the kernel has no netem (see
+/// The `tc` command that gives `dev` the netem qdisc.
+fn qdisc_add(dev: &str) -> Vec<String> {
+    ["tc", "qdisc", "replace", "dev", dev, "root"]
+        .iter()
+        .chain(NETEM)
+        .map(|a| (*a).to_owned())
+        .collect()
+}
+
+/// The iptables rules that degrade node `id`'s link `dev` when the kernel has no netem (see
 /// [`NetemMode::IptablesLossAndDuplicate`]).
-fn netem_rules(id: NodeId, nodes: u32) -> Vec<Rule> {
-    let dev = inner_veth(id);
+fn netem_rules(id: NodeId, nodes: u32, dev: &str) -> Vec<Rule> {
     let loss = [
         "-m",
         "statistic",
@@ -666,10 +687,10 @@ fn netem_rules(id: NodeId, nodes: u32) -> Vec<Rule> {
         "--probability",
         "0.05",
     ];
-    let mut input = vec!["-i", &dev];
+    let mut input = vec!["-i", dev];
     input.extend_from_slice(&loss);
     input.extend_from_slice(&["-j", "DROP"]);
-    let mut output = vec!["-o", &dev];
+    let mut output = vec!["-o", dev];
     output.extend_from_slice(&loss);
     output.extend_from_slice(&["-j", "DROP"]);
     let mut rules = vec![
@@ -688,7 +709,7 @@ fn netem_rules(id: NodeId, nodes: u32) -> Vec<Rule> {
             "OUTPUT",
             &[
                 "-o",
-                &dev,
+                dev,
                 "-d",
                 &peer,
                 "-m",
@@ -707,14 +728,19 @@ fn netem_rules(id: NodeId, nodes: u32) -> Vec<Rule> {
     rules
 }
 
-/// Removes every partition rule and link degradation from node `id`.
-fn clear_network(id: NodeId, mode: NetemMode) -> anyhow::Result<()> {
-    run_in(id, &["iptables", "-F", "INPUT"])?;
-    run_in(id, &["iptables", "-F", "OUTPUT"])?;
-    run_in(id, &["iptables", "-t", "mangle", "-F", "OUTPUT"])?;
+/// Removes every partition rule and link degradation from node `id` (in docker mode, a node
+/// whose container is stopped has nothing to remove: it starts with a fresh namespace).
+fn clear_network(hosts: &Hosts, id: NodeId, mode: NetemMode) -> anyhow::Result<()> {
+    hosts.net_forget(id);
+    if !hosts.has_namespace(id) {
+        return Ok(());
+    }
+    hosts.run_in(id, &["iptables", "-F", "INPUT"])?;
+    hosts.run_in(id, &["iptables", "-F", "OUTPUT"])?;
+    hosts.run_in(id, &["iptables", "-t", "mangle", "-F", "OUTPUT"])?;
     if mode == NetemMode::Tc {
         // Fails when there is nothing to remove, which is fine.
-        let _ = run_in(id, &["tc", "qdisc", "del", "dev", &inner_veth(id), "root"]);
+        let _ = hosts.run_in(id, &["tc", "qdisc", "del", "dev", &hosts.iface(id), "root"]);
     }
     Ok(())
 }
