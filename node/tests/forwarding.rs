@@ -54,9 +54,11 @@ async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_le
         "answered by the deadline, not by the leader change: {v}"
     );
     // The partition carries on under its new leader, and holds the write or not: never twice,
-    // never anything else.
+    // never anything else. A try of "after" may itself be answered OUTCOME_UNKNOWN while
+    // leadership settles; it is sent again, so it may be there once more per such answer.
+    let unknown = std::sync::atomic::AtomicUsize::new(0);
     let (s, v) = eventually("a write succeeds again", Duration::from_secs(30), || {
-        let c = &c;
+        let (c, unknown) = (&c, &unknown);
         async move {
             let (s, v) = c
                 .post(
@@ -65,6 +67,9 @@ async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_le
                     &json!({"records": [{"value": "after"}]}),
                 )
                 .await;
+            if v["error"]["code"] == "OUTCOME_UNKNOWN" {
+                unknown.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             (s != 503).then_some((s, v))
         }
     })
@@ -76,10 +81,17 @@ async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_le
         .into_iter()
         .map(|(_, v)| v)
         .collect();
+    let unknown_afters = unknown.into_inner();
+    let rest = match values.as_slice() {
+        [first, held, rest @ ..] if *first == json!("first") && *held == json!("held") => rest,
+        [first, rest @ ..] if *first == json!("first") => rest,
+        _ => panic!("{values:?}"),
+    };
     assert!(
-        values == [json!("first"), json!("after")]
-            || values == [json!("first"), json!("held"), json!("after")],
-        "{values:?}"
+        !rest.is_empty()
+            && rest.len() <= 1 + unknown_afters
+            && rest.iter().all(|v| *v == json!("after")),
+        "{values:?} ({unknown_afters} tries of \"after\" answered OUTCOME_UNKNOWN)"
     );
 }
 
