@@ -703,3 +703,73 @@ impl Drop for Hosts {
         self.teardown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Docker mode: what the nemesis adds to a stopped node's namespace is there once its
+    /// container runs again, and its undo removes it. Needs root, a Docker engine and the node
+    /// binary (`JEPSEN_BIN`, else the release build); it removes every `c4aj-*` host first, so
+    /// never while a harness run is on: `cargo test --release -p chat4all-jepsen-harness --
+    /// --ignored docker_mode`.
+    #[test]
+    #[ignore = "needs root, a Docker engine and the chat4all binary; removes c4aj-* hosts"]
+    fn docker_mode_adds_a_stopped_nodes_rules_again_when_its_container_starts() {
+        let bin = PathBuf::from(
+            std::env::var("JEPSEN_BIN")
+                .unwrap_or_else(|_| "/var/cache/chat4all/target/release/chat4all".into()),
+        );
+        let dir = std::env::temp_dir().join(format!("c4aj-hosts-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        // One node on the docker subnet (the config's node_ip() is the netns mode's in tests).
+        let config = dir.join(crate::config::CLUSTER_FILE);
+        std::fs::write(
+            &config,
+            "[tls]\ndir = \"/certs/cluster\"\nauto_generate = true\n\n[[nodes]]\nid = 1\n\
+             raft_addr = \"10.78.0.1:7000\"\napi_addr = \"10.78.0.1:8080\"\n\
+             data_dir = \"/var/lib/chat4all/data\"\n",
+        )
+        .expect("cluster file");
+        let hosts = Hosts::create(HostsMode::Docker, 1, &bin, &config, &dir).expect("hosts");
+        hosts.start(1).expect("start");
+        assert!(hosts.has_namespace(1), "{}", log_of(&hosts));
+        assert!(hosts.kill(1).expect("kill"));
+        assert!(!hosts.has_namespace(1));
+        let add = ["iptables", "-A", "INPUT", "-s", "10.78.0.9", "-j", "DROP"];
+        let delete = ["iptables", "-D", "INPUT", "-s", "10.78.0.9", "-j", "DROP"];
+        hosts.net_add(1, &add).expect("remembered while stopped");
+        hosts.start(1).expect("restart");
+        let rules = hosts.run_in(1, &["iptables", "-S", "INPUT"]).expect("list");
+        assert!(
+            rules.contains("-A INPUT -s 10.78.0.9/32 -j DROP"),
+            "{rules}\n{}",
+            log_of(&hosts)
+        );
+        hosts.net_undo(1, &add, &delete).expect("undo");
+        let rules = hosts.run_in(1, &["iptables", "-S", "INPUT"]).expect("list");
+        assert!(!rules.contains("10.78.0.9"), "{rules}");
+        // Undone while stopped: nothing to run, and nothing comes back at the next start.
+        hosts.net_add(1, &add).expect("add");
+        assert!(hosts.kill(1).expect("kill"));
+        hosts
+            .net_undo(1, &add, &delete)
+            .expect("undo while stopped");
+        hosts.start(1).expect("restart");
+        let rules = hosts.run_in(1, &["iptables", "-S", "INPUT"]).expect("list");
+        assert!(!rules.contains("10.78.0.9"), "{rules}");
+        hosts.teardown();
+        assert!(
+            run(&["docker", "ps", "-aq", "--filter", "name=c4aj-n1"])
+                .expect("docker ps")
+                .trim()
+                .is_empty()
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    fn log_of(hosts: &Hosts) -> String {
+        std::fs::read_to_string(hosts.log_path(1)).unwrap_or_default()
+    }
+}
