@@ -67,7 +67,8 @@ struct Args {
     /// (producers and consumers in a consumer group that poll, commit and churn, then a drain).
     #[arg(long, default_value = "queue")]
     workload: String,
-    /// Faults, a comma list of partition, kill, pause, netem, corrupt (or none); they take turns.
+    /// Faults, a comma list of partition, kill, pause, netem, corrupt, powercut (or none); they
+    /// take turns.
     #[arg(long, default_value = "partition,kill")]
     nemesis: String,
     /// A named regression scenario instead of drawn faults: s1-pause-kill, s3-last-replica,
@@ -107,6 +108,13 @@ struct Args {
     /// always kept when the verdict is not valid.
     #[arg(long)]
     keep_data: bool,
+    /// The `c4aj-lazyfs` binary (used only when the schedule has `powercut` faults: each
+    /// node's data directory is then one of its mounts).
+    #[arg(
+        long,
+        default_value = "/var/cache/chat4all/lazyfs-target/release/c4aj-lazyfs"
+    )]
+    lazyfs: PathBuf,
 }
 
 const TOPIC: &str = "jepsen-queue";
@@ -184,6 +192,28 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             scenario: None,
         }),
     };
+    let lazyfs = if schedule.powercuts() {
+        if mode != HostsMode::Netns {
+            bail!(
+                "the powercut nemesis runs in netns mode only (--hosts netns): the nodes' data \
+                 directories are c4aj-lazyfs mounts made by the harness in its own namespace"
+            );
+        }
+        if schedule.corrupts() {
+            bail!(
+                "powercut and corrupt cannot be combined: corrupt's heal moves the data \
+                 directory away, which is a c4aj-lazyfs mount point under powercut"
+            );
+        }
+        Some(std::fs::canonicalize(&args.lazyfs).with_context(|| {
+            format!(
+                "no c4aj-lazyfs binary at {} (build jepsen-tests/lazyfs, or use jepsen-tests/run)",
+                args.lazyfs.display()
+            )
+        })?)
+    } else {
+        None
+    };
     let bin = std::fs::canonicalize(&args.bin)
         .with_context(|| format!("no chat4all binary at {}", args.bin.display()))?;
     let name = format!(
@@ -223,8 +253,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let created = {
         let (nodes, bin, config_path, dir) =
             (args.nodes, bin.clone(), config_path.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || Hosts::create(mode, nodes, &bin, &config_path, &dir))
-            .await?
+        tokio::task::spawn_blocking(move || {
+            Hosts::create(mode, nodes, &bin, &config_path, &dir, lazyfs.as_deref())
+        })
+        .await?
     };
     let hosts = match created {
         Ok(hosts) => Arc::new(hosts),
@@ -442,6 +474,7 @@ async fn execute(
         notes.push(format!("node {id} not running at the end"));
     }
     notes.extend(workload.notes());
+    notes.extend(nemesis.powercuts());
     let corruptions = nemesis.corruptions();
 
     let history = recorder.snapshot();
@@ -602,13 +635,18 @@ fn corruption_validity(
     valid
 }
 
-/// Removes the nodes' data directories after a valid run; damaged ones moved aside by the
-/// `corrupt` fault (`data/nK.damaged-step<S>`, small) stay as evidence.
+/// Removes the nodes' data directories after a valid run (and, under `powercut`, the
+/// `c4aj-lazyfs` backing directories `node-K.backing`, unmounted by then); damaged ones moved
+/// aside by the `corrupt` fault (`data/nK.damaged-step<S>`, small) stay as evidence.
 fn remove_data(dir: &Path, nodes: u32) -> anyhow::Result<()> {
     for id in 1..=nodes {
         let data = config::data_dir(dir, id);
         if data.exists() {
             std::fs::remove_dir_all(data)?;
+        }
+        let backing = dir.join(format!("node-{id}.backing"));
+        if backing.exists() {
+            std::fs::remove_dir_all(backing)?;
         }
     }
     // Only if nothing is left in it.
@@ -732,11 +770,13 @@ mod tests {
             "data/n2/db",
             "data/n3",
             "data/n2.damaged-step0/db",
+            "node-1.backing/db",
         ] {
             std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
         }
         remove_data(&dir, 3).expect("remove");
         assert!(!dir.join("data/n1").exists() && !dir.join("data/n2").exists());
+        assert!(!dir.join("node-1.backing").exists());
         assert!(dir.join("data/n2.damaged-step0/db").exists());
         std::fs::remove_dir_all(dir.join("data/n2.damaged-step0")).expect("clean");
         remove_data(&dir, 3).expect("remove again");

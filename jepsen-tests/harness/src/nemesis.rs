@@ -73,6 +73,8 @@ pub struct Nemesis {
     /// Damaged nodes not rebuilt yet, with the step that damaged them (the final heal rebuilds
     /// them if their own heal did not run).
     unrepaired: Arc<Mutex<BTreeMap<NodeId, usize>>>,
+    /// One line per `powercut` step: which nodes lost how many unsynced bytes.
+    powercuts: Arc<Mutex<Vec<String>>>,
 }
 
 impl Nemesis {
@@ -112,7 +114,13 @@ impl Nemesis {
             netem,
             corruptions: Mutex::new(Vec::new()),
             unrepaired: Arc::default(),
+            powercuts: Arc::default(),
         }
+    }
+
+    /// What every `powercut` step reverted, one line each (for the verdict's notes).
+    pub fn powercuts(&self) -> Vec<String> {
+        lock(&self.powercuts).clone()
     }
 
     /// The outcome of every `corrupt` fault so far.
@@ -292,6 +300,7 @@ impl Nemesis {
                 value["leader"] = json!(leader);
                 Ok(value)
             }
+            Fault::Powercut { nodes } => self.powercut(step, nodes, held, done).await,
             Fault::Corrupt { node } => self.corrupt(step, node, held, done).await,
             Fault::CorruptLeader { partition } => {
                 let leader = self.leader_of(partition, held).await?;
@@ -379,6 +388,61 @@ impl Nemesis {
             value["skipped (already paused or killed)"] = json!(skipped);
         }
         Ok(value)
+    }
+
+    /// Cuts the power of `nodes` (except those in `held`): SIGKILLs them all first, then has
+    /// each one's `c4aj-lazyfs` revert every file to its last fsync. The heal restarts them.
+    async fn powercut(
+        &self,
+        step: usize,
+        nodes: Vec<NodeId>,
+        held: &BTreeSet<NodeId>,
+        done: &mut Applied,
+    ) -> anyhow::Result<Value> {
+        let (skipped, targets): (Vec<NodeId>, Vec<NodeId>) =
+            nodes.into_iter().partition(|n| held.contains(n));
+        // Restarted at heal whatever happens from here on.
+        done.killed = targets.clone();
+        let hosts = self.hosts.clone();
+        let powercuts = self.powercuts.clone();
+        blocking(move || {
+            let mut killed = Vec::new();
+            for &id in &targets {
+                if hosts.kill(id)? {
+                    killed.push(id);
+                }
+            }
+            let mut reverted = serde_json::Map::new();
+            let mut line = format!("step {step}: powercut");
+            for &id in &targets {
+                let files = hosts.cut(id)?;
+                let bytes: u64 = files.iter().map(|(b, _)| b).sum();
+                line.push_str(&format!(
+                    " n{id}: {bytes} unsynced bytes in {} files reverted;",
+                    files.len()
+                ));
+                reverted.insert(
+                    format!("n{id}"),
+                    json!({
+                        "bytes": bytes,
+                        "files": files
+                            .iter()
+                            .map(|(b, f)| json!([f, b]))
+                            .collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            if targets.is_empty() {
+                line.push_str(" nothing cut;");
+            }
+            lock(&powercuts).push(line.trim_end_matches(';').to_owned());
+            let mut value = json!({"killed": killed, "reverted": reverted});
+            if !skipped.is_empty() {
+                value["skipped (already paused or killed)"] = json!(skipped);
+            }
+            Ok(value)
+        })
+        .await
     }
 
     /// SIGKILLs `node`, damages its files and restarts it, then waits (up to

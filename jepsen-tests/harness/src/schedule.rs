@@ -37,6 +37,9 @@ pub enum NemesisKind {
     /// SIGKILL a node, damage one of its files, restart it (it must refuse to start); at heal
     /// its data directory is moved away and it rejoins empty.
     Corrupt,
+    /// SIGKILL a node (or all of them) and revert its files to their last fsync (its data
+    /// directory is a `c4aj-lazyfs` mount); restarted at heal.
+    Powercut,
 }
 
 impl NemesisKind {
@@ -50,10 +53,11 @@ impl NemesisKind {
                 "pause" => NemesisKind::Pause,
                 "netem" => NemesisKind::Netem,
                 "corrupt" => NemesisKind::Corrupt,
+                "powercut" => NemesisKind::Powercut,
                 "none" => continue,
                 other => {
                     return Err(format!(
-                        "unknown nemesis {other:?}: use partition, kill, pause, netem, corrupt or none"
+                        "unknown nemesis {other:?}: use partition, kill, pause, netem, corrupt, powercut or none"
                     ));
                 }
             };
@@ -71,6 +75,7 @@ impl NemesisKind {
             NemesisKind::Pause => "pause",
             NemesisKind::Netem => "netem",
             NemesisKind::Corrupt => "corrupt",
+            NemesisKind::Powercut => "powercut",
         }
     }
 }
@@ -147,6 +152,12 @@ pub enum Fault {
         /// The partition whose leader is damaged.
         partition: u32,
     },
+    /// SIGKILL these nodes, then revert every file on their `c4aj-lazyfs` data directories to
+    /// its last fsync (a power cut); restart them at heal.
+    Powercut {
+        /// One node, or all of them at once.
+        nodes: Vec<NodeId>,
+    },
 }
 
 impl Fault {
@@ -158,6 +169,7 @@ impl Fault {
             Fault::Pause { .. } | Fault::PauseLeader { .. } => NemesisKind::Pause,
             Fault::Netem { .. } => NemesisKind::Netem,
             Fault::Corrupt { .. } | Fault::CorruptLeader { .. } => NemesisKind::Corrupt,
+            Fault::Powercut { .. } => NemesisKind::Powercut,
         }
     }
 }
@@ -196,6 +208,11 @@ impl fmt::Display for Fault {
             Fault::CorruptLeader { partition } => write!(
                 f,
                 "corrupt the leader of p{partition}: kill -9, damage a file, restart (must refuse; rebuilt empty at heal)"
+            ),
+            Fault::Powercut { nodes } => write!(
+                f,
+                "powercut {}: kill -9, lose every write since the last fsync (restart at heal)",
+                list(nodes)
             ),
         }
     }
@@ -416,6 +433,14 @@ impl Schedule {
             .any(|s| s.fault.kind() == NemesisKind::Corrupt)
     }
 
+    /// Whether any step cuts a node's power (the data directories are then `c4aj-lazyfs`
+    /// mounts).
+    pub fn powercuts(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.fault.kind() == NemesisKind::Powercut)
+    }
+
     /// The scenario's name, or the nemeses as a comma list (`none` if there are none).
     pub fn nemesis_label(&self) -> String {
         if let Some(scenario) = self.config.scenario {
@@ -480,6 +505,16 @@ fn draw_fault(rng: &mut StdRng, kind: NemesisKind, nodes: u32) -> Fault {
         NemesisKind::Corrupt => Fault::Corrupt {
             node: pick(rng, &all),
         },
+        NemesisKind::Powercut => {
+            // Mostly one node; one time in four every node at once (nothing acknowledged may
+            // be lost even then: the node fsyncs before it acknowledges).
+            let nodes = if rng.random_bool(0.25) {
+                all.clone()
+            } else {
+                vec![pick(rng, &all)]
+            };
+            Fault::Powercut { nodes }
+        }
     }
 }
 
@@ -550,6 +585,7 @@ mod tests {
         NemesisKind::Pause,
         NemesisKind::Netem,
         NemesisKind::Corrupt,
+        NemesisKind::Powercut,
     ];
 
     #[test]
@@ -609,7 +645,9 @@ mod tests {
                         _ => vec![],
                     }
                 }
-                Fault::Kill { nodes } | Fault::Netem { nodes } => nodes.clone(),
+                Fault::Kill { nodes } | Fault::Netem { nodes } | Fault::Powercut { nodes } => {
+                    nodes.clone()
+                }
                 Fault::Pause { node } | Fault::Corrupt { node } => vec![*node],
                 Fault::KillLeader { .. }
                 | Fault::PauseLeader { .. }
@@ -642,6 +680,34 @@ mod tests {
             vec![NemesisKind::Corrupt]
         );
         assert!(NemesisKind::parse_list("partition,clock").is_err());
+    }
+
+    #[test]
+    fn powercuts_hit_one_node_or_all_and_the_same_seed_cuts_the_same() {
+        let mut one = 0;
+        let mut all = 0;
+        for seed in 0..100 {
+            let s = Schedule::generate(&config(seed, &[NemesisKind::Powercut], 3));
+            assert!(s.powercuts(), "seed {seed}");
+            assert_eq!(
+                s,
+                Schedule::generate(&config(seed, &[NemesisKind::Powercut], 3))
+            );
+            for step in &s.steps {
+                let Fault::Powercut { nodes } = &step.fault else {
+                    panic!("only powercuts: {:?}", step.fault)
+                };
+                match nodes.len() {
+                    1 => one += 1,
+                    3 => all += 1,
+                    n => panic!("seed {seed}: {n} nodes cut"),
+                }
+                assert!(step.fault.to_string().starts_with("powercut n"));
+            }
+            assert!(s.describe().contains("nemesis powercut"));
+        }
+        assert!(one > all && all > 0, "{one} single, {all} all at once");
+        assert!(!Schedule::generate(&config(1, &[NemesisKind::Kill], 3)).powercuts());
     }
 
     #[test]
