@@ -274,6 +274,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         controller,
         db,
         interval: Duration::from_millis(config.retention.check_interval_ms.max(10)),
+        compacted_at: Default::default(),
     };
     let retention = tokio::spawn(retention.run(shutdown.clone()));
     let sweeper = tokio::spawn(service.clone().run_group_sweeper(shutdown.clone()));

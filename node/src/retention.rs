@@ -1,5 +1,7 @@
 //! Retention by time and by size: each partition's leader decides how far the log start may
 //! advance and proposes it through Raft, so every replica deletes exactly the same records.
+//! Compacted topics (the node's `__` topics) are compacted instead: their leader proposes a
+//! compaction that drops every record superseded by a later one of its key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,9 @@ pub struct RetentionWorker {
     pub db: Db,
     /// How often to check.
     pub interval: Duration,
+    /// The high watermark each compacted partition this node leads was last compacted at.
+    pub compacted_at:
+        std::sync::Mutex<std::collections::HashMap<chat4all_raft::types::GroupId, u64>>,
 }
 
 impl RetentionWorker {
@@ -39,6 +44,10 @@ impl RetentionWorker {
         let me = self.groups.node_id();
         let state = self.controller.state();
         for topic in state.topics.values() {
+            if crate::groups::is_compacted_topic(&topic.name) {
+                self.compact(topic).await;
+                continue;
+            }
             if topic.retention_ms.is_none() && topic.retention_bytes.is_none() {
                 continue;
             }
@@ -91,6 +100,51 @@ impl RetentionWorker {
                     Err(_) => {
                         tracing::warn!(topic = %topic.name, partition = i, "retention proposal timed out")
                     }
+                }
+            }
+        }
+    }
+}
+
+impl RetentionWorker {
+    /// Proposes a compaction of each partition of `topic` this node leads that has grown since
+    /// its last one.
+    async fn compact(&self, topic: &chat4all_raft::types::TopicMeta) {
+        let me = self.groups.node_id();
+        for (i, p) in topic.partitions.iter().enumerate() {
+            let Some(g) = self.groups.get(p.group) else {
+                continue;
+            };
+            if g.leader() != Some(me) {
+                continue;
+            }
+            let GroupState::Partition(sm) = &g.state else {
+                continue;
+            };
+            let hw = sm.state().next_offset;
+            let last = self
+                .compacted_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&p.group)
+                .copied();
+            if last.is_some_and(|l| l >= hw) || hw == 0 {
+                continue;
+            }
+            let cmd = Command::Partition(PartitionCommand::Compact { below: hw });
+            match tokio::time::timeout(Duration::from_secs(10), g.raft.client_write(cmd)).await {
+                Ok(Ok(r)) => {
+                    self.compacted_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(p.group, hw);
+                    tracing::debug!(topic = %topic.name, partition = i, below = hw, response = ?r.data, "compacted");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %topic.name, partition = i, "compaction proposal failed: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!(topic = %topic.name, partition = i, "compaction proposal timed out")
                 }
             }
         }

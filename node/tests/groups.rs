@@ -721,3 +721,54 @@ async fn a_member_that_never_releases_is_removed_after_its_rebalance_timeout() {
     polite.beat(&c, 1, "g").await;
     assert_eq!(polite.owns.len(), 2, "{polite:?}");
 }
+
+/// `__consumer_offsets` is compacted: commits do not pile up, the partition keeps the latest
+/// record of each key, and a restarted coordinator loads the same group from what is left.
+#[tokio::test]
+async fn the_offsets_topic_is_compacted_and_a_restart_loads_what_is_left() {
+    let extra = "[groups]\noffsets_partitions = 1\n\n[retention]\ncheck_interval_ms = 100\n";
+    let mut c = Cluster::start(1, extra).await;
+    c.create_topic(1, "t", 1, 1, json!({})).await;
+    let m = Member::join(&c, 1, "g", &["t"], None).await;
+    for offset in 1..=40 {
+        let body = json!({"member_id": m.id, "member_epoch": m.epoch,
+                          "offsets": [{"topic": "t", "partition": 0, "offset": offset}]});
+        let (s, v) = c.post(1, "/v1/groups/g/offsets", &body).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    // 41 records were written (a group record and 40 commits); compaction leaves the latest
+    // of each key: one group record, one offset record.
+    let path = "/v1/topics/__consumer_offsets/partitions/0/records?offset=0&max_records=1000";
+    let left = eventually(
+        "the offsets partition compacted",
+        Duration::from_secs(20),
+        || {
+            let c = &c;
+            async move {
+                let (s, v) = c.get(1, path).await;
+                let records = v["records"].as_array()?.clone();
+                (s == 200 && records.len() == 2).then_some(records)
+            }
+        },
+    )
+    .await;
+    let keys: Vec<&str> = left.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys, ["g/g", "o/g/t/0"], "{left:?}");
+    assert_eq!(left[1]["value"]["offset"], json!(40), "{left:?}");
+    // A restart rebuilds the coordinator from the compacted partition.
+    c.kill(1);
+    c.spawn(1);
+    c.wait_ready(1).await;
+    let (s, v) = c.get(1, "/v1/groups/g/offsets").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        committed(&v),
+        BTreeMap::from([(("t".to_string(), 0), 40)]),
+        "{v}"
+    );
+    let body = json!({"member_id": m.id, "member_epoch": m.epoch});
+    let (s, v) = c
+        .post_until_available(1, "/v1/groups/g/heartbeat", &body)
+        .await;
+    assert_eq!((s, v["member_id"].clone()), (200, json!(m.id)), "{v}");
+}

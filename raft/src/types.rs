@@ -172,6 +172,14 @@ pub enum PartitionCommand {
         /// The new log start offset; never moved past the high watermark.
         offset: u64,
     },
+    /// Log compaction of a compacted partition: deletes every record below `below` that is
+    /// not the latest of its key (and every tombstone below it), so the partition holds one
+    /// record per live key. Offsets stay as they were (the log becomes sparse, as a compacted
+    /// Kafka topic's). Ignored by a partition that is not compacted.
+    Compact {
+        /// Records at or above this offset are kept.
+        below: u64,
+    },
 }
 
 /// A batch of records to append.
@@ -223,5 +231,10 @@ pub enum PartitionResponse {
     LogStartAdvanced {
         /// The log start offset now.
         log_start_offset: u64,
+    },
+    /// What a compaction removed.
+    Compacted {
+        /// Records deleted.
+        removed: u64,
     },
 }

@@ -379,6 +379,42 @@ impl PartitionStateMachine {
                     log_start_offset: state.log_start_offset,
                 })
             }
+            PartitionCommand::Compact { below } => {
+                if !self.inner.compacted {
+                    return Ok(PartitionResponse::Compacted { removed: 0 });
+                }
+                let end = below.min(state.next_offset);
+                let rows: Vec<(Vec<u8>, StoredRecord)> = self
+                    .inner
+                    .db
+                    .scan(
+                        Cf::OffsetRecord,
+                        &keys::group_u64(g.0, state.log_start_offset),
+                        &keys::group_u64(g.0, end),
+                        usize::MAX,
+                    )
+                    .map_err(read_err)?;
+                let mut removed = 0;
+                for (k, r) in rows {
+                    let Some((_, off)) = keys::decode_group_u64(&k) else {
+                        continue;
+                    };
+                    let latest: Option<u64> = match &r.key {
+                        Some(key) => self
+                            .inner
+                            .db
+                            .get(Cf::KeyOffset, &keys::group_bytes(g.0, &key.bytes))
+                            .map_err(read_err)?,
+                        None => None,
+                    };
+                    if latest != Some(off) {
+                        batch.delete(Cf::OffsetRecord, &k);
+                        state.total_bytes = state.total_bytes.saturating_sub(r.size_bytes());
+                        removed += 1;
+                    }
+                }
+                Ok(PartitionResponse::Compacted { removed })
+            }
         }
     }
 
@@ -493,7 +529,10 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     CommandResponse::None
                 }
                 EntryPayload::Normal(Command::Partition(cmd)) => {
-                    if matches!(cmd, PartitionCommand::AdvanceLogStart { .. }) && !batch.is_empty()
+                        if matches!(
+                        cmd,
+                        PartitionCommand::AdvanceLogStart { .. } | PartitionCommand::Compact { .. }
+                    ) && !batch.is_empty()
                     {
                         // Retention reads the records it deletes (to account their bytes), so
                         // earlier appends of this call must be visible first: the result must
