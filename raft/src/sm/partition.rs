@@ -529,7 +529,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     CommandResponse::None
                 }
                 EntryPayload::Normal(Command::Partition(cmd)) => {
-                        if matches!(
+                    if matches!(
                         cmd,
                         PartitionCommand::AdvanceLogStart { .. } | PartitionCommand::Compact { .. }
                     ) && !batch.is_empty()
