@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::spawn::LocalCluster;
+use super::spawn::{LocalCluster, with_cluster};
 use super::{leaders, leaders_once};
 
 const TOPIC: &str = "failover";
@@ -50,22 +50,10 @@ pub async fn run(a: FailoverArgs) -> anyhow::Result<Value> {
     if a.nodes < 3 {
         bail!("--nodes must be at least 3 (a killed leader must leave a majority)");
     }
-    let binary = match &a.binary {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().context("locate this binary")?,
-    };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    // The guard kills every node and removes the directory however this function returns.
-    let mut cluster = LocalCluster::start(&binary, a.nodes)?;
-    let samples = match measure(&mut cluster, &http, &a).await {
-        Ok(s) => s,
-        Err(e) => {
-            cluster.print_log_tails(30);
-            return Err(e);
-        }
-    };
+    let samples = with_cluster(a.binary.as_deref(), a.nodes, async |cluster, http| {
+        measure(cluster, http, &a).await
+    })
+    .await?;
     let mut sorted = samples.clone();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::spawn::LocalCluster;
+use super::spawn::{LocalCluster, with_cluster};
 
 const TOPIC: &str = "rebalance";
 const GROUP: &str = "bench-rebalance";
@@ -120,21 +120,10 @@ pub async fn run(a: RebalanceArgs) -> anyhow::Result<Value> {
     if a.nodes < 3 {
         bail!("--nodes must be at least 3 (a killed node must leave a majority)");
     }
-    let binary = match &a.binary {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().context("locate this binary")?,
-    };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let mut cluster = LocalCluster::start(&binary, a.nodes)?;
-    let samples = match measure(&mut cluster, &http, &a).await {
-        Ok(s) => s,
-        Err(e) => {
-            cluster.print_log_tails(30);
-            return Err(e);
-        }
-    };
+    let samples = with_cluster(a.binary.as_deref(), a.nodes, async |cluster, http| {
+        measure(cluster, http, &a).await
+    })
+    .await?;
     let summary = |kind: &str| {
         let mut v: Vec<f64> = samples
             .iter()

@@ -156,6 +156,29 @@ impl LocalCluster {
     }
 }
 
+/// Starts `nodes` nodes of `binary` (default: this executable), runs `measure` on them with an
+/// HTTP client, and prints the nodes' log tails if it fails. The cluster is gone however this
+/// returns.
+pub async fn with_cluster<T>(
+    binary: Option<&Path>,
+    nodes: u64,
+    measure: impl AsyncFnOnce(&mut LocalCluster, &reqwest::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let binary = match binary {
+        Some(b) => b.to_path_buf(),
+        None => std::env::current_exe().context("locate this binary")?,
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut cluster = LocalCluster::start(&binary, nodes)?;
+    let res = measure(&mut cluster, &http).await;
+    if res.is_err() {
+        cluster.print_log_tails(30);
+    }
+    res
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for (_, child) in &mut self.nodes {
