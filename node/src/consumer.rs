@@ -17,7 +17,7 @@ use crate::error::ServiceError;
 use crate::groups::model::{Heartbeat, JOIN_EPOCH, LEAVE_EPOCH, Tp};
 use crate::groups::stored::Committed;
 use crate::retention::now_ms;
-use crate::service::{FetchRequest, GroupOp, GroupReply, Service};
+use crate::service::{FetchRequest, GroupOp, HeartbeatAnswer, Service};
 
 /// A record with where it came from.
 #[derive(Clone, Debug)]
@@ -95,12 +95,8 @@ impl Consumer {
             rebalance_timeout_ms: None,
             owned: Some(self.assignment()),
         };
-        let reply = match self
-            .service
-            .group_request(&self.group, GroupOp::Heartbeat(hb))
-            .await
-        {
-            Ok(r) => r,
+        let answer = match self.service.group_heartbeat(&self.group, hb).await {
+            Ok(a) => a,
             Err(ServiceError::MemberFenced(why)) => {
                 tracing::warn!(group = %self.group, "fenced: {why}; rejoining");
                 self.reset();
@@ -108,17 +104,12 @@ impl Consumer {
             }
             Err(e) => return Err(e),
         };
-        let GroupReply::Heartbeat {
+        let HeartbeatAnswer {
             reply,
             heartbeat_interval_ms,
             committed,
             auto_offset_reset,
-        } = reply
-        else {
-            return Err(ServiceError::Internal(format!(
-                "heartbeat answered {reply:?}"
-            )));
-        };
+        } = answer;
         self.member_id = Some(reply.member_id);
         self.epoch = reply.member_epoch;
         self.interval = Duration::from_millis(heartbeat_interval_ms);
@@ -341,11 +332,7 @@ impl Consumer {
             member_epoch: LEAVE_EPOCH,
             ..Heartbeat::default()
         };
-        if let Err(e) = self
-            .service
-            .group_request(&self.group, GroupOp::Heartbeat(hb))
-            .await
-        {
+        if let Err(e) = self.service.group_heartbeat(&self.group, hb).await {
             tracing::debug!(group = %self.group, "leave: {e}");
         }
     }

@@ -15,7 +15,7 @@ use crate::groups::model::{
 };
 use crate::groups::stored::Committed;
 use crate::retention::now_ms;
-use crate::service::{GroupOp, GroupReply, MAX_METADATA_BYTES};
+use crate::service::{GroupOp, GroupReply, HeartbeatAnswer, MAX_METADATA_BYTES};
 
 /// The fields of a body [`parse_json`] accepted (always an object).
 fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
@@ -159,16 +159,12 @@ pub async fn post_heartbeat(
             }
         }
     }
-    let reply = s.group_request(&group, GroupOp::Heartbeat(hb)).await?;
-    let GroupReply::Heartbeat {
+    let HeartbeatAnswer {
         reply,
         heartbeat_interval_ms,
         committed,
         auto_offset_reset,
-    } = reply
-    else {
-        return Err(ServiceError::Internal(format!("heartbeat answered {reply:?}")).into());
-    };
+    } = s.group_heartbeat(&group, hb).await?;
     let mut assignment = Vec::with_capacity(committed.len());
     for ((topic, p), c) in committed {
         let position = match c {
@@ -215,13 +211,11 @@ pub async fn delete_member(
         member_epoch,
         ..Heartbeat::default()
     };
-    match s.group_request(&group, GroupOp::Heartbeat(hb)).await? {
-        GroupReply::Heartbeat { reply, .. } => Ok(axum::Json(json!({
-            "member_id": reply.member_id,
-            "member_epoch": reply.member_epoch,
-        }))),
-        other => Err(ServiceError::Internal(format!("leave answered {other:?}")).into()),
-    }
+    let reply = s.group_heartbeat(&group, hb).await?.reply;
+    Ok(axum::Json(json!({
+        "member_id": reply.member_id,
+        "member_epoch": reply.member_epoch,
+    })))
 }
 
 /// `POST /v1/groups/{group}/offsets`.

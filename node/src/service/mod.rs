@@ -26,7 +26,7 @@ use openraft::error::{ClientWriteError, RaftError};
 
 pub use fetch::{FetchRequest, FetchResult};
 pub use forward::{ForwardHandlerImpl, ForwardRequest, ForwardResponse};
-pub use groups::{GroupOp, GroupReply, MAX_METADATA_BYTES};
+pub use groups::{GroupOp, GroupReply, HeartbeatAnswer, MAX_METADATA_BYTES};
 pub use produce::ProduceBatch;
 
 use crate::config::{GroupsConfig, LimitsConfig};

@@ -5,7 +5,7 @@ use std::time::Instant;
 use chat4all_raft::groups::Group as RaftGroup;
 
 use super::coordinator::Loaded;
-use super::{GroupOp, GroupReply, GroupView, group_err};
+use super::{GroupOp, GroupReply, GroupView, HeartbeatAnswer, group_err};
 use crate::error::ServiceError;
 use crate::groups::model::{Group, SESSION_TIMEOUT_MS, Tp};
 use crate::groups::stored;
@@ -75,12 +75,12 @@ impl Service {
                 let interval = group.config.heartbeat_interval_ms();
                 let reset = group.config.auto_offset_reset;
                 loaded.group = Some(group);
-                Ok(Proposed::Done(GroupReply::Heartbeat {
+                Ok(Proposed::Done(GroupReply::Heartbeat(HeartbeatAnswer {
                     reply,
                     heartbeat_interval_ms: interval,
                     committed,
                     auto_offset_reset: reset,
-                }))
+                })))
             }
             GroupOp::Commit { member, offsets } => {
                 if let Proposed::NotLeader(l) = self.expire_now(g, name, loaded, deadline).await? {

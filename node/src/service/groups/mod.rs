@@ -68,16 +68,7 @@ pub enum GroupOp {
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub enum GroupReply {
     /// A heartbeat's outcome.
-    Heartbeat {
-        /// The member's state.
-        reply: HeartbeatReply,
-        /// How often to heartbeat.
-        heartbeat_interval_ms: u64,
-        /// The group's committed offset of each assigned partition.
-        committed: Vec<(Tp, Option<u64>)>,
-        /// The group's reset policy.
-        auto_offset_reset: OffsetReset,
-    },
+    Heartbeat(HeartbeatAnswer),
     /// Offsets were committed.
     Committed,
     /// Committed offsets.
@@ -90,6 +81,19 @@ pub enum GroupReply {
     Listed(Vec<(String, GroupStateName, usize)>),
     /// The group is gone.
     Deleted,
+}
+
+/// What a heartbeat answers, with what a member needs to start its new partitions.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct HeartbeatAnswer {
+    /// The member's state.
+    pub reply: HeartbeatReply,
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// The group's committed offset of each assigned partition.
+    pub committed: Vec<(Tp, Option<u64>)>,
+    /// The group's reset policy.
+    pub auto_offset_reset: OffsetReset,
 }
 
 /// A group as `GET /v1/groups/{group}` shows it (lag is added at the edge).
@@ -151,6 +155,20 @@ impl Service {
             OffsetReset::Earliest => st.log_start_offset,
             OffsetReset::Latest => st.high_watermark,
         })
+    }
+
+    /// A heartbeat (join, stay or leave) of a member of group `name`.
+    pub async fn group_heartbeat(
+        &self,
+        name: &str,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatAnswer, ServiceError> {
+        match self.group_request(name, GroupOp::Heartbeat(hb)).await? {
+            GroupReply::Heartbeat(answer) => Ok(answer),
+            other => Err(ServiceError::Internal(format!(
+                "heartbeat answered {other:?}"
+            ))),
+        }
     }
 
     /// Every group, from every `__consumer_offsets` partition's coordinator.
