@@ -34,7 +34,9 @@ pub trait FsyncObserver: Send + Sync + 'static {
 /// one. Appends are written before they are queued, so each fsync covers every append queued
 /// before it started. The thread ends when every [`LogStore`] using it is gone.
 pub struct WalSyncer {
-    queue: std::sync::Mutex<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    /// `None` once dropped.
+    queue: std::sync::Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     observer: Option<Arc<dyn FsyncObserver>>,
 }
 
@@ -63,13 +65,18 @@ impl WalSyncer {
                     }
                 }
             });
-        if let Err(e) = spawned {
-            // Without the thread no append would ever be reported durable: the groups would
-            // stall, never acknowledge falsely. Say why loudly.
-            tracing::error!("cannot start the WAL sync thread: {e}");
-        }
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without the thread no append would ever be reported durable: the groups
+                // would stall, never acknowledge falsely. Say why loudly.
+                tracing::error!("cannot start the WAL sync thread: {e}");
+                None
+            }
+        };
         Arc::new(WalSyncer {
-            queue: std::sync::Mutex::new(tx),
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(thread),
             observer,
         })
     }
@@ -78,8 +85,33 @@ impl WalSyncer {
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the WAL sync thread has stopped"))?
             .send(callback)
             .map_err(|_| std::io::Error::other("the WAL sync thread has stopped"))
+    }
+}
+
+impl Drop for WalSyncer {
+    /// Closes the queue and waits for the thread, which reports what is still queued and then
+    /// drops its handle on the database. So when the last log store goes, the database closes
+    /// here, not later on a detached thread: RocksDB closing while the process exits aborted
+    /// a test binary once ("pthread lock: Invalid argument").
+    fn drop(&mut self) {
+        drop(
+            self.queue
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        if let Some(t) = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = t.join();
+        }
     }
 }
 
