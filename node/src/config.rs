@@ -36,6 +36,81 @@ pub struct ClusterConfig {
     /// Workers every node runs as consumer group members.
     #[serde(default)]
     pub workers: WorkersConfig,
+    /// Tokens and rate limits of the chat API.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// The chat topics.
+    #[serde(default)]
+    pub chat: ChatConfig,
+}
+
+/// The chat topics, created at the first chat request with these settings.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Partitions of `chat.messages` (fixed once created). Each is a Raft group; a
+    /// conversation's messages are ordered within its partition.
+    #[serde(default = "default_chat_partitions")]
+    pub partitions: u32,
+}
+
+fn default_chat_partitions() -> u32 {
+    6
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            partitions: default_chat_partitions(),
+        }
+    }
+}
+
+/// Tokens and per-user rate limits. Secrets are never in this file: the token signing key
+/// comes from `CHAT4ALL_JWT_SECRET` or `CHAT4ALL_JWT_SECRET_FILE` (the same on every node), or
+/// is made once by the cluster and kept in its replicated metadata.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of an access token, in seconds.
+    #[serde(default = "default_access_ttl_s")]
+    pub access_token_ttl_s: u64,
+    /// Lifetime of a refresh token, in seconds.
+    #[serde(default = "default_refresh_ttl_s")]
+    pub refresh_token_ttl_s: u64,
+    /// Requests per second each user may make through one node (0 turns limiting off).
+    #[serde(default = "default_rate_per_s")]
+    pub rate_limit_per_s: u32,
+    /// How many requests a user may make at once above the steady rate.
+    #[serde(default = "default_rate_burst")]
+    pub rate_limit_burst: u32,
+}
+
+fn default_access_ttl_s() -> u64 {
+    900
+}
+
+fn default_refresh_ttl_s() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_rate_per_s() -> u32 {
+    50
+}
+
+fn default_rate_burst() -> u32 {
+    100
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            access_token_ttl_s: default_access_ttl_s(),
+            refresh_token_ttl_s: default_refresh_ttl_s(),
+            rate_limit_per_s: default_rate_per_s(),
+            rate_limit_burst: default_rate_burst(),
+        }
+    }
 }
 
 /// Workers every node runs, each a member of its consumer group.
@@ -317,6 +392,8 @@ impl ClusterConfig {
             storage: StorageConfig::default(),
             groups: GroupsConfig::default(),
             workers: WorkersConfig::default(),
+            auth: AuthConfig::default(),
+            chat: ChatConfig::default(),
         }
     }
 

@@ -5,7 +5,9 @@
 //! workers, REST.
 
 mod api;
+mod auth;
 mod bench;
+mod chat;
 mod config;
 mod consumer;
 mod error;
@@ -253,11 +255,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let service = Service::new(
         node_id,
-        config.members(),
+        &config,
         groups.clone(),
         controller.clone(),
-        config.limits.clone(),
-        config.groups.clone(),
+        auth::Auth::new(
+            config.auth.clone(),
+            secret_from_env("CHAT4ALL_JWT_SECRET")?.map(String::into_bytes),
+        ),
         metrics,
     );
     groups.set_forward_handler(Arc::new(ForwardHandlerImpl(Arc::downgrade(&service))));
@@ -278,6 +282,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let retention = tokio::spawn(retention.run(shutdown.clone()));
     let sweeper = tokio::spawn(service.clone().run_group_sweeper(shutdown.clone()));
+    let bootstrap = match (
+        std::env::var("CHAT4ALL_ADMIN_EMAIL").ok(),
+        secret_from_env("CHAT4ALL_ADMIN_PASSWORD")?,
+    ) {
+        (Some(email), Some(password)) => {
+            let svc = service.clone();
+            let token = shutdown.clone();
+            Some(tokio::spawn(async move {
+                svc.bootstrap_admin(email, password, token).await
+            }))
+        }
+        (None, None) => None,
+        _ => bail!(
+            "set both CHAT4ALL_ADMIN_EMAIL and CHAT4ALL_ADMIN_PASSWORD (or _FILE), or neither"
+        ),
+    };
     let copy_workers: Vec<_> = config
         .workers
         .copy
@@ -312,6 +332,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Clean shutdown: workers, then Raft groups, then the transport.
     shutdown.cancel();
     let _ = tokio::join!(manager, retention, sweeper);
+    if let Some(b) = bootstrap {
+        let _ = b.await;
+    }
     futures::future::join_all(copy_workers).await;
     groups.shutdown().await;
     if let Some(t) = transport {
@@ -319,6 +342,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(node_id, "stopped");
     Ok(())
+}
+
+/// A secret from `NAME`, or from the file `NAME_FILE` names (trailing newline dropped).
+fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
+    if let Ok(v) = std::env::var(name) {
+        return Ok(Some(v));
+    }
+    let file_var = format!("{name}_FILE");
+    match std::env::var(&file_var) {
+        Ok(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{file_var}: cannot read {path}"))?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 async fn wait_for_signal() {

@@ -45,7 +45,7 @@ impl PartitionManagerWorker {
                             p.group,
                             replicas,
                             preferred,
-                            crate::groups::is_compacted_topic(&topic.name),
+                            crate::groups::partition_kind(&topic.name),
                         )
                         .await
                     {

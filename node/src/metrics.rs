@@ -31,6 +31,9 @@ pub struct Metrics {
     /// `chat4all_consumer_group_lag{group,topic,partition}`: high watermark minus committed
     /// offset, exported by the group's coordinator.
     pub consumer_group_lag: IntGaugeVec,
+    /// `chat4all_chat_messages_accepted_total`: messages stored (not repeats), counted by
+    /// the node that accepted the request.
+    pub chat_messages_accepted: prometheus::IntCounter,
     partition: PartitionGauges,
 }
 
@@ -85,9 +88,15 @@ impl Metrics {
             &["group", "topic", "partition"],
         )?;
         registry.register(Box::new(consumer_group_lag.clone()))?;
+        let chat_messages_accepted = prometheus::IntCounter::new(
+            "chat4all_chat_messages_accepted_total",
+            "Chat messages stored by a majority (repeats of a message_id not counted)",
+        )?;
+        registry.register(Box::new(chat_messages_accepted.clone()))?;
         let m = Metrics {
             fetch_waiting,
             consumer_group_lag,
+            chat_messages_accepted,
             produce_requests: counter(
                 "chat4all_produce_requests_total",
                 "Produce requests by outcome (ok, error, unknown)",

@@ -45,7 +45,9 @@ impl RetentionWorker {
     async fn check_all(&self) {
         let state = self.controller.state();
         for topic in state.topics.values() {
-            if crate::groups::is_compacted_topic(&topic.name) {
+            if crate::groups::partition_kind(&topic.name)
+                == chat4all_raft::sm::partition::PartitionKind::Compacted
+            {
                 self.compact(topic).await;
             } else if topic.retention_ms.is_some() || topic.retention_bytes.is_some() {
                 self.retain(topic).await;

@@ -17,7 +17,7 @@ use crate::Error;
 use crate::log_store::{FsyncObserver, LogStore, WalSyncer};
 use crate::network::{GroupNetwork, RaftReply, SnapshotRequest, decode, encode};
 use crate::sm::controller::ControllerStateMachine;
-use crate::sm::partition::PartitionStateMachine;
+use crate::sm::partition::{PartitionKind, PartitionStateMachine};
 use crate::transport::{RpcClient, RpcHandler, RpcHeader, RpcKind};
 use crate::types::{GroupId, NodeId, NodeInfo, Raft, TypeConfig};
 
@@ -292,18 +292,18 @@ impl Groups {
     /// once, the others only if no leader has appeared after a few election timeouts. (openraft
     /// 0.9 has no leader transfer, so where a partition's leadership starts is where it stays
     /// until a failure; spreading the preferred replicas spreads the leaders' work.)
-    /// `compacted` keeps the latest offset per record key (a compacted topic).
+    /// `kind` says what the partition keeps besides its log (a property of its topic).
     pub async fn start_partition(
         &self,
         id: GroupId,
         replicas: BTreeMap<NodeId, NodeInfo>,
         preferred: Option<NodeId>,
-        compacted: bool,
+        kind: PartitionKind,
     ) -> Result<Group, Error> {
         if let Some(g) = self.get(id) {
             return Ok(g);
         }
-        let sm = PartitionStateMachine::open_with(self.db.clone(), id, compacted)?;
+        let sm = PartitionStateMachine::open_with(self.db.clone(), id, kind)?;
         let initialize = match preferred {
             Some(p) if p != self.node_id && replicas.contains_key(&p) => Initialize::AsFallback,
             _ => Initialize::AtOnce,

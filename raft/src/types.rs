@@ -5,6 +5,8 @@
 use std::fmt;
 use std::io::Cursor;
 
+use crate::sm::chat::{ChatCommand, ChatResponse};
+use crate::sm::directory::{DirectoryCommand, DirectoryResponse};
 use chat4all_storage::StoredRecord;
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +93,8 @@ pub enum ControllerCommand {
         /// The producer id whose epoch to raise.
         bump: Option<i64>,
     },
+    /// Changes the directory (users, identities, API keys).
+    Directory(DirectoryCommand),
 }
 
 /// A topic as requested, with its assignment.
@@ -126,6 +130,8 @@ pub enum ControllerResponse {
     UnknownProducer,
     /// The epoch cannot be raised further.
     EpochExhausted,
+    /// A directory command's result.
+    Directory(DirectoryResponse),
 }
 
 /// A topic as the controller stores it.
@@ -180,6 +186,9 @@ pub enum PartitionCommand {
         /// Records at or above this offset are kept.
         below: u64,
     },
+    /// A chat command (a `chat.messages` partition only): decided in the apply, and when
+    /// accepted, its event record is appended at the next offset.
+    Chat(Box<ChatCommand>),
 }
 
 /// A batch of records to append.
@@ -237,4 +246,6 @@ pub enum PartitionResponse {
         /// Records deleted.
         removed: u64,
     },
+    /// A chat command's result.
+    Chat(ChatResponse),
 }

@@ -4,7 +4,7 @@
 //! to a fresh replica that rebuilds the same view, and a partition that is not compacted
 //! ignores compaction.
 
-use chat4all_raft::sm::partition::PartitionStateMachine;
+use chat4all_raft::sm::partition::{PartitionKind, PartitionStateMachine};
 use chat4all_raft::types::{
     AppendBatch, Command, CommandResponse, Entry, GroupId, PartitionCommand, PartitionResponse,
 };
@@ -17,7 +17,12 @@ const GROUP: GroupId = GroupId(9);
 fn open(compacted: bool) -> (tempfile::TempDir, PartitionStateMachine) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(&DbConfig::new(dir.path())).expect("open db");
-    let sm = PartitionStateMachine::open_with(db, GROUP, compacted).expect("open sm");
+    let kind = if compacted {
+        PartitionKind::Compacted
+    } else {
+        PartitionKind::Log
+    };
+    let sm = PartitionStateMachine::open_with(db, GROUP, kind).expect("open sm");
     (dir, sm)
 }
 

@@ -140,7 +140,12 @@ async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
     }
     for n in &nodes {
         n.groups
-            .start_partition(PARTITION, members.clone(), None, false)
+            .start_partition(
+                PARTITION,
+                members.clone(),
+                None,
+                chat4all_raft::sm::partition::PartitionKind::Log,
+            )
             .await?;
     }
     Ok(nodes)

@@ -27,16 +27,24 @@ pub enum Cf {
     /// `(group, record key bytes)` → the offset of the latest record with that key, in a
     /// compacted topic's partition (Kafka's `cleanup.policy=compact` view).
     KeyOffset,
+    /// `(controller group, directory key)` → a directory row: a user, an email or external
+    /// identity index entry, an API key, an audit entry (see `chat4all_raft::sm::directory`).
+    DirectoryRow,
+    /// `(chat partition group, chat key)` → a chat row: a conversation, a message's state, a
+    /// conversation's history index entry, a user's membership (see `chat4all_raft::sm::chat`).
+    ChatRow,
 }
 
 impl Cf {
-    const ALL: [Cf; 6] = [
+    const ALL: [Cf; 8] = [
         Cf::LogEntry,
         Cf::GroupRaftState,
         Cf::GroupMeta,
         Cf::OffsetRecord,
         Cf::ProducerState,
         Cf::KeyOffset,
+        Cf::DirectoryRow,
+        Cf::ChatRow,
     ];
 
     /// The column family's name on disk.
@@ -48,9 +56,14 @@ impl Cf {
             Cf::OffsetRecord => "offset_record",
             Cf::ProducerState => "producerid_producerstate",
             Cf::KeyOffset => "key_offset",
+            Cf::DirectoryRow => "dirkey_dirrow",
+            Cf::ChatRow => "chatkey_chatrow",
         }
     }
 }
+
+/// A raw `(key, value)` pair, as stored.
+pub type RawRow = (Vec<u8>, Vec<u8>);
 
 /// How to open the database.
 #[derive(Clone, Debug)]
@@ -220,6 +233,53 @@ impl Db {
         Ok(out)
     }
 
+    /// Like [`Db::scan`], in descending key order: the last `limit` pairs with
+    /// `start <= key < end`, highest first.
+    pub fn scan_rev<T: DeserializeOwned>(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, StorageError> {
+        let mut out = Vec::new();
+        let iter = self
+            .inner
+            .iterator_cf(self.handle(cf), IteratorMode::From(end, Direction::Reverse));
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if k.as_ref() >= end {
+                continue;
+            }
+            if k.as_ref() < start {
+                break;
+            }
+            out.push((k.to_vec(), decode(cf, &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Raw `(key, value)` pairs with `start <= key < end`, in key order: for copying a range
+    /// into a snapshot without decoding it.
+    pub fn scan_raw(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<RawRow>, StorageError> {
+        let mut out = Vec::new();
+        let iter = self.inner.iterator_cf(
+            self.handle(cf),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            if k.as_ref() >= end {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The last key (and its value) with `start <= key < end`.
     pub fn last_in<T: DeserializeOwned>(
         &self,
@@ -291,6 +351,11 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Adds a put of bytes encoded already (by [`Db::scan_raw`] or the same encoding).
+    pub fn put_raw(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.batch.put_cf(self.db.handle(cf), key, value);
+    }
+
     /// Adds a delete of one key.
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.batch.delete_cf(self.db.handle(cf), key);
@@ -350,6 +415,22 @@ mod tests {
             .last_in(Cf::OffsetRecord, &keys::group_start(7), &end)
             .expect("last");
         assert_eq!(last.map(|(_, v)| v).as_deref(), Some("v9"));
+        // Reverse: highest first, `end` excluded, stopping at `start` or the limit.
+        let rev: Vec<(Vec<u8>, String)> = db
+            .scan_rev(
+                Cf::OffsetRecord,
+                &keys::group_u64(7, 3),
+                &keys::group_u64(7, 8),
+                10,
+            )
+            .expect("scan_rev");
+        let values: Vec<_> = rev.into_iter().map(|(_, v)| v).collect();
+        assert_eq!(values, ["v7", "v6", "v5", "v4", "v3"]);
+        let rev: Vec<(Vec<u8>, String)> = db
+            .scan_rev(Cf::OffsetRecord, &keys::group_start(7), &end, 2)
+            .expect("scan_rev");
+        let values: Vec<_> = rev.into_iter().map(|(_, v)| v).collect();
+        assert_eq!(values, ["v9", "v8"]);
     }
 
     #[test]

@@ -1,12 +1,17 @@
 //! The REST API: routes, JSON shapes, and the one place where service errors become HTTP.
 
+mod auth;
+mod conversations;
 mod groups;
+mod messages;
 mod ops;
 mod payload;
 mod records;
 mod topics;
+mod users;
 
 pub use topics::{assign_replicas, is_legal_name};
+pub use users::rfc3339;
 
 use std::sync::Arc;
 
@@ -56,6 +61,43 @@ pub fn router(service: Arc<Service>) -> Router {
             post(groups::post_offsets).get(groups::get_offsets),
         )
         .route("/v1/groups/{group}/config", put(groups::put_config))
+        .route("/v1/auth/token", post(auth::post_token))
+        .route("/v1/users", post(users::post_user).get(users::list_users))
+        .route("/v1/users/{id}", get(users::get_user))
+        .route("/v1/users/{id}/identities", post(users::post_identity))
+        .route(
+            "/v1/users/{id}/identities/{platform}/{platform_user_id}",
+            delete(users::delete_identity),
+        )
+        .route("/v1/identities/resolve", get(users::resolve_identity))
+        .route("/v1/audit", get(users::get_audit))
+        .route("/v1/api-keys", post(users::post_api_key))
+        .route("/v1/api-keys/{id}", delete(users::delete_api_key))
+        .route(
+            "/v1/conversations",
+            post(conversations::post_conversation).get(conversations::list_conversations),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get_conversation),
+        )
+        .route(
+            "/v1/conversations/{id}/participants",
+            post(conversations::post_participant),
+        )
+        .route(
+            "/v1/conversations/{id}/participants/{user_id}",
+            delete(conversations::delete_participant),
+        )
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(messages::post_conversation_message).get(messages::get_history),
+        )
+        .route("/v1/messages", post(messages::post_message))
+        .route("/v1/messages/{id}", get(messages::get_message))
+        .route("/v1/messages/{id}/status", get(messages::get_status))
+        .route("/v1/messages/{id}/receipts", post(messages::post_receipt))
+        .route("/api/messages", post(messages::post_legacy_message))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(service)
@@ -76,6 +118,7 @@ pub struct ApiError {
     code: String,
     message: String,
     details: Vec<Value>,
+    headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -86,12 +129,24 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             details: Vec::new(),
+            headers: Vec::new(),
         }
     }
 
     /// A 400 with `code`.
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// Adds a response header (`Retry-After`, `WWW-Authenticate`).
+    pub fn with_header(mut self, name: &'static str, value: &str) -> ApiError {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &str {
+        &self.code
     }
 
     /// Adds a detail object.
@@ -158,7 +213,31 @@ impl IntoResponse for ApiError {
         if !self.details.is_empty() {
             body["error"]["details"] = Value::Array(self.details);
         }
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+        response
+    }
+}
+
+/// `?limit=`: `default` when absent, else an integer in `1..=max` (400 `INVALID_LIMIT`).
+pub fn query_limit(
+    q: &std::collections::HashMap<String, String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "INVALID_LIMIT",
+                format!("`limit` must be an integer from 1 to {max}"),
+            )),
+        },
     }
 }
 

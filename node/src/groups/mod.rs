@@ -5,20 +5,27 @@
 pub mod model;
 pub mod stored;
 
+use chat4all_raft::sm::partition::PartitionKind;
+
 use crate::error::ServiceError;
 use crate::partitioner::{murmur2, to_positive};
 
 /// The internal topic holding every group's state and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
-/// Topics whose names start with `__` belong to the node; clients may read them, not write.
+/// Topics whose names start with `__` or `chat.` belong to the node; clients may read them,
+/// not write or create them.
 pub fn is_internal_topic(name: &str) -> bool {
-    name.starts_with("__")
+    name.starts_with("__") || name.starts_with("chat.")
 }
 
-/// Topics whose partitions keep the latest record of every key.
-pub fn is_compacted_topic(name: &str) -> bool {
-    name == OFFSETS_TOPIC
+/// What a topic's partitions keep besides the log.
+pub fn partition_kind(name: &str) -> PartitionKind {
+    match name {
+        OFFSETS_TOPIC => PartitionKind::Compacted,
+        crate::chat::MESSAGES_TOPIC => PartitionKind::Chat,
+        _ => PartitionKind::Log,
+    }
 }
 
 /// The `__consumer_offsets` partition of a group (Kafka uses the group id's hash too).
@@ -51,6 +58,10 @@ mod tests {
             assert!(offsets_partition(g, 6) < 6);
         }
         assert_eq!(offsets_partition("anything", 1), 0);
-        assert!(is_internal_topic(OFFSETS_TOPIC) && !is_internal_topic("chat.messages"));
+        assert!(is_internal_topic(OFFSETS_TOPIC) && is_internal_topic("chat.messages"));
+        assert!(!is_internal_topic("orders") && !is_internal_topic("chat"));
+        assert_eq!(partition_kind("chat.messages"), PartitionKind::Chat);
+        assert_eq!(partition_kind(OFFSETS_TOPIC), PartitionKind::Compacted);
+        assert_eq!(partition_kind("orders"), PartitionKind::Log);
     }
 }

@@ -13,6 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use super::chat::{ChatOp, ChatReply};
 use super::{
     FetchRequest, FetchResult, GroupOp, GroupReply, MAX_HOPS, PartitionStatus, ProduceBatch,
     Service,
@@ -50,6 +51,15 @@ pub enum ForwardRequest {
     },
     /// The controller's read index (the receiver must lead the controller).
     ControllerReadIndex,
+    /// A chat command or read, for the leader of a `chat.messages` partition.
+    Chat {
+        /// The `chat.messages` partition.
+        partition: u32,
+        /// What to do.
+        op: ChatOp,
+        /// Hops so far.
+        hops: u8,
+    },
     /// A consumer group request, for the leader of a `__consumer_offsets` partition.
     Group {
         /// The `__consumer_offsets` partition.
@@ -83,6 +93,8 @@ pub enum ForwardResponse {
     ReadIndex(Option<u64>),
     /// A group coordinator's answer.
     Group(GroupReply),
+    /// A chat partition leader's answer.
+    Chat(ChatReply),
 }
 
 type Wire = Result<ForwardResponse, ServiceError>;
@@ -120,11 +132,16 @@ impl Service {
             ForwardRequest::Describe { .. } => "describe",
             ForwardRequest::ControllerReadIndex => "read_index",
             ForwardRequest::Group { .. } => "group",
+            ForwardRequest::Chat { .. } => "chat",
         };
         let writes = matches!(
             req,
             ForwardRequest::Produce { .. }
                 | ForwardRequest::Controller { .. }
+                | ForwardRequest::Chat {
+                    op: ChatOp::Write(_),
+                    ..
+                }
                 | ForwardRequest::Group {
                     op: GroupOp::Heartbeat(_)
                         | GroupOp::Commit { .. }
@@ -260,6 +277,14 @@ impl Service {
                 .group_call(partition, name, op, hops)
                 .await
                 .map(ForwardResponse::Group),
+            ForwardRequest::Chat {
+                partition,
+                op,
+                hops,
+            } => self
+                .chat_call(partition, op, hops)
+                .await
+                .map(ForwardResponse::Chat),
             ForwardRequest::ControllerReadIndex => {
                 let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
                 self.controller_read_index(deadline)

@@ -6,6 +6,8 @@
 //! was written; anything in between is `OUTCOME_UNKNOWN`.
 
 mod batcher;
+pub mod chat;
+mod directory;
 pub mod fetch;
 mod forward;
 mod groups;
@@ -69,6 +71,8 @@ pub struct Service {
     sync_rounds: metadata::SyncRounds,
     coordinator: groups::Coordinator,
     groups_config: GroupsConfig,
+    chat_config: crate::config::ChatConfig,
+    auth: crate::auth::Auth,
 }
 
 /// A partition's leader and offsets, as `GET /v1/topics/{name}` shows them.
@@ -83,21 +87,21 @@ pub struct PartitionStatus {
 }
 
 impl Service {
-    /// Services over the node's groups.
+    /// Services of node `node_id` over its groups, configured by `config`.
     pub fn new(
         node_id: NodeId,
-        members: BTreeMap<NodeId, NodeInfo>,
+        config: &crate::config::ClusterConfig,
         groups: Arc<Groups>,
         controller: ControllerStateMachine,
-        limits: LimitsConfig,
-        groups_config: GroupsConfig,
+        auth: crate::auth::Auth,
         metrics: Arc<Metrics>,
     ) -> Arc<Service> {
+        let limits = config.limits.clone();
         let batcher = batcher::Batcher::new(Duration::from_millis(limits.write_timeout_ms));
         Arc::new(Service {
             batcher,
             node_id,
-            members,
+            members: config.members(),
             groups,
             controller,
             limits,
@@ -105,8 +109,49 @@ impl Service {
             unkeyed: std::sync::atomic::AtomicU32::new(rand::random()),
             sync_rounds: metadata::SyncRounds::default(),
             coordinator: groups::Coordinator::default(),
-            groups_config,
+            groups_config: config.groups.clone(),
+            chat_config: config.chat.clone(),
+            auth,
         })
+    }
+
+    /// An internal topic (`__consumer_offsets`, `chat.messages`), created with `partitions`
+    /// and a replication factor of up to 3 by the first request that needs it.
+    pub(crate) async fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicMeta, ServiceError> {
+        match self.topic_synced(name).await {
+            Err(ServiceError::UnknownTopic(_)) => {}
+            found => return found,
+        }
+        let spec = self.topic_spec(
+            name,
+            partitions.max(1) as usize,
+            self.members.len().min(3),
+            None,
+            None,
+        );
+        match self
+            .controller_write(ControllerCommand::CreateTopic(spec), 0)
+            .await?
+        {
+            ControllerResponse::TopicCreated(meta) => {
+                tracing::info!(partitions = meta.partitions.len(), "created {name}");
+                Ok(meta)
+            }
+            // Another node created it first.
+            ControllerResponse::TopicExists => self.topic_synced(name).await,
+            other => Err(ServiceError::Internal(format!(
+                "controller answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Authentication state.
+    pub fn auth(&self) -> &crate::auth::Auth {
+        &self.auth
     }
 
     /// This node's id.

@@ -15,6 +15,8 @@ pub struct Cluster {
     pub config: PathBuf,
     pub nodes: Vec<Node>,
     pub http: reqwest::Client,
+    /// Environment every node is spawned with (secrets, the bootstrap admin).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Node {
@@ -37,6 +39,11 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// The stable code of an error answer (`""` for anything else).
+pub fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, failing the test after `limit`.
@@ -62,6 +69,11 @@ impl Cluster {
     /// Starts `n` nodes with `extra` appended to the generated cluster file, and waits until
     /// every node is ready.
     pub async fn start(n: u64, extra: &str) -> Cluster {
+        Cluster::start_with_env(n, extra, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with `env` set for every node.
+    pub async fn start_with_env(n: u64, extra: &str, env: &[(&str, &str)]) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut toml = String::new();
@@ -93,6 +105,10 @@ impl Cluster {
             config,
             nodes,
             http,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for id in 1..=n {
             c.spawn(id);
@@ -116,6 +132,7 @@ impl Cluster {
             .args(["--node-id", &id.to_string()])
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -267,6 +284,73 @@ impl Cluster {
         let r = req.send().await.expect("request");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Any method with credentials (`("authorization", "Bearer ...")` or `("x-api-key", k)`)
+    /// and an optional JSON body; returns the status, the headers and the JSON body.
+    pub async fn call_as(
+        &self,
+        method: reqwest::Method,
+        id: u64,
+        path: &str,
+        credentials: Option<(&str, &str)>,
+        body: Option<&Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.api(id)));
+        if let Some((name, value)) = credentials {
+            req = req.header(name, value);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Logs in with a password through `node` (`POST /v1/auth/token`), waiting for the user to
+    /// exist (the bootstrap admin is created once the nodes have a controller leader);
+    /// returns the token response.
+    pub async fn login(&self, node: u64, email: &str, password: &str) -> Value {
+        eventually(
+            &format!("{email} logs in"),
+            Duration::from_secs(30),
+            || async {
+                let r = self
+                    .http
+                    .post(format!("{}/v1/auth/token", self.api(node)))
+                    .json(
+                        &json!({"grant_type": "password", "username": email, "password": password}),
+                    )
+                    .send()
+                    .await
+                    .ok()?;
+                if r.status() != 200 {
+                    return None;
+                }
+                r.json::<Value>().await.ok()
+            },
+        )
+        .await
+    }
+
+    /// Any method with a bearer token and an optional JSON body.
+    pub async fn call_bearer(
+        &self,
+        method: reqwest::Method,
+        node: u64,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let auth = format!("Bearer {token}");
+        let (s, _, v) = self
+            .call_as(method, node, path, Some(("authorization", &auth)), body)
+            .await;
+        (s, v)
     }
 
     /// `GET /metrics` as text.

@@ -1,12 +1,14 @@
 //! The controller group's state machine: topics, their partition groups and replicas, and
 //! idempotent-producer ids. Small and rarely written, so it lives in memory and is persisted
-//! whole on every apply.
+//! whole on every apply. The directory (users, identities, API keys), which grows with the
+//! user base, is stored row by row instead (see [`super::directory`]); both are written in
+//! one batch per apply and travel together in snapshots.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
-use chat4all_storage::{Cf, Db, keys};
+use chat4all_storage::{Batch, Cf, Db, keys};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
@@ -14,8 +16,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::directory::{self, DirectoryCounters, DirectoryReader};
 use super::{
-    AppliedMeta, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
+    AppliedMeta, RowTxn, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
     save_snapshot, snapshot_id, write_err,
 };
 use crate::types::{
@@ -36,14 +39,30 @@ pub struct ControllerState {
     pub next_producer_id: i64,
     /// Allocated producer ids and their current epochs.
     pub producer_epochs: BTreeMap<i64, i16>,
+    /// The directory's counters and token key (its rows are in RocksDB).
+    pub directory: DirectoryCounters,
+}
+
+/// A controller snapshot: the in-memory state and the directory's rows.
+#[derive(Serialize, Deserialize)]
+struct ControllerSnapshotData {
+    state: ControllerState,
+    directory: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
 impl ControllerState {
-    fn apply(&mut self, cmd: ControllerCommand) -> ControllerResponse {
-        match cmd {
+    fn apply(
+        &mut self,
+        txn: &mut RowTxn<'_>,
+        cmd: ControllerCommand,
+    ) -> Result<ControllerResponse, RaftStorageError> {
+        Ok(match cmd {
+            ControllerCommand::Directory(cmd) => {
+                ControllerResponse::Directory(self.directory.apply(txn, cmd)?)
+            }
             ControllerCommand::CreateTopic(spec) => {
                 if self.topics.contains_key(&spec.name) {
-                    return ControllerResponse::TopicExists;
+                    return Ok(ControllerResponse::TopicExists);
                 }
                 let first = self.next_group.max(1);
                 let partitions: Vec<PartitionMeta> = spec
@@ -82,7 +101,7 @@ impl ControllerState {
                     }
                 }
             }
-        }
+        })
     }
 }
 
@@ -124,13 +143,20 @@ impl ControllerStateMachine {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Reads of the directory as applied on this node.
+    pub fn directory(&self) -> DirectoryReader {
+        DirectoryReader {
+            db: self.db.clone(),
+        }
+    }
+
     /// Subscribes to metadata changes.
     pub fn subscribe(&self) -> watch::Receiver<Arc<ControllerState>> {
         self.tx.subscribe()
     }
 
-    fn replace(&self, state: ControllerState) -> Result<(), RaftStorageError> {
-        let mut b = self.db.batch();
+    /// Persists `state` (with the directory writes in `b`) and publishes it.
+    fn replace(&self, mut b: Batch<'_>, state: ControllerState) -> Result<(), RaftStorageError> {
         b.put(
             Cf::GroupMeta,
             &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
@@ -174,6 +200,7 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut state = (*self.state()).clone();
+        let mut txn = RowTxn::new(&self.db, Cf::DirectoryRow);
         let mut responses = Vec::new();
         for entry in entries {
             state.applied.last_applied = Some(entry.log_id);
@@ -184,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
                     CommandResponse::None
                 }
                 EntryPayload::Normal(Command::Controller(cmd)) => {
-                    CommandResponse::Controller(state.apply(cmd))
+                    CommandResponse::Controller(state.apply(&mut txn, cmd)?)
                 }
                 EntryPayload::Normal(Command::Partition(_)) => {
                     tracing::error!("partition command in the controller log; ignored");
@@ -192,7 +219,9 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
                 }
             });
         }
-        self.replace(state)?;
+        let mut b = self.db.batch();
+        txn.write_into(&mut b);
+        self.replace(b, state)?;
         Ok(responses)
     }
 
@@ -203,8 +232,23 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
             last_membership: state.applied.membership.clone(),
             snapshot_id: snapshot_id(GroupId::CONTROLLER, &state.applied.last_applied),
         };
-        let snapshot = encode(&*state)
+        // openraft calls this between applies, so the directory rows read here are exactly
+        // those of `state`.
+        let (start, end) = directory::range();
+        let snapshot = self
+            .db
+            .scan_raw(Cf::DirectoryRow, &start, &end)
             .ok()
+            .and_then(|rows| {
+                encode(&ControllerSnapshotData {
+                    state: (*state).clone(),
+                    directory: rows
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                })
+                .ok()
+            })
             .map(|data| StoredSnapshot { meta, data });
         ControllerSnapshotBuilder {
             db: self.db.clone(),
@@ -222,12 +266,21 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let data = snapshot.into_inner();
-        let mut state: ControllerState = decode(&data)?;
+        let ControllerSnapshotData {
+            mut state,
+            directory,
+        } = decode(&data)?;
         state.applied = AppliedMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        self.replace(state)?;
+        let mut b = self.db.batch();
+        let (start, end) = directory::range();
+        b.delete_range(Cf::DirectoryRow, &start, &end);
+        for (k, v) in &directory {
+            b.put_raw(Cf::DirectoryRow, k, v);
+        }
+        self.replace(b, state)?;
         save_snapshot(
             &self.db,
             GroupId::CONTROLLER,

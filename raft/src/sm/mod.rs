@@ -4,11 +4,16 @@
 //! produced, without fsync: the Raft log is the durable copy, and after a crash openraft
 //! re-applies every entry after the persisted `last_applied`.
 
+pub mod chat;
 pub mod controller;
+pub mod directory;
 pub mod partition;
 
-use chat4all_storage::{Cf, Db, StorageError, keys};
+use std::collections::BTreeMap;
+
+use chat4all_storage::{Batch, Cf, Db, StorageError, keys};
 use openraft::{LogId, SnapshotMeta, StorageIOError, StoredMembership};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError};
@@ -89,4 +94,56 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map(|(v, _)| v)
         .map_err(|e| StorageIOError::read_snapshot(None, openraft::AnyError::new(&e)).into())
+}
+
+/// The rows of one column family that one apply call reads and writes: writes stay in an
+/// overlay (later entries of the same call read them) and go to RocksDB in the apply's batch.
+pub(crate) struct RowTxn<'a> {
+    db: &'a Db,
+    cf: Cf,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> RowTxn<'a> {
+    pub(crate) fn new(db: &'a Db, cf: Cf) -> RowTxn<'a> {
+        RowTxn {
+            db,
+            cf,
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, RaftStorageError> {
+        match self.overlay.get(key) {
+            Some(Some(bytes)) => decode(bytes).map(Some),
+            Some(None) => Ok(None),
+            None => self.db.get(self.cf, key).map_err(read_err),
+        }
+    }
+
+    pub(crate) fn put<T: Serialize>(
+        &mut self,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), RaftStorageError> {
+        self.overlay.insert(key, Some(encode(value)?));
+        Ok(())
+    }
+
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
+    /// Adds the writes to `batch`.
+    pub(crate) fn write_into(self, batch: &mut Batch<'_>) {
+        for (k, v) in self.overlay {
+            match v {
+                Some(v) => batch.put_raw(self.cf, &k, &v),
+                None => batch.delete(self.cf, &k),
+            }
+        }
+    }
 }

@@ -14,8 +14,9 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::chat::{self, ChatReader, ChatResponse};
 use super::{
-    AppliedMeta, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
+    AppliedMeta, RowTxn, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
     save_snapshot, snapshot_id, write_err,
 };
 use crate::producer_state::{self, Decision, ProducerEntry};
@@ -43,6 +44,21 @@ struct PartitionSnapshot {
     state: PartitionState,
     producers: Vec<(i64, ProducerEntry)>,
     records: Vec<(u64, StoredRecord)>,
+    /// A chat partition's rows (conversations, message states, indexes); empty otherwise.
+    chat_rows: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+/// What a partition keeps besides its log; a property of the topic, the same on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionKind {
+    /// Just the log.
+    Log,
+    /// The latest offset of every record key (a compacted topic such as
+    /// `__consumer_offsets`), so the latest value of a key is one lookup, not a log scan.
+    Compacted,
+    /// The chat domain (`chat.messages`): conversations, messages and their status, decided
+    /// by [`crate::types::PartitionCommand::Chat`] commands.
+    Chat,
 }
 
 /// Records read from a partition.
@@ -68,9 +84,7 @@ pub struct OffsetOutOfRange {
 struct Inner {
     db: Db,
     group: GroupId,
-    /// Keeps the latest offset of every record key (a compacted topic such as
-    /// `__consumer_offsets`), so the latest value of a key is one lookup, not a log scan.
-    compacted: bool,
+    kind: PartitionKind,
     state: RwLock<(PartitionState, HashMap<i64, ProducerEntry>)>,
     hw: watch::Sender<u64>,
 }
@@ -95,16 +109,15 @@ fn producer_key(group: GroupId, id: i64) -> [u8; keys::GROUP_U64_KEY_LEN] {
 impl PartitionStateMachine {
     /// Opens the partition state of `group`, recovering what was applied before a restart.
     pub fn open(db: Db, group: GroupId) -> Result<PartitionStateMachine, RaftStorageError> {
-        PartitionStateMachine::open_with(db, group, false)
+        PartitionStateMachine::open_with(db, group, PartitionKind::Log)
     }
 
-    /// Like [`PartitionStateMachine::open`]; with `compacted` the partition also keeps the
-    /// latest offset of every record key (see [`PartitionStateMachine::latest_with_prefix`]).
-    /// Every replica of a group must be opened alike: it is a property of the topic.
+    /// Like [`PartitionStateMachine::open`], for a partition of `kind`. Every replica of a
+    /// group must be opened alike: it is a property of the topic.
     pub fn open_with(
         db: Db,
         group: GroupId,
-        compacted: bool,
+        kind: PartitionKind,
     ) -> Result<PartitionStateMachine, RaftStorageError> {
         let state: PartitionState = db
             .get(Cf::GroupMeta, &keys::group_tag(group.0, TAG_APPLIED))
@@ -130,11 +143,19 @@ impl PartitionStateMachine {
             inner: Arc::new(Inner {
                 db,
                 group,
-                compacted,
+                kind,
                 state: RwLock::new((state, producers)),
                 hw,
             }),
         })
+    }
+
+    /// Reads of the chat rows (empty unless this is a chat partition).
+    pub fn chat(&self) -> ChatReader {
+        ChatReader {
+            db: self.inner.db.clone(),
+            group: self.inner.group,
+        }
     }
 
     /// The group this state machine belongs to.
@@ -212,7 +233,7 @@ impl PartitionStateMachine {
         &self,
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, u64, StoredRecord)>, chat4all_storage::StorageError> {
-        if !self.inner.compacted {
+        if self.inner.kind != PartitionKind::Compacted {
             return Ok(Vec::new());
         }
         let g = self.inner.group.0;
@@ -287,10 +308,29 @@ impl PartitionStateMachine {
         batch: &mut chat4all_storage::Batch<'_>,
         state: &mut PartitionState,
         producers: &mut HashMap<i64, ProducerEntry>,
+        chat_rows: &mut RowTxn<'_>,
         cmd: PartitionCommand,
     ) -> Result<PartitionResponse, RaftStorageError> {
         let g = self.inner.group;
         match cmd {
+            PartitionCommand::Chat(cmd) => {
+                if self.inner.kind != PartitionKind::Chat {
+                    return Ok(PartitionResponse::Chat(ChatResponse::NotChat));
+                }
+                let (resp, record) = chat::apply(chat_rows, g, state.next_offset, *cmd)?;
+                if let Some(r) = record {
+                    batch
+                        .put(
+                            Cf::OffsetRecord,
+                            &keys::group_u64(g.0, state.next_offset),
+                            &r,
+                        )
+                        .map_err(write_err)?;
+                    state.total_bytes += r.size_bytes();
+                    state.next_offset += 1;
+                }
+                Ok(PartitionResponse::Chat(resp))
+            }
             PartitionCommand::Append(AppendBatch { producer, records }) => {
                 let count = u32::try_from(records.len()).unwrap_or(u32::MAX);
                 if let Some(p) = producer {
@@ -336,7 +376,7 @@ impl PartitionStateMachine {
                             r,
                         )
                         .map_err(write_err)?;
-                    if self.inner.compacted {
+                    if self.inner.kind == PartitionKind::Compacted {
                         index_key(batch, g.0, state.next_offset, r)?;
                     }
                     state.total_bytes += r.size_bytes();
@@ -355,6 +395,7 @@ impl PartitionStateMachine {
                         batch,
                         state,
                         producers,
+                        chat_rows,
                         PartitionCommand::Append(b),
                     )?);
                 }
@@ -380,7 +421,7 @@ impl PartitionStateMachine {
                 })
             }
             PartitionCommand::Compact { below } => {
-                if !self.inner.compacted {
+                if self.inner.kind != PartitionKind::Compacted {
                     return Ok(PartitionResponse::Compacted { removed: 0 });
                 }
                 let end = below.min(state.next_offset);
@@ -432,10 +473,14 @@ impl PartitionStateMachine {
         b.delete_range(Cf::OffsetRecord, &keys::group_start(g), &end);
         b.delete_range(Cf::ProducerState, &keys::group_start(g), &end);
         b.delete_range(Cf::KeyOffset, &keys::group_start(g), &end);
+        b.delete_range(Cf::ChatRow, &keys::group_start(g), &end);
+        for (k, v) in &snap.chat_rows {
+            b.put_raw(Cf::ChatRow, k, v);
+        }
         for (off, r) in &snap.records {
             b.put(Cf::OffsetRecord, &keys::group_u64(g, *off), r)
                 .map_err(write_err)?;
-            if self.inner.compacted {
+            if self.inner.kind == PartitionKind::Compacted {
                 // The view is a function of the records, so it is rebuilt, not shipped.
                 index_key(&mut b, g, *off, r)?;
             }
@@ -519,6 +564,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         };
         let db = self.inner.db.clone();
         let mut batch = db.batch();
+        let mut chat_rows = RowTxn::new(&db, Cf::ChatRow);
         let mut responses = Vec::new();
         for entry in entries {
             state.applied.last_applied = Some(entry.log_id);
@@ -544,6 +590,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                         &mut batch,
                         &mut state,
                         &mut producers,
+                        &mut chat_rows,
                         cmd,
                     )?)
                 }
@@ -554,6 +601,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             };
             responses.push(resp);
         }
+        chat_rows.write_into(&mut batch);
         batch
             .put(
                 Cf::GroupMeta,
@@ -595,20 +643,32 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     .filter_map(|(k, r)| keys::decode_group_u64(&k).map(|(_, o)| (o, r)))
                     .collect()
             });
-        let snapshot = records.ok().and_then(|records: Vec<(u64, StoredRecord)>| {
-            let meta = SnapshotMeta {
-                last_log_id: state.applied.last_applied,
-                last_membership: state.applied.membership.clone(),
-                snapshot_id: snapshot_id(g, &state.applied.last_applied),
-            };
-            let data = encode(&PartitionSnapshot {
-                state,
-                producers: producers.into_iter().collect(),
-                records,
-            })
-            .ok()?;
-            Some(StoredSnapshot { meta, data })
-        });
+        let chat_rows = if self.inner.kind == PartitionKind::Chat {
+            let (start, end) = chat::range(g);
+            self.inner.db.scan_raw(Cf::ChatRow, &start, &end)
+        } else {
+            Ok(Vec::new())
+        };
+        let snapshot = records.ok().zip(chat_rows.ok()).and_then(
+            |(records, chat_rows): (Vec<(u64, StoredRecord)>, _)| {
+                let meta = SnapshotMeta {
+                    last_log_id: state.applied.last_applied,
+                    last_membership: state.applied.membership.clone(),
+                    snapshot_id: snapshot_id(g, &state.applied.last_applied),
+                };
+                let data = encode(&PartitionSnapshot {
+                    state,
+                    producers: producers.into_iter().collect(),
+                    records,
+                    chat_rows: chat_rows
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                })
+                .ok()?;
+                Some(StoredSnapshot { meta, data })
+            },
+        );
         PartitionSnapshotBuilder {
             db: self.inner.db.clone(),
             group: g,

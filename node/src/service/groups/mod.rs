@@ -21,7 +21,7 @@ mod sweeper;
 
 use std::time::Duration;
 
-use chat4all_raft::types::{ControllerCommand, ControllerResponse, NodeId, TopicMeta};
+use chat4all_raft::types::{NodeId, TopicMeta};
 use serde::{Deserialize, Serialize};
 
 use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
@@ -195,34 +195,8 @@ impl Service {
 
     /// `__consumer_offsets`, created on first use with the configured partition count.
     async fn offsets_topic(&self) -> Result<TopicMeta, ServiceError> {
-        match self.topic_synced(OFFSETS_TOPIC).await {
-            Err(ServiceError::UnknownTopic(_)) => {}
-            found => return found,
-        }
-        let spec = self.topic_spec(
-            OFFSETS_TOPIC,
-            self.groups_config.offsets_partitions.max(1) as usize,
-            self.members.len().min(3),
-            None,
-            None,
-        );
-        match self
-            .controller_write(ControllerCommand::CreateTopic(spec), 0)
-            .await?
-        {
-            ControllerResponse::TopicCreated(meta) => {
-                tracing::info!(
-                    partitions = meta.partitions.len(),
-                    "created {OFFSETS_TOPIC}"
-                );
-                Ok(meta)
-            }
-            // Another node created it first.
-            ControllerResponse::TopicExists => self.topic_synced(OFFSETS_TOPIC).await,
-            other => Err(ServiceError::Internal(format!(
-                "controller answered {other:?}"
-            ))),
-        }
+        self.ensure_internal_topic(OFFSETS_TOPIC, self.groups_config.offsets_partitions)
+            .await
     }
 
     /// Runs `op` on the leader of `__consumer_offsets` partition `partition`.

@@ -1,0 +1,269 @@
+//! Chat commands and reads, on the leader of the conversation's `chat.messages` partition,
+//! forwarded there from any node. Reads confirm the leadership with a quorum first, so they
+//! see every write acknowledged before them.
+
+use std::time::{Duration, Instant};
+
+use chat4all_raft::groups::{Group, GroupState};
+use chat4all_raft::sm::chat::{ChatCommand, ChatResponse, Conversation, HistoryPage, MessageState};
+use chat4all_raft::types::{
+    Command, CommandResponse, PartitionCommand, PartitionResponse, TopicMeta,
+};
+use chat4all_storage::StoredRecord;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use serde::{Deserialize, Serialize};
+
+use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
+use crate::chat::MESSAGES_TOPIC;
+use crate::error::ServiceError;
+use crate::partitioner::{murmur2, to_positive};
+
+/// A request to a chat partition's leader. Crosses the wire when forwarded.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum ChatOp {
+    /// Propose a command.
+    Write(Box<ChatCommand>),
+    /// A conversation by id.
+    Conversation(String),
+    /// A message's state by id.
+    Message(String),
+    /// A page of a conversation's history, with each message's record.
+    History {
+        /// The conversation.
+        conversation: String,
+        /// Which page.
+        page: HistoryPage,
+        /// No offset below this (the reader joined there).
+        floor: u64,
+        /// At most this many.
+        limit: usize,
+    },
+    /// The conversations a user is in, by id after `after`.
+    ConversationsOf {
+        /// The user.
+        user: String,
+        /// Exclusive lower bound on the id.
+        after: Option<String>,
+        /// At most this many.
+        limit: usize,
+    },
+}
+
+/// Answers to [`ChatOp`]s.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub enum ChatReply {
+    /// The command's result.
+    Written(ChatResponse),
+    /// A conversation, if it exists.
+    Conversation(Option<Conversation>),
+    /// A message's state and record, if it exists.
+    Message(Option<(MessageState, Option<StoredRecord>)>),
+    /// History entries: each message's state and record (absent if retention removed it).
+    History(Vec<(MessageState, Option<StoredRecord>)>),
+    /// Conversations, by id.
+    Conversations(Vec<Conversation>),
+}
+
+impl Service {
+    /// The `chat.messages` topic, created with `[chat] partitions` at the first chat request.
+    pub async fn chat_topic(&self) -> Result<TopicMeta, ServiceError> {
+        self.ensure_internal_topic(MESSAGES_TOPIC, self.chat_config.partitions)
+            .await
+    }
+
+    /// The `chat.messages` partition of a conversation (Kafka's partitioner on its id).
+    pub async fn chat_partition(&self, conversation_id: &str) -> Result<u32, ServiceError> {
+        let topic = self.chat_topic().await?;
+        Ok(to_positive(murmur2(conversation_id.as_bytes())) as u32
+            % topic.partitions.len().max(1) as u32)
+    }
+
+    /// Proposes `cmd` in the partition of `conversation_id` and returns the apply's decision.
+    pub async fn chat_write(
+        &self,
+        conversation_id: &str,
+        cmd: ChatCommand,
+    ) -> Result<ChatResponse, ServiceError> {
+        let p = self.chat_partition(conversation_id).await?;
+        match self.chat_call(p, ChatOp::Write(Box::new(cmd)), 0).await? {
+            ChatReply::Written(r) => Ok(r),
+            other => Err(ServiceError::Internal(format!(
+                "chat write answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads `op` (not a write) from the partition of `conversation_id`.
+    pub async fn chat_read(
+        &self,
+        conversation_id: &str,
+        op: ChatOp,
+    ) -> Result<ChatReply, ServiceError> {
+        let p = self.chat_partition(conversation_id).await?;
+        self.chat_call(p, op, 0).await
+    }
+
+    /// Runs `op` on every chat partition, in partition order.
+    pub async fn chat_read_all(&self, op: ChatOp) -> Result<Vec<ChatReply>, ServiceError> {
+        let topic = self.chat_topic().await?;
+        let calls = (0..topic.partitions.len() as u32).map(|p| self.chat_call(p, op.clone(), 0));
+        futures::future::try_join_all(calls).await
+    }
+
+    /// Runs `op` on the leader of `chat.messages` partition `partition`.
+    pub(super) async fn chat_call(
+        &self,
+        partition: u32,
+        op: ChatOp,
+        hops: u8,
+    ) -> Result<ChatReply, ServiceError> {
+        let meta = self.partition_synced(MESSAGES_TOPIC, partition).await?;
+        let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
+        let mut hint = None;
+        for _ in 0..=MAX_HOPS {
+            let route = match hint.take() {
+                Some(n) if n != self.node_id => Route::Remote(n),
+                _ => self.route(meta.group, &meta.replicas, deadline).await?,
+            };
+            match route {
+                Route::Local(g) => match self.chat_local(&g, op.clone(), deadline).await? {
+                    Proposed::Done(r) => return Ok(r),
+                    Proposed::NotLeader(l) => {
+                        hint = l;
+                        if l.is_none() {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                },
+                Route::Remote(n) => {
+                    let req = ForwardRequest::Chat {
+                        partition,
+                        op: op.clone(),
+                        hops: hops + 1,
+                    };
+                    return match self.forward(n, meta.group, req, hops, deadline).await? {
+                        ForwardResponse::Chat(r) => Ok(r),
+                        other => Err(ServiceError::Internal(format!(
+                            "unexpected forward answer {other:?}"
+                        ))),
+                    };
+                }
+            }
+        }
+        Err(ServiceError::Unavailable(format!(
+            "partition {partition} of {MESSAGES_TOPIC} keeps changing leader; retry"
+        )))
+    }
+
+    async fn chat_local(
+        &self,
+        g: &Group,
+        op: ChatOp,
+        deadline: Instant,
+    ) -> Result<Proposed<ChatReply>, ServiceError> {
+        let GroupState::Partition(sm) = &g.state else {
+            return Err(ServiceError::Internal(format!(
+                "group {} is not a partition",
+                g.id
+            )));
+        };
+        if let ChatOp::Write(cmd) = op {
+            let cmd = Command::Partition(PartitionCommand::Chat(cmd));
+            return Ok(match self.propose(g, cmd, deadline).await? {
+                Proposed::Done(CommandResponse::Partition(PartitionResponse::Chat(r))) => {
+                    Proposed::Done(ChatReply::Written(r))
+                }
+                Proposed::Done(other) => {
+                    return Err(ServiceError::Internal(format!(
+                        "chat command answered {other:?}"
+                    )));
+                }
+                Proposed::NotLeader(l) => Proposed::NotLeader(l),
+            });
+        }
+        // A read: confirm the leadership with a quorum and wait until everything committed
+        // before it is applied here.
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, g.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                return Ok(Proposed::NotLeader(f.leader_id));
+            }
+            Ok(Err(e)) => {
+                return Err(ServiceError::Unavailable(format!(
+                    "{MESSAGES_TOPIC} group {} cannot confirm its leader: {e}",
+                    g.id
+                )));
+            }
+            Err(_) => {
+                return Err(ServiceError::Unavailable(format!(
+                    "{MESSAGES_TOPIC} group {} cannot confirm its leader (no majority reachable?)",
+                    g.id
+                )));
+            }
+        }
+        let chat = sm.chat();
+        let err =
+            |e: chat4all_storage::StorageError| ServiceError::Internal(format!("chat read: {e}"));
+        let record = |offset: u64| -> Result<Option<StoredRecord>, ServiceError> {
+            let read = sm
+                .read(offset, 1, u64::MAX)
+                .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
+            Ok(read
+                .ok()
+                .and_then(|b| b.records.into_iter().next())
+                .filter(|(o, _)| *o == offset)
+                .map(|(_, r)| r))
+        };
+        let reply = match op {
+            ChatOp::Write(_) => unreachable_write()?,
+            ChatOp::Conversation(id) => {
+                ChatReply::Conversation(chat.conversation(&id).map_err(err)?)
+            }
+            ChatOp::Message(id) => match chat.message(&id).map_err(err)? {
+                Some(m) => {
+                    let r = record(m.offset)?;
+                    ChatReply::Message(Some((m, r)))
+                }
+                None => ChatReply::Message(None),
+            },
+            ChatOp::History {
+                conversation,
+                page,
+                floor,
+                limit,
+            } => {
+                let mut out = Vec::new();
+                for (_, id) in chat
+                    .history(&conversation, page, floor, limit)
+                    .map_err(err)?
+                {
+                    if let Some(m) = chat.message(&id).map_err(err)? {
+                        let r = record(m.offset)?;
+                        out.push((m, r));
+                    }
+                }
+                ChatReply::History(out)
+            }
+            ChatOp::ConversationsOf { user, after, limit } => {
+                let mut out = Vec::new();
+                for id in chat
+                    .conversations_of(&user, after.as_deref(), limit)
+                    .map_err(err)?
+                {
+                    if let Some(c) = chat.conversation(&id).map_err(err)? {
+                        out.push(c);
+                    }
+                }
+                ChatReply::Conversations(out)
+            }
+        };
+        Ok(Proposed::Done(reply))
+    }
+}
+
+fn unreachable_write() -> Result<ChatReply, ServiceError> {
+    Err(ServiceError::Internal(
+        "a chat write reached the read path".into(),
+    ))
+}

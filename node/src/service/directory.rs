@@ -1,0 +1,94 @@
+//! The directory through the service: writes go to the controller leader; reads come from this
+//! node's copy, caught up with the controller first where a stale answer would be wrong.
+
+use std::time::Duration;
+
+use chat4all_raft::sm::directory::{DirectoryCommand, DirectoryResponse, User, UserType};
+use chat4all_raft::types::{ControllerCommand, ControllerResponse};
+use tokio_util::sync::CancellationToken;
+
+use super::Service;
+use crate::error::ServiceError;
+
+fn read_err(e: chat4all_storage::StorageError) -> ServiceError {
+    ServiceError::Internal(format!("directory read: {e}"))
+}
+
+impl Service {
+    /// Proposes a directory command and waits for its result.
+    pub async fn directory_write(
+        &self,
+        cmd: DirectoryCommand,
+    ) -> Result<DirectoryResponse, ServiceError> {
+        match self
+            .controller_write(ControllerCommand::Directory(cmd), 0)
+            .await?
+        {
+            ControllerResponse::Directory(r) => Ok(r),
+            other => Err(ServiceError::Internal(format!(
+                "controller answered {other:?} to a directory command"
+            ))),
+        }
+    }
+
+    /// A user by id. Users are never removed, so a local hit is current; a miss is checked
+    /// again after catching up with the controller (the user may have been made through
+    /// another node a moment ago).
+    pub async fn user(&self, id: &str) -> Result<Option<User>, ServiceError> {
+        let dir = self.controller().directory();
+        if let Some(u) = dir.user(id).map_err(read_err)? {
+            return Ok(Some(u));
+        }
+        self.shared_synced_metadata().await?;
+        dir.user(id).map_err(read_err)
+    }
+
+    /// Creates the first admin from `CHAT4ALL_ADMIN_EMAIL` and `CHAT4ALL_ADMIN_PASSWORD`
+    /// (or `_FILE`) unless a user with that email exists. Every node tries; the controller
+    /// lets exactly one creation win. Retries while the cluster has no controller leader.
+    pub async fn bootstrap_admin(
+        &self,
+        email: String,
+        password: String,
+        shutdown: CancellationToken,
+    ) {
+        let email = email.trim().to_lowercase();
+        let hash = match crate::auth::hash_password(password).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("bootstrap admin: {e}");
+                return;
+            }
+        };
+        loop {
+            let user = User {
+                id: uuid::Uuid::now_v7().to_string(),
+                display_name: "Administrator".into(),
+                user_type: UserType::Agent,
+                email: Some(email.clone()),
+                password_hash: Some(hash.clone()),
+                metadata_json: None,
+                admin: true,
+                created_at_ms: crate::retention::now_ms(),
+                identities: Vec::new(),
+            };
+            let cmd = DirectoryCommand::CreateUser { user, actor: None };
+            match self.directory_write(cmd).await {
+                Ok(DirectoryResponse::User(u)) => {
+                    tracing::info!(user_id = %u.id, %email, "bootstrap admin created");
+                    return;
+                }
+                Ok(DirectoryResponse::EmailTaken { .. }) => {
+                    tracing::info!(%email, "bootstrap admin exists already");
+                    return;
+                }
+                Ok(other) => tracing::warn!("bootstrap admin: {other:?}; retrying"),
+                Err(e) => tracing::debug!("bootstrap admin: {e}; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}

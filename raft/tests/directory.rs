@@ -1,0 +1,252 @@
+//! The directory inside the controller state machine, through openraft's state machine
+//! interface on a real RocksDB: uniqueness rules decided in the apply (one email per user, one
+//! owner per identity, also between entries of one apply call), audit entries per change, and a
+//! snapshot that carries the rows to a fresh replica, replacing whatever it held.
+
+use chat4all_raft::sm::controller::ControllerStateMachine;
+use chat4all_raft::sm::directory::{
+    AuditAction, DirectoryCommand, DirectoryResponse, Platform, User, UserType,
+};
+use chat4all_raft::types::{
+    Command, CommandResponse, ControllerCommand, ControllerResponse, Entry,
+};
+use chat4all_storage::{Db, DbConfig};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+fn open() -> (tempfile::TempDir, ControllerStateMachine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&DbConfig::new(dir.path())).expect("open db");
+    (dir, ControllerStateMachine::open(db).expect("open sm"))
+}
+
+fn user(id: &str, email: Option<&str>) -> User {
+    User {
+        id: id.into(),
+        display_name: id.to_uppercase(),
+        user_type: UserType::Customer,
+        email: email.map(String::from),
+        password_hash: None,
+        metadata_json: None,
+        admin: false,
+        created_at_ms: 1,
+        identities: Vec::new(),
+    }
+}
+
+fn link(user_id: &str, pid: &str) -> DirectoryCommand {
+    DirectoryCommand::LinkIdentity {
+        user_id: user_id.into(),
+        platform: Platform::Whatsapp,
+        platform_user_id: pid.into(),
+        at_ms: 2,
+        actor: Some("admin".into()),
+    }
+}
+
+fn entries(first: u64, cmds: Vec<DirectoryCommand>) -> Vec<Entry> {
+    cmds.into_iter()
+        .enumerate()
+        .map(|(i, c)| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), first + i as u64),
+            payload: EntryPayload::Normal(Command::Controller(ControllerCommand::Directory(c))),
+        })
+        .collect()
+}
+
+async fn apply(
+    sm: &mut ControllerStateMachine,
+    first: u64,
+    cmds: Vec<DirectoryCommand>,
+) -> Vec<DirectoryResponse> {
+    sm.apply(entries(first, cmds))
+        .await
+        .expect("apply")
+        .into_iter()
+        .map(|r| match r {
+            CommandResponse::Controller(ControllerResponse::Directory(d)) => d,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn uniqueness_is_decided_in_the_apply_even_within_one_batch() {
+    let (_d, mut sm) = open();
+    // One apply call: the second user's email and the second link race the first ones.
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            DirectoryCommand::CreateUser {
+                user: user("a", Some("x@example.com")),
+                actor: None,
+            },
+            DirectoryCommand::CreateUser {
+                user: user("b", Some("x@example.com")),
+                actor: None,
+            },
+            DirectoryCommand::CreateUser {
+                user: user("b", None),
+                actor: None,
+            },
+            link("a", "15550001"),
+            link("b", "15550001"),
+            link("a", "15550001"),
+            link("nobody", "15550002"),
+        ],
+    )
+    .await;
+    assert!(matches!(&r[0], DirectoryResponse::User(u) if u.id == "a"));
+    assert_eq!(
+        r[1],
+        DirectoryResponse::EmailTaken {
+            user_id: "a".into()
+        }
+    );
+    assert!(matches!(&r[2], DirectoryResponse::User(u) if u.id == "b"));
+    assert!(matches!(&r[3], DirectoryResponse::User(u) if u.identities.len() == 1));
+    assert_eq!(
+        r[4],
+        DirectoryResponse::IdentityTaken {
+            user_id: "a".into()
+        }
+    );
+    // Linking again to the same user is a no-op, not a second identity or audit entry.
+    assert!(matches!(&r[5], DirectoryResponse::User(u) if u.identities.len() == 1));
+    assert_eq!(r[6], DirectoryResponse::UnknownUser);
+
+    let dir = sm.directory();
+    assert_eq!(
+        dir.user_by_email("x@example.com")
+            .expect("read")
+            .map(|u| u.id),
+        Some("a".into())
+    );
+    assert_eq!(
+        dir.resolve(Platform::Whatsapp, "15550001")
+            .expect("read")
+            .map(|u| u.id),
+        Some("a".into())
+    );
+    let audit = dir.audit("a", None, 100).expect("audit");
+    let actions: Vec<_> = audit.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        vec![AuditAction::UserCreated, AuditAction::IdentityLinked]
+    );
+
+    // Unlink frees the identity for another user; the audit shows both changes in order.
+    let r = apply(
+        &mut sm,
+        8,
+        vec![
+            DirectoryCommand::UnlinkIdentity {
+                user_id: "b".into(),
+                platform: Platform::Whatsapp,
+                platform_user_id: "15550001".into(),
+                at_ms: 3,
+                actor: None,
+            },
+            DirectoryCommand::UnlinkIdentity {
+                user_id: "a".into(),
+                platform: Platform::Whatsapp,
+                platform_user_id: "15550001".into(),
+                at_ms: 3,
+                actor: None,
+            },
+            link("b", "15550001"),
+        ],
+    )
+    .await;
+    assert_eq!(r[0], DirectoryResponse::NotLinked);
+    assert!(matches!(&r[1], DirectoryResponse::User(u) if u.identities.is_empty()));
+    assert!(matches!(&r[2], DirectoryResponse::User(u) if u.identities.len() == 1));
+    let audit = dir.audit("a", None, 100).expect("audit");
+    assert_eq!(
+        audit.last().map(|e| e.action),
+        Some(AuditAction::IdentityUnlinked)
+    );
+    assert!(audit.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Paging: after the first entry's seq comes the rest.
+    let rest = dir.audit("a", Some(audit[0].seq), 100).expect("audit");
+    assert_eq!(rest, audit[1..].to_vec());
+    // Users list in id order, paged by the last id.
+    let first = dir.users(None, 1).expect("users");
+    assert_eq!(
+        first.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    let next = dir.users(Some("a"), 10).expect("users");
+    assert_eq!(
+        next.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_carries_the_directory_and_replaces_what_a_replica_held() {
+    let (_d1, mut leader) = open();
+    apply(
+        &mut leader,
+        1,
+        vec![
+            DirectoryCommand::CreateUser {
+                user: user("a", Some("a@example.com")),
+                actor: None,
+            },
+            link("a", "15550001"),
+            DirectoryCommand::InitTokenKey { key: vec![7; 32] },
+        ],
+    )
+    .await;
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+
+    // The replica holds a user the leader's history does not have: the snapshot replaces it.
+    let (_d2, mut replica) = open();
+    apply(
+        &mut replica,
+        1,
+        vec![DirectoryCommand::CreateUser {
+            user: user("stale", Some("s@example.com")),
+            actor: None,
+        }],
+    )
+    .await;
+    replica
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    let dir = replica.directory();
+    assert!(dir.user("stale").expect("read").is_none());
+    assert!(dir.user_by_email("s@example.com").expect("read").is_none());
+    assert_eq!(
+        dir.resolve(Platform::Whatsapp, "15550001")
+            .expect("read")
+            .map(|u| u.id),
+        Some("a".into())
+    );
+    assert_eq!(dir.audit("a", None, 10).expect("audit").len(), 2);
+    assert_eq!(replica.state().directory.token_key, Some(vec![7; 32]));
+    // The token key is set once: a second proposal answers the key in force.
+    let r = apply(
+        &mut replica,
+        4,
+        vec![DirectoryCommand::InitTokenKey { key: vec![9; 32] }],
+    )
+    .await;
+    assert_eq!(r[0], DirectoryResponse::TokenKey(vec![7; 32]));
+    // And the audit sequence continues after the snapshot's.
+    let r = apply(&mut replica, 5, vec![link("a", "15550009")]).await;
+    assert!(matches!(&r[0], DirectoryResponse::User(_)));
+    let audit = dir.audit("a", None, 10).expect("audit");
+    assert_eq!(
+        audit.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+}
