@@ -66,19 +66,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Waits (bounded) until the machine is quiet; prints the busy % last seen.
-wait_quiet() {
-  local deadline=$((SECONDS + QUIET_WAIT)) busy
-  [ -r "$NATS_DIR/tools/cpu_busy.py" ] || { echo "?"; return; }
-  while :; do
-    busy=$(python3 "$NATS_DIR/tools/cpu_busy.py" --seconds 2)
-    [ "$busy" -le "$QUIET_MAX" ] && break
-    if [ $SECONDS -ge $deadline ]; then log "machine still ${busy}% busy; running anyway"; break; fi
-    log "machine ${busy}% busy (other processes); waiting"
-    sleep 10
-  done
-  echo "$busy"
-}
+# shellcheck source=bench/quiet.sh
+. "$here/bench/quiet.sh"
 
 start_cluster() {
   local api n

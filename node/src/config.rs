@@ -52,6 +52,14 @@ pub struct ChatConfig {
     /// conversation's messages are ordered within its partition.
     #[serde(default = "default_chat_partitions")]
     pub partitions: u32,
+    /// Partitions of `chat.inbox` (fixed once created); a user's events are in one.
+    #[serde(default = "default_chat_partitions")]
+    pub inbox_partitions: u32,
+    /// Run a member of the `router` consumer group on this node, fanning messages out to
+    /// inboxes. Every node runs one by default; turning it off everywhere stops real-time
+    /// delivery (messages are still stored).
+    #[serde(default = "default_true")]
+    pub router: bool,
 }
 
 fn default_chat_partitions() -> u32 {
@@ -62,6 +70,8 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             partitions: default_chat_partitions(),
+            inbox_partitions: default_chat_partitions(),
+            router: true,
         }
     }
 }

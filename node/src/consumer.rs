@@ -201,6 +201,8 @@ impl Consumer {
         let until_heartbeat = self
             .next_heartbeat
             .saturating_duration_since(Instant::now());
+        // First what is there now, from every partition (rotating who goes first, so a busy
+        // partition cannot starve the others of `max_records`).
         let mut out = Vec::new();
         self.turn = self.turn.wrapping_add(1);
         let n = tps.len();
@@ -210,32 +212,53 @@ impl Consumer {
             if left == 0 {
                 break;
             }
-            // Only the last partition of a round waits, and only if nothing came back yet.
-            let wait = if i + 1 == n && out.is_empty() {
-                max_wait.min(until_heartbeat)
-            } else {
-                Duration::ZERO
-            };
-            out.extend(self.fetch_one(tp, left, wait).await?);
+            let req = self.fetch_request(tp, left, Duration::ZERO);
+            let res = self.service.fetch(req.clone(), 0).await;
+            out.extend(self.absorb(tp, &req, res)?);
+        }
+        let wait = max_wait.min(until_heartbeat);
+        if !out.is_empty() || wait.is_zero() {
+            return Ok(out);
+        }
+        // Nothing: long-poll every partition at once and take the first that has records
+        // (the others' polls are dropped), so a record in any partition wakes the member.
+        let mut polls = futures::stream::FuturesUnordered::new();
+        for tp in tps {
+            let req = self.fetch_request(&tp, max_records, wait);
+            let service = self.service.clone();
+            polls.push(async move {
+                let res = service.fetch(req.clone(), 0).await;
+                (tp, req, res)
+            });
+        }
+        while let Some((tp, req, res)) = futures::StreamExt::next(&mut polls).await {
+            let got = self.absorb(&tp, &req, res)?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
         }
         Ok(out)
     }
 
-    async fn fetch_one(
-        &mut self,
-        tp: &Tp,
-        max_records: u32,
-        wait: Duration,
-    ) -> Result<Vec<Consumed>, ServiceError> {
-        let position = self.positions.get(tp).copied().flatten();
-        let req = FetchRequest {
+    fn fetch_request(&self, tp: &Tp, max_records: u32, wait: Duration) -> FetchRequest {
+        FetchRequest {
             topic: tp.0.clone(),
             partition: tp.1,
-            offset: position,
+            offset: self.positions.get(tp).copied().flatten(),
             max_records,
             max_wait_ms: wait.as_millis() as u64,
-        };
-        let res = match self.service.fetch(req, 0).await {
+        }
+    }
+
+    /// Takes a fetch's records and moves the partition's position past them.
+    fn absorb(
+        &mut self,
+        tp: &Tp,
+        req: &FetchRequest,
+        res: Result<crate::service::FetchResult, ServiceError>,
+    ) -> Result<Vec<Consumed>, ServiceError> {
+        let position = req.offset;
+        let res = match res {
             Ok(r) => r,
             Err(ServiceError::OffsetOutOfRange {
                 log_start_offset, ..
@@ -252,6 +275,11 @@ impl Consumer {
             }
             Err(e) => return Err(e),
         };
+        // The partition may have been revoked, or its position moved (rewind), while the
+        // fetch was out: then these records are not the next ones, so drop them.
+        if self.positions.get(tp) != Some(&position) {
+            return Ok(Vec::new());
+        }
         let mut next = position.unwrap_or(res.log_start_offset);
         let out: Vec<Consumed> = res
             .records
@@ -266,9 +294,7 @@ impl Consumer {
                 }
             })
             .collect();
-        if self.positions.contains_key(tp) {
-            self.positions.insert(tp.clone(), Some(next));
-        }
+        self.positions.insert(tp.clone(), Some(next));
         Ok(out)
     }
 

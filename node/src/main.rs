@@ -282,6 +282,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let retention = tokio::spawn(retention.run(shutdown.clone()));
     let sweeper = tokio::spawn(service.clone().run_group_sweeper(shutdown.clone()));
+    let router = config
+        .chat
+        .router
+        .then(|| tokio::spawn(workers::router::run(service.clone(), shutdown.clone())));
     let bootstrap = match (
         std::env::var("CHAT4ALL_ADMIN_EMAIL").ok(),
         secret_from_env("CHAT4ALL_ADMIN_PASSWORD")?,
@@ -334,6 +338,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = tokio::join!(manager, retention, sweeper);
     if let Some(b) = bootstrap {
         let _ = b.await;
+    }
+    if let Some(r) = router {
+        let _ = r.await;
     }
     futures::future::join_all(copy_workers).await;
     groups.shutdown().await;

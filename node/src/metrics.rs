@@ -34,6 +34,9 @@ pub struct Metrics {
     /// `chat4all_chat_messages_accepted_total`: messages stored (not repeats), counted by
     /// the node that accepted the request.
     pub chat_messages_accepted: prometheus::IntCounter,
+    /// `chat4all_chat_delivery_seconds`: from a message's acceptance to its delivery into
+    /// its recipients' inboxes (observed by the router).
+    pub chat_delivery: Histogram,
     partition: PartitionGauges,
 }
 
@@ -97,6 +100,10 @@ impl Metrics {
             fetch_waiting,
             consumer_group_lag,
             chat_messages_accepted,
+            chat_delivery: histogram(
+                "chat4all_chat_delivery_seconds",
+                "From a message's acceptance to its delivery into its recipients' inboxes",
+            )?,
             produce_requests: counter(
                 "chat4all_produce_requests_total",
                 "Produce requests by outcome (ok, error, unknown)",

@@ -2,6 +2,7 @@
 
 mod auth;
 mod conversations;
+mod events;
 mod groups;
 mod messages;
 mod ops;
@@ -98,6 +99,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/messages/{id}/status", get(messages::get_status))
         .route("/v1/messages/{id}/receipts", post(messages::post_receipt))
         .route("/api/messages", post(messages::post_legacy_message))
+        .route("/v1/events", get(events::get_events))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(service)

@@ -7,9 +7,12 @@
 //!   times how long until a write to that partition succeeds again.
 //! - `rebalance`: spawns its own cluster with a consumer group member per node, SIGKILLs
 //!   nodes, and times how long until the survivors own the dead member's partitions.
+//! - `chat`: spawns its own cluster and measures chat messages from send to receipt on
+//!   another node's event stream, at stepped rates, then the first Chat4All's load test.
 //!
 //! Only the REST API is used, as a client would: nothing here links to the node's internals.
 
+mod chat;
 mod failover;
 mod produce;
 mod rebalance;
@@ -29,6 +32,8 @@ pub enum BenchCommand {
     Failover(failover::FailoverArgs),
     /// Kills nodes running consumer group members and reports when their partitions move.
     Rebalance(rebalance::RebalanceArgs),
+    /// Chat send-to-receive latency at stepped rates, and the first Chat4All's load test.
+    Chat(chat::ChatArgs),
 }
 
 /// Runs one bench subcommand and prints its JSON line.
@@ -41,6 +46,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Produce(args) => produce::run(args).await,
             BenchCommand::Failover(args) => failover::run(args).await,
             BenchCommand::Rebalance(args) => rebalance::run(args).await,
+            BenchCommand::Chat(args) => chat::run(args).await,
         }
     };
     let line = tokio::select! {

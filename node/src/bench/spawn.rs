@@ -15,6 +15,8 @@ pub struct LocalCluster {
     config: PathBuf,
     /// `(api URL, process)` for node id `index + 1`.
     nodes: Vec<(String, Option<Child>)>,
+    /// Environment of every node.
+    env: Vec<(String, String)>,
 }
 
 fn free_port(udp: bool) -> anyhow::Result<u16> {
@@ -34,7 +36,13 @@ fn free_port(udp: bool) -> anyhow::Result<u16> {
 impl LocalCluster {
     /// Writes a cluster file for `n` nodes on free loopback ports (TCP for the API, UDP for
     /// QUIC) into a fresh temporary directory and starts every node there.
-    pub fn start(binary: &Path, n: u64) -> anyhow::Result<LocalCluster> {
+    /// `extra` is added to the cluster file and `env` set for every node.
+    pub fn start_with(
+        binary: &Path,
+        n: u64,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<LocalCluster> {
         let dir = std::env::temp_dir().join(format!(
             "chat4all-bench-{}-{:08x}",
             std::process::id(),
@@ -47,8 +55,13 @@ impl LocalCluster {
             dir,
             binary: binary.to_path_buf(),
             nodes: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let mut toml = String::from("[tls]\ndir = \"certs\"\nauto_generate = true\n");
+        toml.push_str(extra);
         for id in 1..=n {
             let (api, raft) = (free_port(false)?, free_port(true)?);
             toml.push_str(&format!(
@@ -96,6 +109,7 @@ impl LocalCluster {
             .arg(&self.config)
             .args(["--node-id", &id.to_string()])
             .current_dir(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -164,6 +178,17 @@ pub async fn with_cluster<T>(
     nodes: u64,
     measure: impl AsyncFnOnce(&mut LocalCluster, &reqwest::Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
+    with_cluster_env(binary, nodes, "", &[], measure).await
+}
+
+/// Like [`with_cluster`], with `extra` in the cluster file and `env` for every node.
+pub async fn with_cluster_env<T>(
+    binary: Option<&Path>,
+    nodes: u64,
+    extra: &str,
+    env: &[(&str, &str)],
+    measure: impl AsyncFnOnce(&mut LocalCluster, &reqwest::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let binary = match binary {
         Some(b) => b.to_path_buf(),
         None => std::env::current_exe().context("locate this binary")?,
@@ -171,7 +196,7 @@ pub async fn with_cluster<T>(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let mut cluster = LocalCluster::start(&binary, nodes)?;
+    let mut cluster = LocalCluster::start_with(&binary, nodes, extra, env)?;
     let res = measure(&mut cluster, &http).await;
     if res.is_err() {
         cluster.print_log_tails(30);

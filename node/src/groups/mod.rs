@@ -24,6 +24,7 @@ pub fn partition_kind(name: &str) -> PartitionKind {
     match name {
         OFFSETS_TOPIC => PartitionKind::Compacted,
         crate::chat::MESSAGES_TOPIC => PartitionKind::Chat,
+        crate::chat::INBOX_TOPIC => PartitionKind::Inbox,
         _ => PartitionKind::Log,
     }
 }

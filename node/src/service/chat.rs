@@ -14,7 +14,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
-use crate::chat::MESSAGES_TOPIC;
+use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC};
 use crate::error::ServiceError;
 use crate::partitioner::{murmur2, to_positive};
 
@@ -37,6 +37,18 @@ pub enum ChatOp {
         floor: u64,
         /// At most this many.
         limit: usize,
+    },
+    /// A user's inbox events after sequence number `after` (`None`: after the last one now,
+    /// so only new events), waiting up to `max_wait_ms` for one.
+    InboxRead {
+        /// The user.
+        user: String,
+        /// Exclusive lower bound on the sequence number.
+        after: Option<u64>,
+        /// At most this many.
+        limit: usize,
+        /// Long-poll time.
+        max_wait_ms: u64,
     },
     /// The conversations a user is in, by id after `after`.
     ConversationsOf {
@@ -62,6 +74,13 @@ pub enum ChatReply {
     History(Vec<(MessageState, Option<StoredRecord>)>),
     /// Conversations, by id.
     Conversations(Vec<Conversation>),
+    /// Inbox events `(seq, record)`, and the sequence number they follow.
+    Inbox {
+        /// The sequence number the events follow (the request's, or the last one then).
+        after: u64,
+        /// The events, oldest first.
+        events: Vec<(u64, StoredRecord)>,
+    },
 }
 
 impl Service {
@@ -78,6 +97,58 @@ impl Service {
             % topic.partitions.len().max(1) as u32)
     }
 
+    /// The `chat.inbox` topic.
+    pub async fn inbox_topic(&self) -> Result<TopicMeta, ServiceError> {
+        self.ensure_internal_topic(INBOX_TOPIC, self.chat_config.inbox_partitions)
+            .await
+    }
+
+    /// The `chat.inbox` partition of a user.
+    pub async fn inbox_partition(&self, user: &str) -> Result<u32, ServiceError> {
+        let topic = self.inbox_topic().await?;
+        Ok(to_positive(murmur2(user.as_bytes())) as u32 % topic.partitions.len().max(1) as u32)
+    }
+
+    /// Proposes a delivery in `chat.inbox` partition `partition`.
+    pub async fn inbox_write(
+        &self,
+        partition: u32,
+        cmd: ChatCommand,
+    ) -> Result<ChatResponse, ServiceError> {
+        match self
+            .chat_call(INBOX_TOPIC, partition, ChatOp::Write(Box::new(cmd)), 0)
+            .await?
+        {
+            ChatReply::Written(r) => Ok(r),
+            other => Err(ServiceError::Internal(format!(
+                "inbox write answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads `user`'s inbox (see [`ChatOp::InboxRead`]).
+    pub async fn inbox_read(
+        &self,
+        user: &str,
+        after: Option<u64>,
+        limit: usize,
+        max_wait_ms: u64,
+    ) -> Result<(u64, Vec<(u64, StoredRecord)>), ServiceError> {
+        let p = self.inbox_partition(user).await?;
+        let op = ChatOp::InboxRead {
+            user: user.to_string(),
+            after,
+            limit,
+            max_wait_ms,
+        };
+        match self.chat_call(INBOX_TOPIC, p, op, 0).await? {
+            ChatReply::Inbox { after, events } => Ok((after, events)),
+            other => Err(ServiceError::Internal(format!(
+                "inbox read answered {other:?}"
+            ))),
+        }
+    }
+
     /// Proposes `cmd` in the partition of `conversation_id` and returns the apply's decision.
     pub async fn chat_write(
         &self,
@@ -85,7 +156,27 @@ impl Service {
         cmd: ChatCommand,
     ) -> Result<ChatResponse, ServiceError> {
         let p = self.chat_partition(conversation_id).await?;
-        match self.chat_call(p, ChatOp::Write(Box::new(cmd)), 0).await? {
+        match self
+            .chat_call(MESSAGES_TOPIC, p, ChatOp::Write(Box::new(cmd)), 0)
+            .await?
+        {
+            ChatReply::Written(r) => Ok(r),
+            other => Err(ServiceError::Internal(format!(
+                "chat write answered {other:?}"
+            ))),
+        }
+    }
+
+    /// Proposes `cmd` in `chat.messages` partition `partition`.
+    pub async fn chat_write_to(
+        &self,
+        partition: u32,
+        cmd: ChatCommand,
+    ) -> Result<ChatResponse, ServiceError> {
+        match self
+            .chat_call(MESSAGES_TOPIC, partition, ChatOp::Write(Box::new(cmd)), 0)
+            .await?
+        {
             ChatReply::Written(r) => Ok(r),
             other => Err(ServiceError::Internal(format!(
                 "chat write answered {other:?}"
@@ -100,25 +191,32 @@ impl Service {
         op: ChatOp,
     ) -> Result<ChatReply, ServiceError> {
         let p = self.chat_partition(conversation_id).await?;
-        self.chat_call(p, op, 0).await
+        self.chat_call(MESSAGES_TOPIC, p, op, 0).await
     }
 
     /// Runs `op` on every chat partition, in partition order.
     pub async fn chat_read_all(&self, op: ChatOp) -> Result<Vec<ChatReply>, ServiceError> {
         let topic = self.chat_topic().await?;
-        let calls = (0..topic.partitions.len() as u32).map(|p| self.chat_call(p, op.clone(), 0));
+        let calls = (0..topic.partitions.len() as u32)
+            .map(|p| self.chat_call(MESSAGES_TOPIC, p, op.clone(), 0));
         futures::future::try_join_all(calls).await
     }
 
-    /// Runs `op` on the leader of `chat.messages` partition `partition`.
+    /// Runs `op` on the leader of partition `partition` of `topic` (`chat.messages` or
+    /// `chat.inbox`).
     pub(super) async fn chat_call(
         &self,
+        topic: &str,
         partition: u32,
         op: ChatOp,
         hops: u8,
     ) -> Result<ChatReply, ServiceError> {
-        let meta = self.partition_synced(MESSAGES_TOPIC, partition).await?;
-        let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
+        let meta = self.partition_synced(topic, partition).await?;
+        let wait = match &op {
+            ChatOp::InboxRead { max_wait_ms, .. } => (*max_wait_ms).min(super::fetch::MAX_WAIT_MS),
+            _ => 0,
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms + wait);
         let mut hint = None;
         for _ in 0..=MAX_HOPS {
             let route = match hint.take() {
@@ -137,6 +235,7 @@ impl Service {
                 },
                 Route::Remote(n) => {
                     let req = ForwardRequest::Chat {
+                        topic: topic.to_string(),
                         partition,
                         op: op.clone(),
                         hops: hops + 1,
@@ -151,7 +250,7 @@ impl Service {
             }
         }
         Err(ServiceError::Unavailable(format!(
-            "partition {partition} of {MESSAGES_TOPIC} keeps changing leader; retry"
+            "partition {partition} of {topic} keeps changing leader; retry"
         )))
     }
 
@@ -191,13 +290,13 @@ impl Service {
             }
             Ok(Err(e)) => {
                 return Err(ServiceError::Unavailable(format!(
-                    "{MESSAGES_TOPIC} group {} cannot confirm its leader: {e}",
+                    "chat group {} cannot confirm its leader: {e}",
                     g.id
                 )));
             }
             Err(_) => {
                 return Err(ServiceError::Unavailable(format!(
-                    "{MESSAGES_TOPIC} group {} cannot confirm its leader (no majority reachable?)",
+                    "chat group {} cannot confirm its leader (no majority reachable?)",
                     g.id
                 )));
             }
@@ -244,6 +343,34 @@ impl Service {
                     }
                 }
                 ChatReply::History(out)
+            }
+            ChatOp::InboxRead {
+                user,
+                after,
+                limit,
+                max_wait_ms,
+            } => {
+                let after = match after {
+                    Some(a) => a,
+                    None => chat.inbox_last_seq(&user).map_err(err)?,
+                };
+                // Subscribe before the first read, so an event applied in between wakes us.
+                let mut hw = sm.watch_high_watermark();
+                let until = tokio::time::Instant::now()
+                    + Duration::from_millis(max_wait_ms.min(super::fetch::MAX_WAIT_MS));
+                loop {
+                    let mut events = Vec::new();
+                    for (seq, offset) in chat.inbox(&user, after, limit).map_err(err)? {
+                        if let Some(r) = record(offset)? {
+                            events.push((seq, r));
+                        }
+                    }
+                    if !events.is_empty() || tokio::time::Instant::now() >= until {
+                        break ChatReply::Inbox { after, events };
+                    }
+                    let seen = *hw.borrow_and_update();
+                    let _ = tokio::time::timeout_at(until, hw.wait_for(|&h| h > seen)).await;
+                }
             }
             ChatOp::ConversationsOf { user, after, limit } => {
                 let mut out = Vec::new();

@@ -53,7 +53,9 @@ pub enum ForwardRequest {
     ControllerReadIndex,
     /// A chat command or read, for the leader of a `chat.messages` partition.
     Chat {
-        /// The `chat.messages` partition.
+        /// `chat.messages` or `chat.inbox`.
+        topic: String,
+        /// The partition.
         partition: u32,
         /// What to do.
         op: ChatOp,
@@ -278,11 +280,12 @@ impl Service {
                 .await
                 .map(ForwardResponse::Group),
             ForwardRequest::Chat {
+                topic,
                 partition,
                 op,
                 hops,
             } => self
-                .chat_call(partition, op, hops)
+                .chat_call(&topic, partition, op, hops)
                 .await
                 .map(ForwardResponse::Chat),
             ForwardRequest::ControllerReadIndex => {

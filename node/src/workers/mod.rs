@@ -2,3 +2,4 @@
 //! member, and partitions move to it.
 
 pub mod copy;
+pub mod router;

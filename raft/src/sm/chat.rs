@@ -208,7 +208,33 @@ pub enum ChatCommand {
         /// The event to append.
         record: StoredRecord,
     },
+    /// Several commands in one Raft entry, applied in order exactly as if each were its own
+    /// (the router's batches); answered by [`ChatResponse::Many`].
+    Many(Vec<ChatCommand>),
+    /// Delivers one `chat.messages` event to the inboxes of `users` (a `chat.inbox` partition
+    /// only): each user whose inbox has not had this event (an event at or below the highest
+    /// `source_offset` delivered from `source_partition`) gets a copy keyed by their id, with
+    /// the next sequence number of their inbox. Repeats from a router that restarted
+    /// therefore add nothing: each event is in each inbox once, in the source's order.
+    Deliver {
+        /// The `chat.messages` partition of the event.
+        source_partition: u32,
+        /// Its offset there.
+        source_offset: u64,
+        /// The recipients whose inboxes are in this partition.
+        users: Vec<String>,
+        /// The event.
+        record: StoredRecord,
+    },
 }
+
+/// The record header an accepted `chat.messages` event carries: the ids of the users it is
+/// for (the participants when it was applied; for a removal, also the one removed), comma
+/// separated. Stamped by the apply, so every replica and the router agree on them.
+pub const RECIPIENTS_HEADER: &str = "c4a-recipients";
+
+/// The record header of an inbox event: the event's sequence number in the user's inbox.
+pub const SEQ_HEADER: &str = "c4a-seq";
 
 /// Results of chat commands.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -249,9 +275,13 @@ pub enum ChatResponse {
     TooManyParticipants,
     /// No message with that id in this partition.
     UnknownMessage,
+    /// What a delivery appended: `(user, sequence number)` for each inbox that got the event.
+    Delivered(Vec<(String, u64)>),
+    /// The answers to a [`ChatCommand::Many`], in its order.
+    Many(Vec<ChatResponse>),
     /// The message id is used by a message of another conversation.
     MessageIdTaken,
-    /// The partition is not a chat partition.
+    /// The command does not belong in this kind of partition.
     NotChat,
 }
 
@@ -259,6 +289,17 @@ const CONVERSATION: &[u8] = b"c/";
 const MESSAGE: &[u8] = b"m/";
 const HISTORY: &[u8] = b"h/";
 const MEMBER: &[u8] = b"u/";
+const INBOX: &[u8] = b"q/";
+const INBOX_EVENT: &[u8] = b"e/";
+
+/// A user's inbox, in a `chat.inbox` partition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboxState {
+    /// The sequence number of the last event (0: none yet; the first is 1).
+    pub last_seq: u64,
+    /// The highest source offset delivered, per `chat.messages` partition.
+    pub delivered: Vec<(u32, u64)>,
+}
 
 fn key(group: GroupId, prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -292,16 +333,110 @@ fn member_key(g: GroupId, user: &str, conversation: &str) -> Vec<u8> {
     key(g, MEMBER, &[user.as_bytes(), conversation.as_bytes()])
 }
 
-/// Applies one chat command of partition `g` whose next offset is `next_offset`: the answer,
-/// and the record to append at `next_offset` when the command was accepted.
+fn inbox_key(g: GroupId, user: &str) -> Vec<u8> {
+    key(g, INBOX, &[user.as_bytes()])
+}
+
+fn inbox_event_key(g: GroupId, user: &str, seq: u64) -> Vec<u8> {
+    key(g, INBOX_EVENT, &[user.as_bytes(), &seq.to_be_bytes()])
+}
+
+fn with_recipients<'a>(
+    mut record: StoredRecord,
+    users: impl IntoIterator<Item = &'a str>,
+) -> StoredRecord {
+    let list: Vec<&str> = users.into_iter().collect();
+    record
+        .headers
+        .push((RECIPIENTS_HEADER.to_string(), list.join(",").into_bytes()));
+    record
+}
+
+/// The recipients a `chat.messages` event record was stamped with.
+pub fn recipients(record: &StoredRecord) -> Vec<String> {
+    record
+        .headers
+        .iter()
+        .find(|(k, _)| k == RECIPIENTS_HEADER)
+        .map(|(_, v)| {
+            String::from_utf8_lossy(v)
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Applies one chat command of partition `g` (an inbox partition when `inbox`) whose next
+/// offset is `next_offset`: the answer, and the records to append from `next_offset` on
+/// (none when the command was refused).
 pub(crate) fn apply(
     txn: &mut RowTxn<'_>,
     g: GroupId,
+    inbox: bool,
     next_offset: u64,
     cmd: ChatCommand,
-) -> Result<(ChatResponse, Option<StoredRecord>), RaftStorageError> {
-    let refused = |r| Ok((r, None));
+) -> Result<(ChatResponse, Vec<StoredRecord>), RaftStorageError> {
+    let refused = |r| Ok((r, Vec::new()));
+    if let ChatCommand::Many(cmds) = cmd {
+        let mut answers = Vec::with_capacity(cmds.len());
+        let mut records = Vec::new();
+        for c in cmds {
+            let (a, mut r) = apply(txn, g, inbox, next_offset + records.len() as u64, c)?;
+            answers.push(a);
+            records.append(&mut r);
+        }
+        return Ok((ChatResponse::Many(answers), records));
+    }
+    if inbox != matches!(cmd, ChatCommand::Deliver { .. }) {
+        return refused(ChatResponse::NotChat);
+    }
     match cmd {
+        ChatCommand::Many(_) => refused(ChatResponse::NotChat),
+        ChatCommand::Deliver {
+            source_partition,
+            source_offset,
+            users,
+            record,
+        } => {
+            let mut out = Vec::new();
+            let mut records = Vec::new();
+            for user in users {
+                let ik = inbox_key(g, &user);
+                let mut st = txn.get::<InboxState>(&ik)?.unwrap_or_default();
+                let seen = st
+                    .delivered
+                    .iter()
+                    .find(|(p, _)| *p == source_partition)
+                    .map(|(_, o)| *o);
+                if seen.is_some_and(|o| source_offset <= o) {
+                    continue;
+                }
+                st.last_seq += 1;
+                match st
+                    .delivered
+                    .iter_mut()
+                    .find(|(p, _)| *p == source_partition)
+                {
+                    Some(d) => d.1 = source_offset,
+                    None => st.delivered.push((source_partition, source_offset)),
+                }
+                let offset = next_offset + records.len() as u64;
+                txn.put(inbox_event_key(g, &user, st.last_seq), &offset)?;
+                txn.put(ik, &st)?;
+                let mut r = record.clone();
+                r.key = Some(chat4all_storage::Payload {
+                    format: chat4all_storage::PayloadFormat::Text,
+                    bytes: user.as_bytes().to_vec(),
+                });
+                r.headers
+                    .push((SEQ_HEADER.to_string(), st.last_seq.to_string().into_bytes()));
+                records.push(r);
+                out.push((user, st.last_seq));
+            }
+            Ok((ChatResponse::Delivered(out), records))
+        }
         ChatCommand::CreateConversation {
             mut conversation,
             record,
@@ -321,12 +456,16 @@ pub(crate) fn apply(
             conversation.last_message_at_ms = None;
             conversation.last_offset = next_offset;
             txn.put(ck, &conversation)?;
+            let record = with_recipients(
+                record,
+                conversation.participants.iter().map(|p| p.user_id.as_str()),
+            );
             Ok((
                 ChatResponse::Conversation {
                     conversation,
                     offset: Some(next_offset),
                 },
-                Some(record),
+                vec![record],
             ))
         }
         ChatCommand::AddParticipant {
@@ -363,12 +502,13 @@ pub(crate) fn apply(
             c.last_offset = next_offset;
             txn.put(member_key(g, &user_id, &conversation_id), &())?;
             txn.put(ck, &c)?;
+            let record = with_recipients(record, c.participants.iter().map(|p| p.user_id.as_str()));
             Ok((
                 ChatResponse::Conversation {
                     conversation: c,
                     offset: Some(next_offset),
                 },
-                Some(record),
+                vec![record],
             ))
         }
         ChatCommand::RemoveParticipant {
@@ -391,6 +531,8 @@ pub(crate) fn apply(
             if c.participant(&user_id).is_none() {
                 return refused(ChatResponse::NotParticipant);
             }
+            // The one removed hears of it too.
+            let record = with_recipients(record, c.participants.iter().map(|p| p.user_id.as_str()));
             c.participants.retain(|p| p.user_id != user_id);
             c.last_offset = next_offset;
             txn.delete(member_key(g, &user_id, &conversation_id));
@@ -400,7 +542,7 @@ pub(crate) fn apply(
                     conversation: c,
                     offset: Some(next_offset),
                 },
-                Some(record),
+                vec![record],
             ))
         }
         ChatCommand::Send {
@@ -447,12 +589,13 @@ pub(crate) fn apply(
             txn.put(mk, &state)?;
             txn.put(history_key(g, &conversation_id, next_offset), &message_id)?;
             txn.put(ck, &c)?;
+            let record = with_recipients(record, c.participants.iter().map(|p| p.user_id.as_str()));
             Ok((
                 ChatResponse::Message {
                     state,
                     duplicate: false,
                 },
-                Some(record),
+                vec![record],
             ))
         }
         ChatCommand::SetStatus {
@@ -466,9 +609,9 @@ pub(crate) fn apply(
             let Some(mut m) = txn.get::<MessageState>(&mk)? else {
                 return refused(ChatResponse::UnknownMessage);
             };
+            let c = txn.get::<Conversation>(&conversation_key(g, &m.conversation_id))?;
             if let Some(b) = &by {
-                let c = txn.get::<Conversation>(&conversation_key(g, &m.conversation_id))?;
-                if c.is_none_or(|c| c.participant(b).is_none()) {
+                if c.as_ref().is_none_or(|c| c.participant(b).is_none()) {
                     return refused(ChatResponse::NotParticipant);
                 }
                 if *b == m.sender_id {
@@ -484,12 +627,16 @@ pub(crate) fn apply(
             m.status = status;
             m.history.push(StatusChange { status, at_ms, by });
             txn.put(mk, &m)?;
+            let users = c
+                .iter()
+                .flat_map(|c| c.participants.iter().map(|p| p.user_id.as_str()));
+            let record = with_recipients(record, users);
             Ok((
                 ChatResponse::Status {
                     state: m,
                     changed: true,
                 },
-                Some(record),
+                vec![record],
             ))
         }
     }
@@ -567,6 +714,36 @@ impl ChatReader {
                 Ok(decode(self.db.scan(Cf::ChatRow, &start, &hi, limit)?))
             }
         }
+    }
+
+    /// Events of `user`'s inbox after sequence number `after`, as `(seq, offset)`, at most
+    /// `limit`, oldest first.
+    pub fn inbox(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64)>, StorageError> {
+        let start = inbox_event_key(self.group, user, after.saturating_add(1));
+        let mut end = key(self.group, INBOX_EVENT, &[user.as_bytes()]);
+        end.push(1);
+        Ok(self
+            .db
+            .scan::<u64>(Cf::ChatRow, &start, &end, limit)?
+            .into_iter()
+            .filter_map(|(k, off)| {
+                let seq = k.get(k.len().checked_sub(8)?..)?;
+                Some((u64::from_be_bytes(seq.try_into().ok()?), off))
+            })
+            .collect())
+    }
+
+    /// The sequence number of `user`'s last inbox event (0 when there is none).
+    pub fn inbox_last_seq(&self, user: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .db
+            .get::<InboxState>(Cf::ChatRow, &inbox_key(self.group, user))?
+            .map_or(0, |s| s.last_seq))
     }
 
     /// Ids of the conversations `user` is in, in id order after `after`, at most `limit`.

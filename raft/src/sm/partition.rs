@@ -59,6 +59,8 @@ pub enum PartitionKind {
     /// The chat domain (`chat.messages`): conversations, messages and their status, decided
     /// by [`crate::types::PartitionCommand::Chat`] commands.
     Chat,
+    /// Users' inboxes (`chat.inbox`): each user's events, once each, numbered per user.
+    Inbox,
 }
 
 /// Records read from a partition.
@@ -314,11 +316,13 @@ impl PartitionStateMachine {
         let g = self.inner.group;
         match cmd {
             PartitionCommand::Chat(cmd) => {
-                if self.inner.kind != PartitionKind::Chat {
-                    return Ok(PartitionResponse::Chat(ChatResponse::NotChat));
-                }
-                let (resp, record) = chat::apply(chat_rows, g, state.next_offset, *cmd)?;
-                if let Some(r) = record {
+                let inbox = match self.inner.kind {
+                    PartitionKind::Chat => false,
+                    PartitionKind::Inbox => true,
+                    _ => return Ok(PartitionResponse::Chat(ChatResponse::NotChat)),
+                };
+                let (resp, records) = chat::apply(chat_rows, g, inbox, state.next_offset, *cmd)?;
+                for r in records {
                     batch
                         .put(
                             Cf::OffsetRecord,
@@ -643,7 +647,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                     .filter_map(|(k, r)| keys::decode_group_u64(&k).map(|(_, o)| (o, r)))
                     .collect()
             });
-        let chat_rows = if self.inner.kind == PartitionKind::Chat {
+        let chat_rows = if matches!(self.inner.kind, PartitionKind::Chat | PartitionKind::Inbox) {
             let (start, end) = chat::range(g);
             self.inner.db.scan_raw(Cf::ChatRow, &start, &end)
         } else {

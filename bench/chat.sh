@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The chat numbers of the benchmark report in one run: `chat4all bench chat` (its own 3-node
+# cluster: send-to-receive latency over the event stream at stepped rates, then the first
+# Chat4All's 167 requests/s load test), and in the same run the NATS JetStream R3 peer's
+# publish-to-PubAck latency with sync=always at the same concurrency as the chat bench's
+# senders (one replicated fsynced write: a chat message is two, plus the stream's read).
+#
+#   bench/chat.sh         # JSON lines to stdout and to bench/results/chat-<UTC date-time>.jsonl
+#
+# Knobs (environment): CHAT4ALL_BIN, RATES=250,500,1000,1500 STEP_SECS=10 LOAD_SECS=300
+# PAIRS=20, NATS=1, NATS_DIR, QUIET_MAX=20 QUIET_WAIT=300 (as bench/run.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${CHAT4ALL_BIN:-/var/cache/chat4all/target/release/chat4all}
+NATS_DIR=${NATS_DIR:-$(cd "$here/.." && pwd)/shared/peers/nats}
+RATES=${RATES:-250,500,1000,1500}
+STEP_SECS=${STEP_SECS:-10}
+LOAD_SECS=${LOAD_SECS:-300}
+PAIRS=${PAIRS:-20}
+NATS=${NATS:-1}
+QUIET_MAX=${QUIET_MAX:-20}
+QUIET_WAIT=${QUIET_WAIT:-300}
+export NATS_BIN_DIR=${NATS_BIN_DIR:-/tmp/nats-bin}
+export NATS_RUN_DIR=${NATS_RUN_DIR:-/tmp/nats-cluster}
+NATSBENCH_TARGET=/tmp/natsbench-target
+
+log() { echo "bench/chat.sh: $*" >&2; }
+[ -x "$BIN" ] || { log "no chat4all binary at $BIN (set CHAT4ALL_BIN)"; exit 1; }
+out="$here/bench/results/chat-$(date -u +%Y-%m-%dT%H%M%SZ).jsonl"
+mkdir -p "$(dirname "$out")"
+nats_started=0
+trap '[ "$nats_started" = 1 ] && "$NATS_DIR/stop-cluster.sh" --wipe >/dev/null 2>&1 || true' EXIT
+trap 'exit 130' INT TERM
+
+# shellcheck source=bench/quiet.sh
+. "$here/bench/quiet.sh"
+
+{
+  echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ) kernel: $(uname -sr) cpus: $(nproc) mem: $(free -g | awk '/^Mem:/{print $2}') GiB"
+  echo "# chat4all: $("$BIN" --version) ($(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+} | tee "${out%.jsonl}.info" >&2
+
+bg=$(wait_quiet)
+log "chat bench (machine ${bg}% busy before)"
+"$BIN" bench chat --nodes 3 --pairs "$PAIRS" --rates "$RATES" --step-secs "$STEP_SECS" \
+  --load-secs "$LOAD_SECS" | tee -a "$out"
+
+if [ "$NATS" = 1 ]; then
+  NATS_BIN=$("$NATS_DIR/get-nats.sh" | tail -1)
+  export NATS_BIN
+  (cd "$NATS_DIR/bench" && CARGO_TARGET_DIR=$NATSBENCH_TARGET cargo build --release --locked -q)
+  bg=$(wait_quiet)
+  nats_started=1
+  "$NATS_DIR/start-cluster.sh" always
+  npids=$(cat "$NATS_RUN_DIR"/n*/nats.pid | paste -sd, -)
+  "$NATSBENCH_TARGET/release/natsbench" --records 20000 --size 512 --inflight "$PAIRS" \
+    --replicas 3 --streams 3 --connect any --watch-pids "$npids" \
+    --label "nats sync=always inflight=$PAIRS bg_cpu=$bg%" | tee -a "$out" \
+    || log "natsbench failed"
+  "$NATS_DIR/stop-cluster.sh" --wipe
+  nats_started=0
+fi
+log "results: $out"

@@ -1,0 +1,400 @@
+//! `chat4all bench chat`: send-to-receive latency of chat messages, and the first Chat4All's
+//! load test, on a cluster it spawns.
+//!
+//! `pairs` senders each talk to one receiver in a direct conversation; each receiver listens
+//! on `GET /v1/events` through a different node than its sender writes to. Messages go out at
+//! a fixed total rate (an open loop: a send starts on schedule whether or not earlier ones
+//! finished), and a message's latency runs from the start of its `POST` to the moment its
+//! receiver's stream delivers it: acceptance by a majority, the router's delivery into the
+//! inbox (another replicated write), and the stream's read. The rates are stepped up; the
+//! highest with p99 under 50 ms is reported. Then the load test: a constant 167 requests/s
+//! (50% send, 30% history, 20% health) with P95, P99 and the error rate.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::spawn::with_cluster_env;
+use super::{ms, round2};
+
+/// Options of `bench chat`.
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    /// The chat4all binary to run (default: this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Sender/receiver pairs (conversations).
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+    /// Message rates to step through, messages/s.
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,1500,2000")]
+    rates: Vec<u32>,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 10)]
+    step_secs: u64,
+    /// Seconds of the 167 requests/s load test (the first Chat4All ran it for 300).
+    #[arg(long, default_value_t = 300)]
+    load_secs: u64,
+}
+
+type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+type Hist = Arc<Mutex<hdrhistogram::Histogram<u64>>>;
+
+struct Pair {
+    sender_token: String,
+    conversation: String,
+    sender_url: String,
+}
+
+/// A latency histogram in microseconds, up to 10 minutes.
+fn hist() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    Ok(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)?)
+}
+
+async fn token(
+    http: &reqwest::Client,
+    url: &str,
+    email: &str,
+    pw: &str,
+) -> anyhow::Result<(String, String)> {
+    let start = Instant::now();
+    loop {
+        let r = http
+            .post(format!("{url}/v1/auth/token"))
+            .json(&json!({"grant_type": "password", "username": email, "password": pw}))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status() == 200
+        {
+            let v: Value = r.json().await?;
+            return Ok((
+                v["access_token"].as_str().context("token")?.to_string(),
+                v["user_id"].as_str().context("user id")?.to_string(),
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("cannot log in {email}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    let r = http
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .json(body)
+        .send()
+        .await?;
+    let s = r.status().as_u16();
+    Ok((s, r.json().await.unwrap_or(Value::Null)))
+}
+
+/// Reads a receiver's stream, recording each message's latency (from its `sent` entry).
+async fn receive(http: reqwest::Client, url: String, token: String, sent: Sent, h: Hist) {
+    let Ok(mut r) = http
+        .get(format!("{url}/v1/events"))
+        .header("authorization", format!("Bearer {token}"))
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+    else {
+        return;
+    };
+    let mut buf = String::new();
+    while let Ok(Some(chunk)) = r.chunk().await {
+        let now = Instant::now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+            if v["type"] != "message" {
+                continue;
+            }
+            let Some(id) = v["message_id"].as_str() else {
+                continue;
+            };
+            if let Some(t0) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+                let us = now.duration_since(t0).as_micros() as u64;
+                let _ = h
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(us.max(1));
+            }
+        }
+    }
+}
+
+pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
+    let extra = "[auth]\nrate_limit_per_s = 0\n";
+    let env = [
+        ("CHAT4ALL_ADMIN_EMAIL", "bench@example.com"),
+        ("CHAT4ALL_ADMIN_PASSWORD", "bench-password"),
+    ];
+    with_cluster_env(args.binary.as_deref(), args.nodes, extra, &env, async |c, http| {
+        let n = args.nodes;
+        for id in 1..=n {
+            c.wait_ready(http, id, Duration::from_secs(60)).await?;
+        }
+        let url = |i: u64| c.url(i % n + 1).to_string();
+        let (admin, _) = token(http, &url(0), "bench@example.com", "bench-password").await?;
+        let mut pairs = Vec::new();
+        let sent: Sent = Arc::default();
+        let h: Hist = Arc::new(Mutex::new(hist()?));
+        let mut receivers = Vec::new();
+        for i in 0..args.pairs {
+            let mut ids = Vec::new();
+            for role in ["s", "r"] {
+                let email = format!("{role}{i}@example.com");
+                let body = json!({"display_name": email, "user_type": "CUSTOMER", "email": email, "password": "password-123"});
+                let (s, v) = post(http, &format!("{}/v1/users", url(0)), &admin, &body).await?;
+                if s != 201 {
+                    bail!("create user: {s} {v}");
+                }
+                ids.push(token(http, &url(0), &email, "password-123").await?);
+            }
+            let (sender, receiver) = (ids[0].clone(), ids[1].clone());
+            let body = json!({"type": "direct", "participants": [receiver.1]});
+            let (s, v) = post(http, &format!("{}/v1/conversations", url(0)), &sender.0, &body).await?;
+            if s != 201 {
+                bail!("create conversation: {s} {v}");
+            }
+            let conversation = v["id"].as_str().context("id")?.to_string();
+            // The receiver listens through the node after the sender's.
+            receivers.push(tokio::spawn(receive(
+                http.clone(),
+                url(i as u64 + 1),
+                receiver.0.clone(),
+                sent.clone(),
+                h.clone(),
+            )));
+            pairs.push(Pair {
+                sender_token: sender.0,
+                conversation,
+                sender_url: url(i as u64),
+            });
+        }
+        let pairs = Arc::new(pairs);
+        // Let the streams open and the router group settle before measuring.
+        warm_up(http, &pairs, &sent).await?;
+
+        let mut steps = Vec::new();
+        let mut best: Option<u32> = None;
+        for &rate in &args.rates {
+            *h.lock().unwrap_or_else(|p| p.into_inner()) = hist()?;
+            let (sent_n, errors) = send_at(http, &pairs, &sent, rate, args.step_secs).await;
+            // Wait (bounded) for what is still on its way.
+            let drain = Instant::now();
+            while !sent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+                && drain.elapsed() < Duration::from_secs(10)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let lost = sent.lock().unwrap_or_else(|p| p.into_inner()).drain().count();
+            let hh = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let p99 = ms(&hh, 99.0);
+            let achieved = round2(sent_n as f64 / args.step_secs as f64);
+            eprintln!("rate {rate}/s: sent {sent_n}, errors {errors:?}, not received {lost}, p50 {} ms, p99 {p99} ms", ms(&hh, 50.0));
+            let n_errors: u64 = errors.values().sum();
+            let ok = p99 < 50.0 && n_errors == 0 && lost == 0 && achieved >= 0.95 * f64::from(rate);
+            if ok {
+                best = Some(rate);
+            }
+            steps.push(json!({"rate": rate, "achieved": achieved, "sent": sent_n, "errors": errors,
+                "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0)}));
+            if !ok && best.is_some() {
+                break;
+            }
+        }
+        let load = load_test(http, &pairs, args.load_secs).await?;
+        for r in receivers {
+            r.abort();
+        }
+        Ok(json!({"bench": "chat", "nodes": n, "pairs": args.pairs, "steps": steps,
+            "best_rate_p99_under_50ms": best, "load_test": load}))
+    })
+    .await
+}
+
+/// One message per pair, waiting (bounded) until each arrives.
+async fn warm_up(
+    http: &reqwest::Client,
+    pairs: &Arc<Vec<Pair>>,
+    sent: &Sent,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        for p in pairs.iter() {
+            let id = uuid::Uuid::new_v4().to_string();
+            sent.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), Instant::now());
+            let body = json!({"message_id": id, "content": "warm-up"});
+            post(
+                http,
+                &format!(
+                    "{}/v1/conversations/{}/messages",
+                    p.sender_url, p.conversation
+                ),
+                &p.sender_token,
+                &body,
+            )
+            .await?;
+        }
+        let wait = Instant::now();
+        while !sent.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+            && wait.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if sent.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return Ok(());
+        }
+        sent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("warm-up messages are not received");
+        }
+    }
+}
+
+type Errors = Arc<Mutex<std::collections::BTreeMap<String, u64>>>;
+
+/// Sends `rate` messages/s over the pairs for `secs` (open loop); returns (sent, errors by
+/// kind: the HTTP status and error code, or the transport error).
+async fn send_at(
+    http: &reqwest::Client,
+    pairs: &Arc<Vec<Pair>>,
+    sent: &Sent,
+    rate: u32,
+    secs: u64,
+) -> (u64, std::collections::BTreeMap<String, u64>) {
+    let total = u64::from(rate) * secs;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let errors: Errors = Arc::default();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        let p = &pairs[i as usize % pairs.len()];
+        let url = format!(
+            "{}/v1/conversations/{}/messages",
+            p.sender_url, p.conversation
+        );
+        let (http, token, sent, errors) = (
+            http.clone(),
+            p.sender_token.clone(),
+            sent.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            sent.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), Instant::now());
+            let body = json!({"message_id": id, "content": format!("m{i}")});
+            let kind = match post(&http, &url, &token, &body).await {
+                Ok((202, _)) => return,
+                Ok((s, v)) => format!("{s} {}", v["error"]["code"].as_str().unwrap_or("")),
+                Err(e) => format!("transport: {e}"),
+            };
+            sent.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            *errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(kind)
+                .or_default() += 1;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let errors = errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    (total, errors)
+}
+
+/// The first Chat4All's load test: a constant 167 requests/s, 50% send, 30% history, 20%
+/// health, for `secs`; request latency percentiles and the error rate.
+async fn load_test(
+    http: &reqwest::Client,
+    pairs: &Arc<Vec<Pair>>,
+    secs: u64,
+) -> anyhow::Result<Value> {
+    if secs == 0 {
+        return Ok(Value::Null);
+    }
+    let rate = 167u64;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let h: Hist = Arc::new(Mutex::new(hist()?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..rate * secs {
+        tick.tick().await;
+        let p = &pairs[i as usize % pairs.len()];
+        let kind = i % 10;
+        let (http, token, h, errors) = (
+            http.clone(),
+            p.sender_token.clone(),
+            h.clone(),
+            errors.clone(),
+        );
+        let base = format!(
+            "{}/v1/conversations/{}/messages",
+            p.sender_url, p.conversation
+        );
+        let health = format!("{}/health", p.sender_url);
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = match kind {
+                0..5 => {
+                    http.post(&base)
+                        .header("authorization", format!("Bearer {token}"))
+                        .json(&json!({"content": format!("load {i}")}))
+                        .send()
+                        .await
+                }
+                5..8 => {
+                    http.get(format!("{base}?limit=50"))
+                        .header("authorization", format!("Bearer {token}"))
+                        .send()
+                        .await
+                }
+                _ => http.get(&health).send().await,
+            };
+            let ok = r.is_ok_and(|r| r.status().is_success());
+            let _ = h
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record((t0.elapsed().as_micros() as u64).max(1));
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let hh = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let n = rate * secs;
+    Ok(json!({"rate": rate, "secs": secs, "requests": n,
+        "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
+        "error_rate": round2(100.0 * errors.load(std::sync::atomic::Ordering::Relaxed) as f64 / n as f64),
+        "p50_ms": ms(&hh, 50.0), "p95_ms": ms(&hh, 95.0), "p99_ms": ms(&hh, 99.0), "max_ms": ms(&hh, 100.0)}))
+}

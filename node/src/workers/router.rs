@@ -1,0 +1,182 @@
+//! The router: a member of the `router` consumer group on every node. It reads `chat.messages`
+//! and delivers each event to the inboxes of the users the apply stamped on it
+//! ([`RECIPIENTS_HEADER`]), then marks a delivered message SENT (itself an event, which is
+//! routed in turn). Deliveries are decided in the inbox partition's apply, which drops an
+//! event an inbox already has, so a router that restarts and reads an event again adds
+//! nothing: each inbox holds each event once, in its conversation's order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat4all_raft::sm::chat::{
+    ChatCommand, ChatResponse, MessageStatus, RECIPIENTS_HEADER, recipients,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::rfc3339;
+use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC, event};
+use crate::consumer::{Consumed, Consumer};
+use crate::error::ServiceError;
+use crate::retention::now_ms;
+use crate::service::Service;
+
+/// The consumer group.
+pub const GROUP: &str = "router";
+/// How long to wait after an error before trying again.
+const BACKOFF: Duration = Duration::from_millis(250);
+/// Records per poll.
+const MAX_RECORDS: u32 = 200;
+
+/// Runs the router until `shutdown`, then leaves the group.
+pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
+    // Start when the first chat request has created `chat.messages` (a cluster that never
+    // chats runs no chat partitions), with `chat.inbox` made before the first member joins.
+    let mut metadata = service.controller().subscribe();
+    loop {
+        if metadata
+            .borrow_and_update()
+            .topics
+            .contains_key(MESSAGES_TOPIC)
+        {
+            break;
+        }
+        tokio::select! {
+            changed = metadata.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    loop {
+        let outcome = tokio::select! {
+            r = service.inbox_topic() => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match outcome {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!("router: {INBOX_TOPIC} not ready: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(BACKOFF) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+    // A static member per node: a node restarting within the session timeout gets its
+    // partitions back without moving them twice.
+    let instance = format!("{GROUP}-node-{}", service.node_id());
+    let mut consumer = Consumer::new(
+        service.clone(),
+        GROUP,
+        &[MESSAGES_TOPIC.to_string()],
+        Some(instance),
+    );
+    tracing::info!("router started");
+    loop {
+        let step = tokio::select! {
+            step = step(&service, &mut consumer) => step,
+            _ = shutdown.cancelled() => break,
+        };
+        if let Err(e) = step {
+            tracing::debug!("router: {e}");
+            tokio::select! {
+                _ = tokio::time::sleep(BACKOFF) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
+}
+
+/// One poll: every event delivered, in order, then the positions committed.
+async fn step(service: &Service, consumer: &mut Consumer) -> Result<(), ServiceError> {
+    let records = consumer.poll(MAX_RECORDS, Duration::from_secs(1)).await?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = route(service, &records).await {
+        // Read them again rather than skip them; the inboxes drop what they have.
+        consumer.rewind();
+        return Err(e);
+    }
+    consumer.commit().await
+}
+
+/// Delivers a poll's events: one batch per inbox partition (its events in their source
+/// order), all partitions at once; then marks the delivered messages SENT, one batch per
+/// `chat.messages` partition.
+async fn route(service: &Service, records: &[Consumed]) -> Result<(), ServiceError> {
+    let mut deliveries: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
+    let mut sent: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
+    let mut accepted_at: Vec<i64> = Vec::new();
+    let now = now_ms();
+    for c in records {
+        let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for u in recipients(&c.record) {
+            let p = service.inbox_partition(&u).await?;
+            by_partition.entry(p).or_default().push(u);
+        }
+        let mut record = c.record.clone();
+        record.headers.retain(|(k, _)| k != RECIPIENTS_HEADER);
+        for (p, users) in by_partition {
+            deliveries.entry(p).or_default().push(ChatCommand::Deliver {
+                source_partition: c.partition,
+                source_offset: c.offset,
+                users,
+                record: record.clone(),
+            });
+        }
+        let ev: Value = serde_json::from_slice(&c.record.value.bytes).unwrap_or(Value::Null);
+        if ev["type"] == "message"
+            && let Some(cmd) = mark_sent(&ev, now)
+        {
+            accepted_at.push(c.record.timestamp_ms);
+            sent.entry(c.partition).or_default().push(cmd);
+        }
+    }
+    let writes = deliveries.into_iter().map(|(p, cmds)| async move {
+        match service.inbox_write(p, ChatCommand::Many(cmds)).await? {
+            ChatResponse::Many(_) => Ok(()),
+            other => Err(ServiceError::Internal(format!(
+                "inbox delivery answered {other:?}"
+            ))),
+        }
+    });
+    futures::future::try_join_all(writes).await?;
+    // In the inboxes now: that is the delivery latency.
+    let delivered_at = now_ms();
+    for t in accepted_at {
+        let waited = (delivered_at - t).max(0) as f64 / 1000.0;
+        service.metrics().chat_delivery.observe(waited);
+    }
+    let marks = sent.into_iter().map(|(p, cmds)| async move {
+        match service.chat_write_to(p, ChatCommand::Many(cmds)).await? {
+            ChatResponse::Many(_) => Ok(()),
+            other => Err(ServiceError::Internal(format!(
+                "marking SENT answered {other:?}"
+            ))),
+        }
+    });
+    futures::future::try_join_all(marks).await?;
+    Ok(())
+}
+
+/// PENDING → SENT once the message is in its recipients' inboxes (a no-op if it moved on).
+fn mark_sent(ev: &Value, at: i64) -> Option<ChatCommand> {
+    let message_id = ev["message_id"].as_str()?;
+    let conversation_id = ev["conversation_id"].as_str()?;
+    let record = event(
+        conversation_id,
+        at,
+        &json!({"type": "status", "message_id": message_id, "conversation_id": conversation_id,
+                "status": MessageStatus::Sent, "by": null, "timestamp": rfc3339(at)}),
+    );
+    Some(ChatCommand::SetStatus {
+        message_id: message_id.to_string(),
+        status: MessageStatus::Sent,
+        by: None,
+        at_ms: at,
+        record,
+    })
+}

@@ -1,0 +1,214 @@
+//! Chat and inbox partitions through openraft's state machine interface on a real RocksDB:
+//! a repeated `message_id` is stored once even within one apply call, a refused command
+//! appends nothing, accepted events carry their recipients, an inbox takes each event once
+//! per user (also when a router delivers it again), and a snapshot carries the rows to a fresh
+//! replica that then decides alike.
+
+use chat4all_raft::sm::chat::{
+    ChatCommand, ChatResponse, Conversation, ConversationKind, MessageStatus, Participant,
+    recipients,
+};
+use chat4all_raft::sm::partition::{PartitionKind, PartitionStateMachine};
+use chat4all_raft::types::{
+    Command, CommandResponse, Entry, GroupId, PartitionCommand, PartitionResponse,
+};
+use chat4all_storage::{Db, DbConfig, Payload, PayloadFormat, StoredRecord};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+fn open(kind: PartitionKind) -> (tempfile::TempDir, PartitionStateMachine) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&DbConfig::new(dir.path())).expect("open db");
+    let sm = PartitionStateMachine::open_with(db, GroupId(5), kind).expect("open sm");
+    (dir, sm)
+}
+
+fn record(text: &str) -> StoredRecord {
+    StoredRecord {
+        timestamp_ms: 1,
+        key: None,
+        value: Payload {
+            format: PayloadFormat::Text,
+            bytes: text.as_bytes().to_vec(),
+        },
+        headers: Vec::new(),
+    }
+}
+
+fn conversation(id: &str, users: &[&str]) -> ChatCommand {
+    ChatCommand::CreateConversation {
+        conversation: Conversation {
+            id: id.into(),
+            kind: ConversationKind::Group,
+            title: None,
+            primary_channel: None,
+            created_by: users[0].into(),
+            created_at_ms: 1,
+            participants: users
+                .iter()
+                .map(|u| Participant {
+                    user_id: u.to_string(),
+                    joined_offset: 0,
+                    joined_at_ms: 1,
+                })
+                .collect(),
+            message_count: 0,
+            last_message_at_ms: None,
+            last_offset: 0,
+        },
+        record: record("created"),
+    }
+}
+
+fn send(id: &str, sender: &str) -> ChatCommand {
+    ChatCommand::Send {
+        message_id: id.into(),
+        conversation_id: "c".into(),
+        sender_id: sender.into(),
+        at_ms: 2,
+        status: MessageStatus::Pending,
+        record: record(id),
+    }
+}
+
+fn deliver(partition: u32, offset: u64, users: &[&str]) -> ChatCommand {
+    ChatCommand::Deliver {
+        source_partition: partition,
+        source_offset: offset,
+        users: users.iter().map(|u| u.to_string()).collect(),
+        record: record(&format!("{partition}/{offset}")),
+    }
+}
+
+async fn apply(
+    sm: &mut PartitionStateMachine,
+    first: u64,
+    cmds: Vec<ChatCommand>,
+) -> Vec<ChatResponse> {
+    let entries: Vec<Entry> = cmds
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), first + i as u64),
+            payload: EntryPayload::Normal(Command::Partition(PartitionCommand::Chat(Box::new(c)))),
+        })
+        .collect();
+    sm.apply(entries)
+        .await
+        .expect("apply")
+        .into_iter()
+        .map(|r| match r {
+            CommandResponse::Partition(PartitionResponse::Chat(c)) => c,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_id_is_stored_once_and_refusals_append_nothing() {
+    let (_d, mut sm) = open(PartitionKind::Chat);
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            conversation("c", &["ann", "ben"]),
+            send("m1", "ann"),
+            send("m1", "ann"),
+            send("m2", "zed"),
+            deliver(0, 0, &["ann"]),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&r[1], ChatResponse::Message { duplicate: false, state } if state.offset == 1)
+    );
+    assert!(matches!(&r[2], ChatResponse::Message { duplicate: true, state } if state.offset == 1));
+    assert_eq!(r[3], ChatResponse::NotParticipant);
+    assert_eq!(
+        r[4],
+        ChatResponse::NotChat,
+        "a delivery has no place in a chat partition"
+    );
+    // Two records: the conversation and one message, each stamped with its recipients.
+    assert_eq!(sm.state().next_offset, 2);
+    let read = sm.read(0, 10, u64::MAX).expect("read").expect("in range");
+    for (_, rec) in &read.records {
+        assert_eq!(recipients(rec), vec!["ann".to_string(), "ben".to_string()]);
+    }
+    let history = sm
+        .chat()
+        .history(
+            "c",
+            chat4all_raft::sm::chat::HistoryPage::Before(None),
+            0,
+            10,
+        )
+        .expect("history");
+    assert_eq!(history, vec![(1, "m1".to_string())]);
+}
+
+#[tokio::test]
+async fn an_inbox_takes_each_event_once_and_a_snapshot_keeps_it_that_way() {
+    let (_d, mut sm) = open(PartitionKind::Inbox);
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            deliver(0, 5, &["u1", "u2"]),
+            // The router read offset 5 again after a restart, and an older one.
+            deliver(0, 5, &["u1", "u2"]),
+            deliver(0, 3, &["u1"]),
+            deliver(1, 0, &["u1"]),
+            send("m", "u1"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r[0],
+        ChatResponse::Delivered(vec![("u1".into(), 1), ("u2".into(), 1)])
+    );
+    assert_eq!(r[1], ChatResponse::Delivered(vec![]));
+    assert_eq!(r[2], ChatResponse::Delivered(vec![]));
+    assert_eq!(r[3], ChatResponse::Delivered(vec![("u1".into(), 2)]));
+    assert_eq!(r[4], ChatResponse::NotChat);
+    assert_eq!(sm.state().next_offset, 3);
+    let inbox = sm.chat();
+    assert_eq!(
+        inbox.inbox("u1", 0, 10).expect("inbox"),
+        vec![(1, 0), (2, 2)]
+    );
+    assert_eq!(inbox.inbox("u1", 1, 10).expect("inbox"), vec![(2, 2)]);
+    assert_eq!(inbox.inbox_last_seq("u2").expect("seq"), 1);
+    // Each inbox record is keyed by its user.
+    let read = sm.read(0, 10, u64::MAX).expect("read").expect("in range");
+    let keys: Vec<String> = read
+        .records
+        .iter()
+        .map(|(_, r)| String::from_utf8_lossy(&r.key.as_ref().expect("key").bytes).into_owned())
+        .collect();
+    assert_eq!(keys, vec!["u1", "u2", "u1"]);
+
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    let (_d2, mut replica) = open(PartitionKind::Inbox);
+    replica
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    assert_eq!(
+        replica.chat().inbox("u1", 0, 10).expect("inbox"),
+        vec![(1, 0), (2, 2)]
+    );
+    let r = apply(
+        &mut replica,
+        6,
+        vec![deliver(1, 0, &["u1"]), deliver(1, 1, &["u1"])],
+    )
+    .await;
+    assert_eq!(r[0], ChatResponse::Delivered(vec![]));
+    assert_eq!(r[1], ChatResponse::Delivered(vec![("u1".into(), 3)]));
+}
