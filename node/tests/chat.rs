@@ -719,3 +719,113 @@ async fn a_receiver_on_another_node_gets_every_event_once_in_order_across_a_kill
     assert!(killed.is_some());
     assert!(reconnects >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    let c = cluster().await;
+    let u = users(&c, &["hal", "ivy"]).await;
+    let (hal, ivy) = (&u[0], &u[1]);
+    let (s, conv) = call(
+        &c,
+        Method::POST,
+        1,
+        "/v1/conversations",
+        hal,
+        Some(&json!({"type": "direct", "participants": [ivy.id]})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let conv_id = conv["id"].as_str().expect("id").to_string();
+
+    // Ivy listens over a WebSocket on node 2, with the token in the query (as a browser must).
+    let ws_url = format!(
+        "{}/v1/ws?access_token={}",
+        c.api(2).replace("http://", "ws://"),
+        ivy.token
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url)
+        .await
+        .expect("websocket");
+    for i in 0..3 {
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            1,
+            &format!("/v1/conversations/{conv_id}/messages"),
+            hal,
+            Some(&json!({"content": format!("w{i}")})),
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let mut frames: Vec<Value> = Vec::new();
+    while frames.iter().filter(|f| f["event"] == "message").count() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame within 20 s")
+            .expect("the socket stays open")
+            .expect("a good frame");
+        if let Ws::Text(t) = msg {
+            frames.push(serde_json::from_str(&t).expect("JSON frame"));
+        }
+    }
+    let ids: Vec<u64> = frames
+        .iter()
+        .map(|f| f["id"].as_u64().expect("id"))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    let texts: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["event"] == "message")
+        .map(|f| f["data"]["content"].as_str().expect("content"))
+        .collect();
+    assert_eq!(texts, vec!["w0", "w1", "w2"]);
+    let _ = ws.send(Ws::Close(None)).await;
+
+    // The same events over SSE from the start (cursor 0), token in the query, no header.
+    let r = c
+        .http
+        .get(format!(
+            "{}/v1/events?cursor=0&access_token={}",
+            c.api(3),
+            ivy.token
+        ))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(r.status().as_u16(), 200);
+    let mut stream = EventStream {
+        response: r,
+        buf: String::new(),
+    };
+    let first = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
+    assert_eq!(first.id, 1);
+    // A token in the query is only for the two streams.
+    let (s, _, v) = c
+        .call_as(
+            Method::GET,
+            1,
+            &format!("/v1/users/{}?access_token={}", ivy.id, ivy.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (401, "UNAUTHENTICATED"));
+    // A bad cursor is refused before the stream starts.
+    let (s, _, v) = c
+        .call_as(
+            Method::GET,
+            1,
+            "/v1/events?cursor=abc",
+            Some(("authorization", &format!("Bearer {}", ivy.token))),
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_CURSOR"));
+}

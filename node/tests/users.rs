@@ -103,6 +103,23 @@ async fn users_identities_and_audit_across_nodes() {
     .await;
     assert_eq!((s, code(&v)), (400, "INVALID_GRANT"), "{v}");
 
+    // Every answer carries a trace id: the caller's W3C trace id when it sent one.
+    assert!(h.get("x-trace-id").is_some_and(|v| v.len() >= 16));
+    let r = c
+        .http
+        .get(format!("{}/v1/users", c.api(3)))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        r.headers().get("x-trace-id").and_then(|v| v.to_str().ok()),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+
     let admin = login(&c, 2, ADMIN_EMAIL, ADMIN_PASSWORD).await;
 
     // Create an agent with a password through node 1, and read it through node 3.

@@ -2,18 +2,22 @@
 //! sequence number in the caller's inbox (1, 2, 3, ...); a client that reconnects, to any
 //! node, with `Last-Event-ID` (or `?cursor=`) gets every event after it, once, in order.
 //! Without a cursor the stream starts with the events that arrive after it opened.
+//! `GET /v1/ws` is the same stream over a WebSocket: one text frame per event,
+//! `{"id","event","data"}`, resumed with `?cursor=`.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chat4all_storage::StoredRecord;
 use futures::Stream;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
@@ -43,12 +47,14 @@ fn sse_event(seq: u64, record: &StoredRecord) -> Event {
         .data(data.to_string())
 }
 
-pub async fn get_events(
-    State(svc): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+/// Where a stream starts: `Last-Event-ID` or `?cursor=`, checked; then the first read, which
+/// answers at once, so an unreachable inbox is an HTTP error rather than an empty stream.
+async fn open(
+    svc: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Cursor, ApiError> {
     caller.require("messages:read")?;
     let given = headers
         .get("last-event-id")
@@ -65,35 +71,87 @@ pub async fn get_events(
             )
         })?),
     };
-    // The first read answers now, so an unreachable inbox is an HTTP error, not an empty
-    // stream; it also fixes where a stream without a cursor starts.
     let (after, first) = svc.inbox_read(&caller.user_id, cursor, BATCH, 0).await?;
-    let state = Cursor {
+    Ok(Cursor {
         svc: svc.clone(),
-        user: caller.user_id,
+        user: caller.user_id.clone(),
         after,
         pending: first.into(),
-    };
-    let stream = futures::stream::unfold(state, |mut st| async move {
+    })
+}
+
+impl Cursor {
+    /// The next event, waiting for one; `None` when the inbox cannot be read (the client
+    /// reconnects from its last event id and loses nothing).
+    async fn next(&mut self) -> Option<(u64, StoredRecord)> {
         loop {
-            if let Some((seq, record)) = st.pending.pop_front() {
-                st.after = seq;
-                return Some((Ok(sse_event(seq, &record)), st));
+            if let Some((seq, record)) = self.pending.pop_front() {
+                self.after = seq;
+                return Some((seq, record));
             }
-            match st
+            match self
                 .svc
-                .inbox_read(&st.user, Some(st.after), BATCH, POLL_MS)
+                .inbox_read(&self.user, Some(self.after), BATCH, POLL_MS)
                 .await
             {
-                Ok((_, events)) => st.pending.extend(events),
+                Ok((_, events)) => self.pending.extend(events),
                 Err(e) => {
-                    // End the stream: the client reconnects with its Last-Event-ID (to this
-                    // node or another) and loses nothing.
-                    tracing::debug!(user = %st.user, "event stream ends: {e}");
+                    tracing::debug!(user = %self.user, "event stream ends: {e}");
                     return None;
                 }
             }
         }
+    }
+}
+
+pub async fn get_events(
+    State(svc): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let state = open(&svc, &caller, &headers, &q).await?;
+    let stream = futures::stream::unfold(state, |mut st| async move {
+        let (seq, record) = st.next().await?;
+        Some((Ok(sse_event(seq, &record)), st))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `GET /v1/ws`: the stream over a WebSocket.
+pub async fn get_ws(
+    State(svc): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let cursor = open(&svc, &caller, &headers, &q).await?;
+    Ok(upgrade.on_upgrade(move |socket| pump(socket, cursor)))
+}
+
+/// Sends events until the client goes or the inbox cannot be read; answers pings.
+async fn pump(mut socket: WebSocket, mut cursor: Cursor) {
+    loop {
+        tokio::select! {
+            next = cursor.next() => {
+                let Some((seq, record)) = next else { break };
+                let data: Value = serde_json::from_slice(&record.value.bytes).unwrap_or(Value::Null);
+                let frame = json!({"id": seq, "event": data["type"], "data": data});
+                if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Ping(p))) => {
+                    if socket.send(Message::Pong(p)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
 }

@@ -9,6 +9,7 @@ mod ops;
 mod payload;
 mod records;
 mod topics;
+mod trace;
 mod users;
 
 pub use topics::{assign_replicas, is_legal_name};
@@ -36,6 +37,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/health", get(ops::get_health))
         .route("/ready", get(ops::get_ready))
         .route("/metrics", get(ops::get_metrics))
+        .route("/v1/openapi.json", get(openapi))
         .route(
             "/v1/topics",
             post(topics::post_topic).get(topics::list_topics),
@@ -100,9 +102,19 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/messages/{id}/receipts", post(messages::post_receipt))
         .route("/api/messages", post(messages::post_legacy_message))
         .route("/v1/events", get(events::get_events))
+        .route("/v1/ws", get(events::get_ws))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(trace::with_trace_id))
         .with_state(service)
+}
+
+/// The OpenAPI document of every route below (`openapi.json`, kept in step with the router
+/// by the test `the_openapi_document_describes_every_route`).
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([("content-type", "application/json")], OPENAPI)
 }
 
 async fn not_found() -> ApiError {
@@ -268,4 +280,53 @@ pub fn parse_json(
         ));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+
+    /// `(path, method)` of every `.route(...)` in this file's router.
+    fn routes() -> Vec<(String, String)> {
+        let src = include_str!("mod.rs");
+        let start = src.find("pub fn router(").expect("router fn");
+        let end = src[start..].find("\n}\n").expect("router end") + start;
+        let mut out = Vec::new();
+        for chunk in src[start..end].split(".route(").skip(1) {
+            let path = chunk.split('"').nth(1).expect("a quoted path").to_string();
+            for m in ["get", "post", "put", "delete"] {
+                let called = chunk.match_indices(&format!("{m}(")).any(|(i, _)| {
+                    i == 0
+                        || !chunk.as_bytes()[i - 1].is_ascii_alphanumeric()
+                            && chunk.as_bytes()[i - 1] != b'_'
+                });
+                if called {
+                    out.push((path.clone(), m.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let routes = routes();
+        assert!(routes.len() > 40, "router parse found only {routes:?}");
+        for (path, method) in &routes {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is routed but not in openapi.json"
+            );
+        }
+        // And nothing described that is not routed.
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("ops").keys() {
+                assert!(
+                    routes.iter().any(|(p, m)| p == path && m == method),
+                    "{method} {path} is in openapi.json but not routed"
+                );
+            }
+        }
+    }
 }

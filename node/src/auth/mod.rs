@@ -198,18 +198,36 @@ async fn authenticate(svc: &Service, parts: &Parts) -> Result<Caller, ApiError> 
             })
             .transpose()
     };
-    if let Some(value) = header("authorization")? {
-        let token = match value.split_once(' ') {
-            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+    // Browsers' EventSource and WebSocket cannot set headers: the two streams also take the
+    // access token as `?access_token=` (RFC 6750 §2.3).
+    let query_token = (parts.method == axum::http::Method::GET
+        && matches!(parts.uri.path(), "/v1/events" | "/v1/ws"))
+    .then(|| parts.uri.query())
+    .flatten()
+    .and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v)
+    });
+    let bearer = match header("authorization")? {
+        Some(value) => match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Some(t.trim().to_string())
+            }
             _ => {
                 return Err(unauthenticated(
                     "Authorization must be `Bearer <access token>`",
                 ));
             }
-        };
+        },
+        None => query_token,
+    };
+    if let Some(token) = bearer {
         let keys = svc.auth().keys(svc).await?;
         let claims = keys
-            .verify(token, TokenKind::Access)
+            .verify(&token, TokenKind::Access)
             .map_err(unauthenticated)?;
         return Ok(Caller {
             user_id: claims.sub,
