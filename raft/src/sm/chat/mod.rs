@@ -8,8 +8,14 @@
 //! appends exactly one record (the event, as the proposer wrote it) at the next offset and
 //! updates the rows below in the same RocksDB batch; a refused one writes nothing.
 
-use chat4all_storage::{Cf, Db, StorageError, StoredRecord, keys};
+use chat4all_storage::{StoredRecord, keys};
 use serde::{Deserialize, Serialize};
+
+mod inbox;
+mod reader;
+
+pub use inbox::InboxState;
+pub use reader::{ChatReader, HistoryPage};
 
 use super::RowTxn;
 use crate::types::{GroupId, RaftStorageError};
@@ -289,17 +295,6 @@ const CONVERSATION: &[u8] = b"c/";
 const MESSAGE: &[u8] = b"m/";
 const HISTORY: &[u8] = b"h/";
 const MEMBER: &[u8] = b"u/";
-const INBOX: &[u8] = b"q/";
-const INBOX_EVENT: &[u8] = b"e/";
-
-/// A user's inbox, in a `chat.inbox` partition.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-pub struct InboxState {
-    /// The sequence number of the last event (0: none yet; the first is 1).
-    pub last_seq: u64,
-    /// The highest source offset delivered, per `chat.messages` partition.
-    pub delivered: Vec<(u32, u64)>,
-}
 
 fn key(group: GroupId, prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -331,14 +326,6 @@ fn history_key(g: GroupId, conversation: &str, offset: u64) -> Vec<u8> {
 
 fn member_key(g: GroupId, user: &str, conversation: &str) -> Vec<u8> {
     key(g, MEMBER, &[user.as_bytes(), conversation.as_bytes()])
-}
-
-fn inbox_key(g: GroupId, user: &str) -> Vec<u8> {
-    key(g, INBOX, &[user.as_bytes()])
-}
-
-fn inbox_event_key(g: GroupId, user: &str, seq: u64) -> Vec<u8> {
-    key(g, INBOX_EVENT, &[user.as_bytes(), &seq.to_be_bytes()])
 }
 
 fn with_recipients<'a>(
@@ -399,44 +386,14 @@ pub(crate) fn apply(
             source_offset,
             users,
             record,
-        } => {
-            let mut out = Vec::new();
-            let mut records = Vec::new();
-            for user in users {
-                let ik = inbox_key(g, &user);
-                let mut st = txn.get::<InboxState>(&ik)?.unwrap_or_default();
-                let seen = st
-                    .delivered
-                    .iter()
-                    .find(|(p, _)| *p == source_partition)
-                    .map(|(_, o)| *o);
-                if seen.is_some_and(|o| source_offset <= o) {
-                    continue;
-                }
-                st.last_seq += 1;
-                match st
-                    .delivered
-                    .iter_mut()
-                    .find(|(p, _)| *p == source_partition)
-                {
-                    Some(d) => d.1 = source_offset,
-                    None => st.delivered.push((source_partition, source_offset)),
-                }
-                let offset = next_offset + records.len() as u64;
-                txn.put(inbox_event_key(g, &user, st.last_seq), &offset)?;
-                txn.put(ik, &st)?;
-                let mut r = record.clone();
-                r.key = Some(chat4all_storage::Payload {
-                    format: chat4all_storage::PayloadFormat::Text,
-                    bytes: user.as_bytes().to_vec(),
-                });
-                r.headers
-                    .push((SEQ_HEADER.to_string(), st.last_seq.to_string().into_bytes()));
-                records.push(r);
-                out.push((user, st.last_seq));
-            }
-            Ok((ChatResponse::Delivered(out), records))
-        }
+        } => inbox::deliver(
+            txn,
+            g,
+            next_offset,
+            (source_partition, source_offset),
+            users,
+            record,
+        ),
         ChatCommand::CreateConversation {
             mut conversation,
             record,
@@ -648,132 +605,6 @@ pub(crate) fn range(g: GroupId) -> (Vec<u8>, Vec<u8>) {
         .map(|k| k.to_vec())
         .unwrap_or_else(|| vec![0xff; 9]);
     (keys::group_start(g.0).to_vec(), end)
-}
-
-/// Reads of one chat partition as this replica applied it.
-#[derive(Clone)]
-pub struct ChatReader {
-    pub(crate) db: Db,
-    pub(crate) group: GroupId,
-}
-
-/// Which part of a conversation's history to read.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HistoryPage {
-    /// The newest messages below `before` (all when `None`), newest first.
-    Before(Option<u64>),
-    /// The oldest messages above `after`, oldest first.
-    After(u64),
-}
-
-impl ChatReader {
-    /// A conversation by id.
-    pub fn conversation(&self, id: &str) -> Result<Option<Conversation>, StorageError> {
-        self.db.get(Cf::ChatRow, &conversation_key(self.group, id))
-    }
-
-    /// A message's state by id.
-    pub fn message(&self, id: &str) -> Result<Option<MessageState>, StorageError> {
-        self.db.get(Cf::ChatRow, &message_key(self.group, id))
-    }
-
-    /// History of `conversation` as `(offset, message id)`, at most `limit`, not below
-    /// `floor` (a participant sees messages from when they joined).
-    pub fn history(
-        &self,
-        conversation: &str,
-        page: HistoryPage,
-        floor: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, String)>, StorageError> {
-        let lo = history_key(self.group, conversation, floor);
-        let hi = {
-            let mut p = key(self.group, HISTORY, &[conversation.as_bytes()]);
-            p.push(1); // after every `conversation\0<offset>` key
-            p
-        };
-        let decode = |rows: Vec<(Vec<u8>, String)>| {
-            rows.into_iter()
-                .filter_map(|(k, id)| {
-                    let off = k.get(k.len().checked_sub(8)?..)?;
-                    Some((u64::from_be_bytes(off.try_into().ok()?), id))
-                })
-                .collect()
-        };
-        match page {
-            HistoryPage::Before(before) => {
-                let end = match before {
-                    Some(b) => history_key(self.group, conversation, b),
-                    None => hi,
-                };
-                Ok(decode(self.db.scan_rev(Cf::ChatRow, &lo, &end, limit)?))
-            }
-            HistoryPage::After(after) => {
-                let start =
-                    history_key(self.group, conversation, after.saturating_add(1).max(floor));
-                Ok(decode(self.db.scan(Cf::ChatRow, &start, &hi, limit)?))
-            }
-        }
-    }
-
-    /// Events of `user`'s inbox after sequence number `after`, as `(seq, offset)`, at most
-    /// `limit`, oldest first.
-    pub fn inbox(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, u64)>, StorageError> {
-        let start = inbox_event_key(self.group, user, after.saturating_add(1));
-        let mut end = key(self.group, INBOX_EVENT, &[user.as_bytes()]);
-        end.push(1);
-        Ok(self
-            .db
-            .scan::<u64>(Cf::ChatRow, &start, &end, limit)?
-            .into_iter()
-            .filter_map(|(k, off)| {
-                let seq = k.get(k.len().checked_sub(8)?..)?;
-                Some((u64::from_be_bytes(seq.try_into().ok()?), off))
-            })
-            .collect())
-    }
-
-    /// The sequence number of `user`'s last inbox event (0 when there is none).
-    pub fn inbox_last_seq(&self, user: &str) -> Result<u64, StorageError> {
-        Ok(self
-            .db
-            .get::<InboxState>(Cf::ChatRow, &inbox_key(self.group, user))?
-            .map_or(0, |s| s.last_seq))
-    }
-
-    /// Ids of the conversations `user` is in, in id order after `after`, at most `limit`.
-    pub fn conversations_of(
-        &self,
-        user: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, StorageError> {
-        let mut prefix = key(self.group, MEMBER, &[user.as_bytes()]);
-        prefix.push(0);
-        let end = keys::prefix_end(&prefix).unwrap_or_else(|| range(self.group).1);
-        let start = match after {
-            Some(a) => {
-                let mut k = member_key(self.group, user, a);
-                k.push(0);
-                k
-            }
-            None => prefix.clone(),
-        };
-        Ok(self
-            .db
-            .scan::<()>(Cf::ChatRow, &start, &end, limit)?
-            .into_iter()
-            .filter_map(|(k, ())| {
-                k.get(prefix.len()..)
-                    .map(|id| String::from_utf8_lossy(id).into_owned())
-            })
-            .collect())
-    }
 }
 
 #[cfg(test)]
