@@ -61,6 +61,27 @@ pub enum AnomalyKind {
     LateCommit,
     /// group: a record below a committed offset that no member of the group ever polled.
     GroupPollSkip,
+    /// chat: an acknowledged message missing from its conversation's history on a node.
+    ChatLostAck,
+    /// chat: one `message_id` twice in a conversation's history.
+    ChatDuplicate,
+    /// chat: two nodes return different histories (order or content) for one conversation.
+    ChatOrderDivergence,
+    /// chat: a client's acknowledged messages out of the order it got their acknowledgements.
+    ChatSenderOrder,
+    /// chat: a message in a history that was never sent to that conversation.
+    ChatPhantom,
+    /// chat: a message whose send was definitely refused, yet in a history.
+    ChatFailedVisible,
+    /// chat: an acknowledged message missing from a participant's event stream.
+    ChatEventLost,
+    /// chat: one message twice in a user's event stream.
+    ChatEventDuplicate,
+    /// chat: two messages of a conversation in a user's event stream in another order than its
+    /// history.
+    ChatEventOrder,
+    /// chat: an event stream's cursors not 1, 2, 3, ... after the one asked for.
+    ChatEventCursor,
 }
 
 impl AnomalyKind {
@@ -89,6 +110,16 @@ impl AnomalyKind {
             AnomalyKind::ZombieCommit => "zombie-commit",
             AnomalyKind::LateCommit => "late-commit",
             AnomalyKind::GroupPollSkip => "group-poll-skip",
+            AnomalyKind::ChatLostAck => "chat-lost-ack",
+            AnomalyKind::ChatDuplicate => "chat-duplicate",
+            AnomalyKind::ChatOrderDivergence => "chat-order-divergence",
+            AnomalyKind::ChatSenderOrder => "chat-sender-order",
+            AnomalyKind::ChatPhantom => "chat-phantom",
+            AnomalyKind::ChatFailedVisible => "chat-failed-visible",
+            AnomalyKind::ChatEventLost => "chat-event-lost",
+            AnomalyKind::ChatEventDuplicate => "chat-event-duplicate",
+            AnomalyKind::ChatEventOrder => "chat-event-order",
+            AnomalyKind::ChatEventCursor => "chat-event-cursor",
         }
     }
 }
@@ -264,6 +295,104 @@ pub enum Anomaly {
         committed: Offset,
         op: u64,
     },
+    /// chat `chat-lost-ack`: `message_id`, acknowledged to `client` by `op`, is not in the
+    /// history of `conversation` that `read` returned from `node`.
+    ChatLostAck {
+        conversation: String,
+        message_id: String,
+        client: u64,
+        node: u32,
+        op: u64,
+        read: u64,
+    },
+    /// chat `chat-duplicate`: `message_id` appears at all of `offsets` in the history of
+    /// `conversation` that `read` returned from `node`.
+    ChatDuplicate {
+        conversation: String,
+        message_id: String,
+        node: u32,
+        offsets: Vec<u64>,
+        read: u64,
+    },
+    /// chat `chat-order-divergence`: the histories of `conversation` read from `nodes[0]` and
+    /// `nodes[1]` (by `reads`) first differ at `position`, where they hold `ids` (`None`: that
+    /// history ends there).
+    ChatOrderDivergence {
+        conversation: String,
+        nodes: [u32; 2],
+        position: usize,
+        ids: [Option<String>; 2],
+        lengths: [usize; 2],
+        reads: [u64; 2],
+    },
+    /// chat `chat-sender-order`: `client` got the acknowledgement of `message_ids[0]` (op
+    /// `ops[0]`) before it first sent `message_ids[1]` (acknowledged by `ops[1]`), yet the history
+    /// of `conversation` from `node` has them at `positions` in the other order.
+    ChatSenderOrder {
+        conversation: String,
+        client: u64,
+        node: u32,
+        message_ids: [String; 2],
+        positions: [usize; 2],
+        ops: [u64; 2],
+    },
+    /// chat `chat-phantom`: `message_id` is in the history of `conversation` from `node`, but no
+    /// operation ever sent it there (`sent_to`: the conversation it was sent to, if another).
+    ChatPhantom {
+        conversation: String,
+        message_id: String,
+        node: u32,
+        sent_to: Option<String>,
+        read: u64,
+    },
+    /// chat `chat-failed-visible`: every attempt to send `message_id` was definitely refused
+    /// (`op`, the refusal), yet the history of `conversation` from `node` has it.
+    ChatFailedVisible {
+        conversation: String,
+        message_id: String,
+        node: u32,
+        op: u64,
+        read: u64,
+    },
+    /// chat `chat-event-lost`: `message_id` of `conversation`, acknowledged by `op`, is not in
+    /// the event stream of `user` (a participant) that `read` got from `node`.
+    ChatEventLost {
+        user: String,
+        conversation: String,
+        message_id: String,
+        node: u32,
+        op: u64,
+        read: u64,
+    },
+    /// chat `chat-event-duplicate`: `message_id` arrived at all of `cursors` in the event stream
+    /// of `user` that `read` got from `node`.
+    ChatEventDuplicate {
+        user: String,
+        message_id: String,
+        node: u32,
+        cursors: Vec<u64>,
+        read: u64,
+    },
+    /// chat `chat-event-order`: in the event stream of `user` from `node`, `message_ids[0]`
+    /// (at `cursors[0]`) came before `message_ids[1]`, which precedes it in the history of
+    /// `conversation` (at `positions`, as read from the lowest node).
+    ChatEventOrder {
+        user: String,
+        conversation: String,
+        node: u32,
+        message_ids: [String; 2],
+        cursors: [u64; 2],
+        positions: [usize; 2],
+        read: u64,
+    },
+    /// chat `chat-event-cursor`: in the event stream of `user` from `node`, the event after
+    /// cursor `cursors[0]` had cursor `cursors[1]` (not the next number).
+    ChatEventCursor {
+        user: String,
+        node: u32,
+        cursors: [u64; 2],
+        read: u64,
+    },
 }
 
 impl Anomaly {
@@ -292,6 +421,16 @@ impl Anomaly {
             Anomaly::ZombieCommit { .. } => AnomalyKind::ZombieCommit,
             Anomaly::LateCommit { .. } => AnomalyKind::LateCommit,
             Anomaly::GroupPollSkip { .. } => AnomalyKind::GroupPollSkip,
+            Anomaly::ChatLostAck { .. } => AnomalyKind::ChatLostAck,
+            Anomaly::ChatDuplicate { .. } => AnomalyKind::ChatDuplicate,
+            Anomaly::ChatOrderDivergence { .. } => AnomalyKind::ChatOrderDivergence,
+            Anomaly::ChatSenderOrder { .. } => AnomalyKind::ChatSenderOrder,
+            Anomaly::ChatPhantom { .. } => AnomalyKind::ChatPhantom,
+            Anomaly::ChatFailedVisible { .. } => AnomalyKind::ChatFailedVisible,
+            Anomaly::ChatEventLost { .. } => AnomalyKind::ChatEventLost,
+            Anomaly::ChatEventDuplicate { .. } => AnomalyKind::ChatEventDuplicate,
+            Anomaly::ChatEventOrder { .. } => AnomalyKind::ChatEventOrder,
+            Anomaly::ChatEventCursor { .. } => AnomalyKind::ChatEventCursor,
         }
     }
 

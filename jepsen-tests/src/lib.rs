@@ -13,7 +13,8 @@
 //!                                                       ▲  │
 //!                                         read_file ────┘  ├──► checker::queue::check ──┐
 //!                                                          ├──► checker::kafka::check ──┼─► Verdict
-//!                                                          └──► checker::group::check ──┘   (JSON)
+//!                                                          ├──► checker::group::check ──┤   (JSON)
+//!                                                          └──► checker::chat::check ───┘
 //! ```
 
 pub mod anomaly;
@@ -34,8 +35,8 @@ pub use error::HistoryError;
 pub use history::History;
 pub use ids::{Key, Offset, Process, Value};
 pub use op::{
-    Assign, Call, Commit, Heartbeat, HeartbeatReply, JOIN_EPOCH, LEAVE_EPOCH, Offsets, Op, OpType,
-    Poll, Record, Send,
+    Assign, Call, ChatEvent, ChatEvents, ChatMessage, ChatRead, ChatSend, Commit, Heartbeat,
+    HeartbeatReply, JOIN_EPOCH, LEAVE_EPOCH, Offsets, Op, OpType, Poll, Record, Send,
 };
 pub use recorder::Recorder;
 pub use verdict::{AnomalyReport, OutcomeCounts, Validity, Verdict};

@@ -102,6 +102,12 @@ pub enum Call {
     Commit(Commit),
     /// Consumer groups: a read of the group's committed offsets.
     Offsets(Offsets),
+    /// Chat workload: one attempt to send a message (retries keep its `message_id`).
+    ChatSend(ChatSend),
+    /// Chat workload: a conversation's whole history, read through one node.
+    ChatRead(ChatRead),
+    /// Chat workload: a user's event stream (`GET /v1/events`) from its start, through one node.
+    ChatEvents(ChatEvents),
 }
 
 impl Call {
@@ -120,6 +126,9 @@ impl Call {
             Call::Heartbeat(_) => "heartbeat",
             Call::Commit(_) => "commit",
             Call::Offsets(_) => "offsets",
+            Call::ChatSend(_) => "chat-send",
+            Call::ChatRead(_) => "chat-read",
+            Call::ChatEvents(_) => "chat-events",
         }
     }
 }
@@ -260,4 +269,79 @@ pub struct Offsets {
     /// The node the request went to (for people reading the history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<u32>,
+}
+
+/// The value of a `chat-send` operation: one attempt to send a message. Every attempt of a
+/// message carries the same `message_id` (the node stores an id once: a retry is answered with
+/// the original), so the attempts of one message are one logical write.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatSend {
+    /// The conversation sent to.
+    pub conversation: String,
+    /// The client-chosen id (a UUID), unique in the run.
+    pub message_id: String,
+    /// The workload client that sends it (sequentially, one message at a time); it keeps its
+    /// number when its process is retired.
+    pub client: u64,
+    /// On an `ok` completion: the offset the node answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The node the attempt went to (for people reading the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
+}
+
+/// One message of a conversation's history as a read returned it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Its `message_id`.
+    pub id: String,
+    /// Its offset in the conversation's partition.
+    pub offset: u64,
+}
+
+/// The value of a `chat-read` operation: a conversation's whole history read through one node,
+/// oldest first, page after page. Empty at invocation; an `ok` completion has every page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRead {
+    /// The conversation read.
+    pub conversation: String,
+    /// The node every page was read from.
+    pub node: u32,
+    /// On an `ok` completion: the history, oldest first.
+    #[serde(default)]
+    pub messages: Vec<ChatMessage>,
+}
+
+/// One event of a user's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEvent {
+    /// Its `id:` (the event's number in the user's inbox).
+    pub cursor: u64,
+    /// Its `event:` (`message`, `status`, `conversation_created`, ...).
+    pub kind: String,
+    /// Its conversation, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<String>,
+    /// For a `message` event: the message's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// The value of a `chat-events` operation: a user's event stream read from `after` (0: from
+/// the start) through one node. An `ok` completion has the events received before the reader
+/// stopped (the stream never ends by itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEvents {
+    /// The user whose inbox it is.
+    pub user: String,
+    /// The node streamed from.
+    pub node: u32,
+    /// The cursor asked for (`?cursor=`).
+    pub after: u64,
+    /// The conversations the user is in: every acknowledged message of these must arrive.
+    pub conversations: Vec<String>,
+    /// On an `ok` completion: the events, in arrival order.
+    #[serde(default)]
+    pub events: Vec<ChatEvent>,
 }

@@ -107,6 +107,46 @@ impl Api {
         self.exchange(request).await
     }
 
+    /// A POST of `body` on `node` with `Authorization: Bearer <token>` (the chat API).
+    pub async fn post_as(&self, node: NodeId, path: &str, body: &Value, token: &str) -> Answer {
+        let request = self
+            .http
+            .post(Api::url(node, path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        self.exchange(request).await
+    }
+
+    /// A GET on `node` with `Authorization: Bearer <token>` (the chat API).
+    pub async fn get_as(&self, node: NodeId, path: &str, token: &str) -> Answer {
+        let request = self.http.get(Api::url(node, path)).bearer_auth(token);
+        self.exchange(request).await
+    }
+
+    /// Opens a Server-Sent Events stream on `node` (with `Authorization: Bearer <token>`) that
+    /// may run for `limit`: the response once it answered 2xx (read it with `chunk()`), else
+    /// what it answered.
+    pub async fn open_stream(
+        &self,
+        node: NodeId,
+        path: &str,
+        token: &str,
+        limit: Duration,
+    ) -> Result<reqwest::Response, String> {
+        let request = self
+            .http
+            .get(Api::url(node, path))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .timeout(limit);
+        match request.send().await {
+            Ok(response) if response.status().is_success() => Ok(response),
+            Ok(response) => Err(format!("{}", response.status())),
+            Err(e) => Err(format!("{e}")),
+        }
+    }
+
     /// A PUT of `body` on `node`.
     pub async fn put(&self, node: NodeId, path: &str, body: &Value) -> Answer {
         let request = self

@@ -17,9 +17,13 @@
 //!                 results/<stamp>-<workload>-<nemesis>-seed<seed>/ ◄─────┘
 //!                 history.jsonl verdict.json summary.txt schedule.json plot.svg node-K.log
 //!                 (group.json: subscribe)
+//!
+//!  chat: users, conversations ─► senders + nemesis ─► heal ─► histories from every node,
+//!        event streams ─► chat checker
 //! ```
 
 mod api;
+mod chat;
 mod config;
 mod corrupt;
 mod docker;
@@ -41,7 +45,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use chat4all_jepsen::checker::{group as group_checker, kafka, queue as queue_checker};
+use chat4all_jepsen::checker::{
+    chat as chat_checker, group as group_checker, kafka, queue as queue_checker,
+};
 use chat4all_jepsen::{CheckConfig, History, Process, Recorder, Validity};
 use clap::Parser;
 use serde_json::json;
@@ -63,8 +69,10 @@ use crate::subscribe::GroupStats;
 #[command(name = "jepsen", args_override_self = true)]
 struct Args {
     /// The workload: `queue` (producers, then a drain), `log` (producers and consumers that
-    /// assign themselves partitions and poll during the run, then a drain) or `subscribe`
-    /// (producers and consumers in a consumer group that poll, commit and churn, then a drain).
+    /// assign themselves partitions and poll during the run, then a drain), `subscribe`
+    /// (producers and consumers in a consumer group that poll, commit and churn, then a drain)
+    /// or `chat` (users send messages through the chat API; then every conversation is read
+    /// through every node and every user's event stream from its start; netns mode only).
     #[arg(long, default_value = "queue")]
     workload: String,
     /// Faults, a comma list of partition, kill, pause, netem, corrupt, powercut (or none); they
@@ -119,7 +127,7 @@ struct Args {
 
 const TOPIC: &str = "jepsen-queue";
 /// The workloads.
-const WORKLOADS: [&str; 3] = ["queue", "log", "subscribe"];
+const WORKLOADS: [&str; 4] = ["queue", "log", "subscribe", "chat"];
 /// Client request timeout (the nodes answer OUTCOME_UNKNOWN after 4 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long nodes may take to become ready, at start and after the final heal.
@@ -147,7 +155,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !WORKLOADS.contains(&args.workload.as_str()) {
         bail!(
-            "unknown workload {:?}: `queue`, `log` or `subscribe`",
+            "unknown workload {:?}: `queue`, `log`, `subscribe` or `chat`",
             args.workload
         );
     }
@@ -169,7 +177,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.partitions == 0 || concurrency == 0 || args.time_limit == 0 {
         bail!("--partitions, --concurrency and --time-limit must be positive");
     }
-    if args.workload != "queue" && concurrency < 2 {
+    if args.workload == "chat" && mode != HostsMode::Netns {
+        bail!("the chat workload runs in netns mode only (--hosts netns) for now");
+    }
+    if !["queue", "chat"].contains(&args.workload.as_str()) && concurrency < 2 {
         bail!(
             "the {} workload needs --concurrency 2 or more (producers and consumers)",
             args.workload
@@ -333,6 +344,9 @@ async fn execute(
     recorder_slot: Arc<Mutex<Option<Arc<Recorder>>>>,
 ) -> anyhow::Result<Validity> {
     let nodes = args.nodes;
+    if args.workload == "chat" {
+        hosts.set_env(&chat::node_env());
+    }
     for id in 1..=nodes {
         hosts.start(id)?;
     }
@@ -352,9 +366,22 @@ async fn execute(
     *recorder_slot
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(recorder.clone());
+    let seed = schedule.config.seed;
+    if args.workload == "chat" {
+        return execute_chat(
+            args,
+            concurrency,
+            schedule,
+            hosts,
+            dir,
+            &api,
+            recorder,
+            netem,
+        )
+        .await;
+    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.time_limit);
-    let seed = schedule.config.seed;
     let workload = Arc::new(Workload::new(
         api.clone(),
         recorder.clone(),
@@ -496,6 +523,110 @@ async fn execute(
     Ok(valid)
 }
 
+/// The chat workload: users and conversations, senders during the faults, then (after the
+/// heal) every conversation read through every node, and the chat checker.
+#[allow(clippy::too_many_arguments)]
+async fn execute_chat(
+    args: &Args,
+    concurrency: u64,
+    schedule: &Schedule,
+    hosts: Arc<Hosts>,
+    dir: &Path,
+    api: &Api,
+    recorder: Arc<Recorder>,
+    netem: NetemMode,
+) -> anyhow::Result<Validity> {
+    let nodes = args.nodes;
+    let users = usize::try_from(concurrency.max(3))?;
+    let setup_deadline = Instant::now() + Duration::from_secs(90);
+    // The clients' deadline is set once the setup is done (it takes a few seconds).
+    let chat = chat::Chat::setup(
+        api.clone(),
+        recorder.clone(),
+        nodes,
+        users,
+        schedule.config.seed,
+        setup_deadline,
+    )
+    .await?;
+    let start = Instant::now();
+    let chat = Arc::new(chat.with_deadline(start + Duration::from_secs(args.time_limit)));
+    let nemesis = Arc::new(Nemesis::new(
+        hosts.clone(),
+        api.clone(),
+        recorder.clone(),
+        TOPIC,
+        netem,
+    ));
+    let nemesis_task = {
+        let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
+        tokio::spawn(async move { nemesis.run(&schedule, start).await })
+    };
+    let clients: Vec<_> = (0..concurrency)
+        .map(|c| tokio::spawn(chat.clone().client(c)))
+        .collect();
+    println!(
+        "workload: {concurrency} chat clients, {users} users, {} conversations for {} s",
+        chat.conversations.len(),
+        args.time_limit
+    );
+    let grace = start + Duration::from_secs(args.time_limit) + REQUEST_TIMEOUT * 3;
+    let mut notes = Vec::new();
+    let mut lost = 0;
+    for task in clients.into_iter().chain([nemesis_task]) {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(grace.into(), task).await.is_err() {
+            abort.abort();
+            lost += 1;
+        }
+    }
+    if lost > 0 {
+        notes.push(format!("{lost} tasks did not finish in time (aborted)"));
+    }
+    println!("healing, then reading every conversation through every node");
+    nemesis.heal_all().await;
+    if let Err(e) = wait_ready(api, &hosts, READY_DEADLINE).await {
+        notes.push(format!("after the final heal: {e:#}"));
+    }
+    let (mut complete, histories) = chat.read_all().await;
+    println!("reading every user's event stream from its start");
+    if !chat.read_streams(&histories).await {
+        notes.push("some user's event stream could not be read from any node".into());
+        complete = false;
+    }
+    notes.extend(hosts.unexpected_exits());
+    for id in hosts.dead() {
+        notes.push(format!("node {id} not running at the end"));
+    }
+    notes.extend(chat.notes());
+    let history = recorder.snapshot();
+    history.write_file(dir.join("history.jsonl"))?;
+    let config = CheckConfig::default();
+    let verdicts = vec![chat_checker::check(&history, &config)];
+    let mut valid = verdicts[0].valid;
+    if !complete {
+        notes.push(
+            "some conversation (or event stream) could not be read completely from every node"
+                .into(),
+        );
+        valid = valid.and(Validity::Unknown);
+    }
+    write_results(
+        &history,
+        verdicts,
+        valid,
+        complete,
+        0,
+        &[],
+        notes,
+        netem,
+        args,
+        concurrency,
+        schedule,
+        dir,
+    )
+}
+
 /// Runs the checkers and writes verdict, summary and plot.
 #[allow(clippy::too_many_arguments)]
 fn check(
@@ -544,6 +675,38 @@ fn check(
         valid = Validity::Invalid;
     }
     valid = valid.and(corruption_validity(schedule, corruptions, &mut notes));
+    write_results(
+        history,
+        verdicts,
+        valid,
+        drain_complete,
+        foreign_records,
+        corruptions,
+        notes,
+        netem,
+        args,
+        clients,
+        schedule,
+        dir,
+    )
+}
+
+/// Writes `verdict.json`, `summary.txt` and `plot.svg`, and prints the summary.
+#[allow(clippy::too_many_arguments)]
+fn write_results(
+    history: &History,
+    verdicts: Vec<chat4all_jepsen::Verdict>,
+    valid: Validity,
+    drain_complete: bool,
+    foreign_records: u64,
+    corruptions: &[CorruptionOutcome],
+    notes: Vec<String>,
+    netem: NetemMode,
+    args: &Args,
+    clients: u64,
+    schedule: &Schedule,
+    dir: &Path,
+) -> anyhow::Result<Validity> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let verdict = json!({
         "valid": valid,
@@ -575,6 +738,7 @@ fn check(
         verdicts: &verdicts,
         valid,
         drain_complete,
+        chat: args.workload == "chat",
         notes: &notes,
         netem: netem.to_owned(),
         clients,

@@ -153,8 +153,11 @@ pub struct Summary<'a> {
     pub verdicts: &'a [Verdict],
     /// The combined verdict.
     pub valid: Validity,
-    /// Whether the final drain read every partition to its end.
+    /// Whether the final drain read every partition to its end (chat: whether every
+    /// conversation was read from every node, and every user's event stream).
     pub drain_complete: bool,
+    /// The chat workload (no drain: final reads of the histories and streams).
+    pub chat: bool,
     /// Harness observations (protocol surprises, drain problems).
     pub notes: &'a [String],
     /// How netem faults were carried out.
@@ -171,15 +174,15 @@ impl Summary<'_> {
         let _ = writeln!(out, "valid: {valid}");
         let _ = writeln!(out, "command: {}", self.command);
         let _ = writeln!(out, "netem: {}", self.netem);
-        let _ = writeln!(
-            out,
-            "drain: {}",
-            if self.drain_complete {
-                "every partition read to its high watermark"
-            } else {
-                "INCOMPLETE (unread values show up as lost/unseen)"
+        let drain = match (self.chat, self.drain_complete) {
+            (false, true) => "drain: every partition read to its high watermark",
+            (false, false) => "drain: INCOMPLETE (unread values show up as lost/unseen)",
+            (true, true) => {
+                "reads: every conversation read from every node, every user's event stream read"
             }
-        );
+            (true, false) => "reads: INCOMPLETE (see the notes)",
+        };
+        let _ = writeln!(out, "{drain}");
         let _ = writeln!(
             out,
             "history: {} operations, {} clients",

@@ -3,7 +3,9 @@
 //! - [`queue`]: Jepsen's `total-queue` (what goes in must come out).
 //! - [`kafka`]: Jepsen's `jepsen.tests.kafka` analyses, without the Elle cycle search.
 //! - [`group`]: consumer groups (committed offsets, ownership, fencing), not Jepsen's.
+//! - [`chat`]: chat conversations (acknowledged messages kept once, one order on every node).
 
+pub mod chat;
 pub mod group;
 pub mod kafka;
 pub mod queue;

@@ -195,6 +195,9 @@ pub struct Hosts {
     /// The running `c4aj-lazyfs mount` processes, one per node (see [`Hosts::mount_lazyfs`]).
     shims: Mutex<BTreeMap<NodeId, Child>>,
     torn_down: AtomicBool,
+    /// Extra environment variables of every node started from now on (netns mode; the chat
+    /// workload's first admin).
+    env: Mutex<Vec<(String, String)>>,
 }
 
 impl Hosts {
@@ -281,6 +284,7 @@ impl Hosts {
             lazyfs: lazyfs.map(Path::to_path_buf),
             shims: Mutex::new(BTreeMap::new()),
             torn_down: AtomicBool::new(false),
+            env: Mutex::new(Vec::new()),
         };
         if let Backend::Docker { compose, file } = &hosts.backend {
             let image = docker::image(bin)?;
@@ -442,6 +446,18 @@ impl Hosts {
         }
     }
 
+    /// Sets environment variables for every node started from now on (netns mode only: docker
+    /// mode's containers get theirs from the compose file).
+    pub fn set_env(&self, vars: &[(&str, &str)]) {
+        *self
+            .env
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
     /// The log file of node `id`.
     pub fn log_path(&self, id: NodeId) -> PathBuf {
         self.dir.join(format!("node-{id}.log"))
@@ -473,6 +489,12 @@ impl Hosts {
             .args(["--node-id", &id.to_string()])
             .current_dir(&self.dir)
             .env("RUST_LOG", node_log_filter())
+            .envs(
+                self.env
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
