@@ -7,13 +7,13 @@
 #
 #   bench/chat.sh         # JSON lines to stdout and to bench/results/chat-<UTC date-time>.jsonl
 #
-# Knobs (environment): CHAT4ALL_BIN, RATES=250,500,1000,1500 STEP_SECS=10 LOAD_SECS=300
+# Knobs (environment): CHAT4ALL_BIN, RATES=100,150,200,250,500,1000,1500 STEP_SECS=10 LOAD_SECS=300
 # PAIRS=20, NATS=1, NATS_DIR, QUIET_MAX=20 QUIET_WAIT=300 (as bench/run.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CHAT4ALL_BIN:-/var/cache/chat4all/target/release/chat4all}
 NATS_DIR=${NATS_DIR:-$(cd "$here/.." && pwd)/shared/peers/nats}
-RATES=${RATES:-250,500,1000,1500}
+RATES=${RATES:-100,150,200,250,500,1000,1500}
 STEP_SECS=${STEP_SECS:-10}
 LOAD_SECS=${LOAD_SECS:-300}
 PAIRS=${PAIRS:-20}

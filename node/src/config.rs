@@ -94,6 +94,21 @@ pub struct AuthConfig {
     /// How many requests a user may make at once above the steady rate.
     #[serde(default = "default_rate_burst")]
     pub rate_limit_burst: u32,
+    /// The log API (`/v1/topics`, `/v1/producers`, `/v1/groups`): `open`, or `token` (an
+    /// `admin` token or API key on every request).
+    #[serde(default)]
+    pub log_api: LogApiAuth,
+}
+
+/// Who may use the log API.
+#[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogApiAuth {
+    /// Anyone who reaches the port (the default, as a Kafka listener without SASL).
+    #[default]
+    Open,
+    /// Only requests with credentials holding the `admin` scope.
+    Token,
 }
 
 fn default_access_ttl_s() -> u64 {
@@ -119,6 +134,7 @@ impl Default for AuthConfig {
             refresh_token_ttl_s: default_refresh_ttl_s(),
             rate_limit_per_s: default_rate_per_s(),
             rate_limit_burst: default_rate_burst(),
+            log_api: LogApiAuth::Open,
         }
     }
 }

@@ -653,3 +653,42 @@ async fn a_user_over_the_rate_limit_gets_429_with_retry_after() {
     let secs: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
     assert!((1..=2).contains(&secs));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_api_can_be_kept_for_admin_tokens() {
+    let c = Cluster::start_with_env(
+        1,
+        "[auth]\nlog_api = \"token\"\n",
+        &[
+            ("CHAT4ALL_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("CHAT4ALL_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    )
+    .await;
+    let admin = login(&c, 1, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (s, _, v) = c.call_as(Method::GET, 1, "/v1/topics", None, None).await;
+    assert_eq!((s, code(&v)), (401, "UNAUTHENTICATED"));
+    let (s, v) = call(
+        &c,
+        Method::POST,
+        1,
+        "/v1/users",
+        &admin,
+        Some(&json!({
+        "display_name": "Cy", "user_type": "CUSTOMER", "email": "cy@example.com",
+        "password": "cy-password-1"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let customer = login(&c, 1, "cy@example.com", "cy-password-1").await;
+    let body = json!({"name": "t", "partitions": 1, "replication_factor": 1});
+    let (s, v) = call(&c, Method::POST, 1, "/v1/topics", &customer, Some(&body)).await;
+    assert_eq!((s, code(&v)), (403, "INSUFFICIENT_SCOPE"));
+    let (s, v) = call(&c, Method::POST, 1, "/v1/topics", &admin, Some(&body)).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = call(&c, Method::GET, 1, "/v1/topics/t", &admin, None).await;
+    assert_eq!(s, 200);
+    // Operations stay open.
+    let (s, _, _) = c.call_as(Method::GET, 1, "/health", None, None).await;
+    assert_eq!(s, 200);
+}

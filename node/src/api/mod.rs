@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
+use crate::config::LogApiAuth;
 use crate::error::ServiceError;
 use crate::service::Service;
 
@@ -33,11 +34,8 @@ pub type AppState = Arc<Service>;
 /// The whole HTTP surface, in one place.
 pub fn router(service: Arc<Service>) -> Router {
     let body_limit = service.limits().max_request_bytes;
-    Router::new()
-        .route("/health", get(ops::get_health))
-        .route("/ready", get(ops::get_ready))
-        .route("/metrics", get(ops::get_metrics))
-        .route("/v1/openapi.json", get(openapi))
+    // The log API: open, or for `admin` tokens only (`[auth] log_api`).
+    let log = Router::new()
         .route(
             "/v1/topics",
             post(topics::post_topic).get(topics::list_topics),
@@ -63,7 +61,20 @@ pub fn router(service: Arc<Service>) -> Router {
             "/v1/groups/{group}/offsets",
             post(groups::post_offsets).get(groups::get_offsets),
         )
-        .route("/v1/groups/{group}/config", put(groups::put_config))
+        .route("/v1/groups/{group}/config", put(groups::put_config));
+    let log = match service.auth().log_api() {
+        LogApiAuth::Open => log,
+        LogApiAuth::Token => log.route_layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            require_admin,
+        )),
+    };
+    Router::new()
+        .route("/health", get(ops::get_health))
+        .route("/ready", get(ops::get_ready))
+        .route("/metrics", get(ops::get_metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(log)
         .route("/v1/auth/token", post(auth::post_token))
         .route("/v1/users", post(users::post_user).get(users::list_users))
         .route("/v1/users/{id}", get(users::get_user))
@@ -107,6 +118,21 @@ pub fn router(service: Arc<Service>) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(trace::with_trace_id))
         .with_state(service)
+}
+
+/// Lets a request through only with credentials holding the `admin` scope.
+async fn require_admin(
+    axum::extract::State(svc): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    use axum::extract::FromRequestParts;
+    let (mut parts, body) = req.into_parts();
+    let caller = crate::auth::Caller::from_request_parts(&mut parts, &svc).await?;
+    caller.require(crate::auth::ADMIN)?;
+    Ok(next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await)
 }
 
 /// The OpenAPI document of every route below (`openapi.json`, kept in step with the router

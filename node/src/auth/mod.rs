@@ -72,6 +72,11 @@ impl Auth {
         }
     }
 
+    /// Who may use the log API.
+    pub fn log_api(&self) -> crate::config::LogApiAuth {
+        self.config.log_api
+    }
+
     /// The token keys: from the environment, else the cluster's (made by the first node that
     /// needed one and replicated with the metadata, so every node signs with the same key).
     pub async fn keys(&self, svc: &Service) -> Result<Arc<TokenKeys>, ServiceError> {

@@ -1,13 +1,13 @@
 //! The router: a member of the `router` consumer group on every node. It reads `chat.messages`
 //! and delivers each event to the inboxes of the users the apply stamped on it
 //! ([`RECIPIENTS_HEADER`]), then marks a delivered message SENT (itself an event, which is
-//! routed in turn). Deliveries are decided in the inbox partition's apply, which drops an
+//! routed in turn) while it goes on delivering. Deliveries are decided in the inbox partition's apply, which drops an
 //! event an inbox already has, so a router that restarts and reads an event again adds
 //! nothing: each inbox holds each event once, in its conversation's order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat4all_raft::sm::chat::{
     ChatCommand, ChatResponse, MessageStatus, RECIPIENTS_HEADER, recipients,
@@ -73,9 +73,14 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
         Some(instance),
     );
     tracing::info!("router started");
+    let mut pending = Pending {
+        marks: Vec::new(),
+        last_commit: Instant::now(),
+        uncommitted: false,
+    };
     loop {
         let step = tokio::select! {
-            step = step(&service, &mut consumer) => step,
+            step = step(&service, &mut consumer, &mut pending) => step,
             _ = shutdown.cancelled() => break,
         };
         if let Err(e) = step {
@@ -89,24 +94,82 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
 }
 
-/// One poll: every event delivered, in order, then the positions committed.
-async fn step(service: &Service, consumer: &mut Consumer) -> Result<(), ServiceError> {
+/// How often the positions are committed. Delivery does not wait for commits (a replicated
+/// write each): the inboxes drop what a restarted router delivers again, so committing
+/// less often only means more repeats after a crash, never a lost or doubled event.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Work started but not waited for: SENT marks, and positions not committed yet.
+struct Pending {
+    marks: Vec<tokio::task::JoinHandle<Result<(), ServiceError>>>,
+    last_commit: Instant,
+    uncommitted: bool,
+}
+
+/// One poll: every event delivered, in order; the SENT marks go on meanwhile, and every
+/// `COMMIT_EVERY` they are waited for and the positions committed.
+async fn step(
+    service: &Arc<Service>,
+    consumer: &mut Consumer,
+    pending: &mut Pending,
+) -> Result<(), ServiceError> {
     let records = consumer.poll(MAX_RECORDS, Duration::from_secs(1)).await?;
-    if records.is_empty() {
-        return Ok(());
+    if !records.is_empty() {
+        match deliver(service, &records).await {
+            Ok(marks) => {
+                let svc = service.clone();
+                pending.marks.push(tokio::spawn(mark_all(svc, marks)));
+                pending.uncommitted = true;
+            }
+            Err(e) => {
+                // Read them again rather than skip them; the inboxes drop what they have.
+                consumer.rewind();
+                return Err(e);
+            }
+        }
     }
-    if let Err(e) = route(service, &records).await {
-        // Read them again rather than skip them; the inboxes drop what they have.
-        consumer.rewind();
-        return Err(e);
+    if pending.uncommitted && pending.last_commit.elapsed() >= COMMIT_EVERY {
+        // A message is not counted as routed before its SENT mark is in.
+        for h in pending.marks.drain(..) {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("router: a SENT mark failed: {e}"),
+                Err(e) => tracing::debug!("router: a SENT mark task failed: {e}"),
+            }
+        }
+        consumer.commit().await?;
+        pending.last_commit = Instant::now();
+        pending.uncommitted = false;
     }
-    consumer.commit().await
+    Ok(())
+}
+
+/// Marks delivered messages SENT: one batch per `chat.messages` partition, all at once.
+async fn mark_all(
+    service: Arc<Service>,
+    marks: BTreeMap<u32, Vec<ChatCommand>>,
+) -> Result<(), ServiceError> {
+    let writes = marks.into_iter().map(|(p, cmds)| {
+        let service = &service;
+        async move {
+            match service.chat_write_to(p, ChatCommand::Many(cmds)).await? {
+                ChatResponse::Many(_) => Ok(()),
+                other => Err(ServiceError::Internal(format!(
+                    "marking SENT answered {other:?}"
+                ))),
+            }
+        }
+    });
+    futures::future::try_join_all(writes).await.map(|_| ())
 }
 
 /// Delivers a poll's events: one batch per inbox partition (its events in their source
-/// order), all partitions at once; then marks the delivered messages SENT, one batch per
+/// order), all partitions at once. Returns the SENT marks of the delivered messages, by
 /// `chat.messages` partition.
-async fn route(service: &Service, records: &[Consumed]) -> Result<(), ServiceError> {
+async fn deliver(
+    service: &Service,
+    records: &[Consumed],
+) -> Result<BTreeMap<u32, Vec<ChatCommand>>, ServiceError> {
     let mut deliveries: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut sent: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut accepted_at: Vec<i64> = Vec::new();
@@ -150,16 +213,7 @@ async fn route(service: &Service, records: &[Consumed]) -> Result<(), ServiceErr
         let waited = (delivered_at - t).max(0) as f64 / 1000.0;
         service.metrics().chat_delivery.observe(waited);
     }
-    let marks = sent.into_iter().map(|(p, cmds)| async move {
-        match service.chat_write_to(p, ChatCommand::Many(cmds)).await? {
-            ChatResponse::Many(_) => Ok(()),
-            other => Err(ServiceError::Internal(format!(
-                "marking SENT answered {other:?}"
-            ))),
-        }
-    });
-    futures::future::try_join_all(marks).await?;
-    Ok(())
+    Ok(sent)
 }
 
 /// PENDING → SENT once the message is in its recipients' inboxes (a no-op if it moved on).
