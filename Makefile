@@ -31,16 +31,18 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Every test: the workspace's tests, then two short seeded Jepsen-style runs (root: network
+# Every test: the workspace's tests, then three short seeded Jepsen-style runs (root: network
 # namespaces), each failing on any invalid history.
 test:
 	.ci/setup
 	cargo test --release --workspace
 	jepsen-tests/run $(JEPSEN_SHORT)
 	jepsen-tests/run $(JEPSEN_SHORT_GROUPS)
+	jepsen-tests/run $(JEPSEN_SHORT_CHAT)
 
 # The short runs CI does: kills and partitions every ~5 s for 40 s, 3 nodes, fixed seed; the
-# queue workload (idempotent producers, then the drain), then consumer groups (members that
-# poll, commit and churn).
+# queue workload (idempotent producers, then the drain), consumer groups (members that poll,
+# commit and churn), and chat (sends retried by message_id, histories and event streams).
 JEPSEN_SHORT := --workload queue --nemesis partition,kill --nodes 3 --time-limit 40 --interval 5 --seed 42
 JEPSEN_SHORT_GROUPS := --workload subscribe --nemesis partition,kill --nodes 3 --time-limit 40 --interval 5 --seed 42
+JEPSEN_SHORT_CHAT := --workload chat --nemesis partition,kill --nodes 3 --time-limit 40 --interval 5 --seed 42
