@@ -206,6 +206,43 @@ impl Db {
         }
     }
 
+    /// Calls `row` for the keys `start <= key < end`, ascending (or descending with
+    /// `reverse`), at most `limit` of them: the one range walk under every scan.
+    fn walk(
+        &self,
+        cf: Cf,
+        (start, end): (&[u8], &[u8]),
+        reverse: bool,
+        limit: usize,
+        mut row: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let mode = if reverse {
+            IteratorMode::From(end, Direction::Reverse)
+        } else {
+            IteratorMode::From(start, Direction::Forward)
+        };
+        let mut n = 0;
+        for item in self.inner.iterator_cf(self.handle(cf), mode) {
+            if n >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if k.as_ref() >= end {
+                if reverse {
+                    // Seeking back from `end` lands on `end` itself when it exists.
+                    continue;
+                }
+                break;
+            }
+            if k.as_ref() < start {
+                break;
+            }
+            row(&k, &v)?;
+            n += 1;
+        }
+        Ok(())
+    }
+
     /// Decoded `(key, value)` pairs with `start <= key < end`, in key order, at most `limit`.
     pub fn scan<T: DeserializeOwned>(
         &self,
@@ -215,21 +252,10 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, T)>, StorageError> {
         let mut out = Vec::new();
-        let iter = self.inner.iterator_cf(
-            self.handle(cf),
-            IteratorMode::From(start, Direction::Forward),
-        );
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            if k.as_ref() >= end {
-                break;
-            }
-            let value = decode(cf, &k, &v)?;
-            out.push((k.to_vec(), value));
-        }
+        self.walk(cf, (start, end), false, limit, |k, v| {
+            out.push((k.to_vec(), decode(cf, k, v)?));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -243,22 +269,10 @@ impl Db {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, T)>, StorageError> {
         let mut out = Vec::new();
-        let iter = self
-            .inner
-            .iterator_cf(self.handle(cf), IteratorMode::From(end, Direction::Reverse));
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            if k.as_ref() >= end {
-                continue;
-            }
-            if k.as_ref() < start {
-                break;
-            }
-            out.push((k.to_vec(), decode(cf, &k, &v)?));
-        }
+        self.walk(cf, (start, end), true, limit, |k, v| {
+            out.push((k.to_vec(), decode(cf, k, v)?));
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -266,17 +280,10 @@ impl Db {
     /// into a snapshot without decoding it.
     pub fn scan_raw(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Vec<RawRow>, StorageError> {
         let mut out = Vec::new();
-        let iter = self.inner.iterator_cf(
-            self.handle(cf),
-            IteratorMode::From(start, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if k.as_ref() >= end {
-                break;
-            }
+        self.walk(cf, (start, end), false, usize::MAX, |k, v| {
             out.push((k.to_vec(), v.to_vec()));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -287,20 +294,7 @@ impl Db {
         start: &[u8],
         end: &[u8],
     ) -> Result<Option<(Vec<u8>, T)>, StorageError> {
-        let mut iter = self
-            .inner
-            .iterator_cf(self.handle(cf), IteratorMode::From(end, Direction::Reverse));
-        for item in iter.by_ref() {
-            let (k, v) = item?;
-            if k.as_ref() >= end {
-                continue;
-            }
-            if k.as_ref() < start {
-                return Ok(None);
-            }
-            return Ok(Some((k.to_vec(), decode(cf, &k, &v)?)));
-        }
-        Ok(None)
+        Ok(self.scan_rev(cf, start, end, 1)?.pop())
     }
 
     /// Starts an atomic batch of writes.
