@@ -13,10 +13,10 @@ use chat4all_storage::StoredRecord;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 
-use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
+use super::{ForwardRequest, ForwardResponse, Proposed, Service};
 use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC};
 use crate::error::ServiceError;
-use crate::partitioner::{murmur2, to_positive};
+use crate::partitioner::partition_for_key;
 
 /// A request to a chat partition's leader. Crosses the wire when forwarded.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -93,8 +93,10 @@ impl Service {
     /// The `chat.messages` partition of a conversation (Kafka's partitioner on its id).
     pub async fn chat_partition(&self, conversation_id: &str) -> Result<u32, ServiceError> {
         let topic = self.chat_topic().await?;
-        Ok(to_positive(murmur2(conversation_id.as_bytes())) as u32
-            % topic.partitions.len().max(1) as u32)
+        Ok(partition_for_key(
+            conversation_id.as_bytes(),
+            topic.partitions.len() as u32,
+        ))
     }
 
     /// The `chat.inbox` topic.
@@ -103,10 +105,10 @@ impl Service {
             .await
     }
 
-    /// The `chat.inbox` partition of a user.
-    pub async fn inbox_partition(&self, user: &str) -> Result<u32, ServiceError> {
-        let topic = self.inbox_topic().await?;
-        Ok(to_positive(murmur2(user.as_bytes())) as u32 % topic.partitions.len().max(1) as u32)
+    /// The `chat.inbox` partition of a user, when `chat.inbox` has `partitions` partitions
+    /// (Kafka's partitioner on the user id).
+    pub fn inbox_partition(user: &str, partitions: u32) -> u32 {
+        partition_for_key(user.as_bytes(), partitions)
     }
 
     /// Proposes a delivery in `chat.inbox` partition `partition`.
@@ -115,15 +117,7 @@ impl Service {
         partition: u32,
         cmd: ChatCommand,
     ) -> Result<ChatResponse, ServiceError> {
-        match self
-            .chat_call(INBOX_TOPIC, partition, ChatOp::Write(Box::new(cmd)), 0)
-            .await?
-        {
-            ChatReply::Written(r) => Ok(r),
-            other => Err(ServiceError::Internal(format!(
-                "inbox write answered {other:?}"
-            ))),
-        }
+        self.chat_write_in(INBOX_TOPIC, partition, cmd).await
     }
 
     /// Reads `user`'s inbox (see [`ChatOp::InboxRead`]).
@@ -134,7 +128,8 @@ impl Service {
         limit: usize,
         max_wait_ms: u64,
     ) -> Result<(u64, Vec<(u64, StoredRecord)>), ServiceError> {
-        let p = self.inbox_partition(user).await?;
+        let partitions = self.inbox_topic().await?.partitions.len() as u32;
+        let p = Service::inbox_partition(user, partitions);
         let op = ChatOp::InboxRead {
             user: user.to_string(),
             after,
@@ -156,15 +151,7 @@ impl Service {
         cmd: ChatCommand,
     ) -> Result<ChatResponse, ServiceError> {
         let p = self.chat_partition(conversation_id).await?;
-        match self
-            .chat_call(MESSAGES_TOPIC, p, ChatOp::Write(Box::new(cmd)), 0)
-            .await?
-        {
-            ChatReply::Written(r) => Ok(r),
-            other => Err(ServiceError::Internal(format!(
-                "chat write answered {other:?}"
-            ))),
-        }
+        self.chat_write_to(p, cmd).await
     }
 
     /// Proposes `cmd` in `chat.messages` partition `partition`.
@@ -173,13 +160,23 @@ impl Service {
         partition: u32,
         cmd: ChatCommand,
     ) -> Result<ChatResponse, ServiceError> {
+        self.chat_write_in(MESSAGES_TOPIC, partition, cmd).await
+    }
+
+    /// Proposes `cmd` in partition `partition` of `topic` and returns the apply's decision.
+    async fn chat_write_in(
+        &self,
+        topic: &str,
+        partition: u32,
+        cmd: ChatCommand,
+    ) -> Result<ChatResponse, ServiceError> {
         match self
-            .chat_call(MESSAGES_TOPIC, partition, ChatOp::Write(Box::new(cmd)), 0)
+            .chat_call(topic, partition, ChatOp::Write(Box::new(cmd)), 0)
             .await?
         {
             ChatReply::Written(r) => Ok(r),
             other => Err(ServiceError::Internal(format!(
-                "chat write answered {other:?}"
+                "write to {topic} answered {other:?}"
             ))),
         }
     }
@@ -217,37 +214,28 @@ impl Service {
             _ => 0,
         };
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms + wait);
-        let mut hint = None;
-        for _ in 0..=MAX_HOPS {
-            let route = match hint.take() {
-                Some(n) if n != self.node_id => Route::Remote(n),
-                _ => self.route(meta.group, &meta.replicas, deadline).await?,
+        let local = |g: chat4all_raft::groups::Group| {
+            let op = op.clone();
+            async move { self.chat_local(&g, op, deadline).await }
+        };
+        let remote = |n: chat4all_raft::types::NodeId| {
+            let req = ForwardRequest::Chat {
+                topic: topic.to_string(),
+                partition,
+                op: op.clone(),
+                hops: hops + 1,
             };
-            match route {
-                Route::Local(g) => match self.chat_local(&g, op.clone(), deadline).await? {
-                    Proposed::Done(r) => return Ok(r),
-                    Proposed::NotLeader(l) => {
-                        hint = l;
-                        if l.is_none() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                },
-                Route::Remote(n) => {
-                    let req = ForwardRequest::Chat {
-                        topic: topic.to_string(),
-                        partition,
-                        op: op.clone(),
-                        hops: hops + 1,
-                    };
-                    return match self.forward(n, meta.group, req, hops, deadline).await? {
-                        ForwardResponse::Chat(r) => Ok(r),
-                        other => Err(ServiceError::Internal(format!(
-                            "unexpected forward answer {other:?}"
-                        ))),
-                    };
+            async move {
+                match self.forward(n, meta.group, req, hops, deadline).await? {
+                    ForwardResponse::Chat(r) => Ok(r),
+                    other => Err(ServiceError::Internal(format!(
+                        "unexpected forward answer {other:?}"
+                    ))),
                 }
             }
+        };
+        if let Some(r) = self.on_leader(&meta, deadline, local, remote).await? {
+            return Ok(r);
         }
         Err(ServiceError::Unavailable(format!(
             "partition {partition} of {topic} keeps changing leader; retry"

@@ -3,14 +3,17 @@
 
 use std::time::Duration;
 
-use chat4all_raft::sm::directory::{DirectoryCommand, DirectoryResponse, User, UserType};
+use chat4all_raft::sm::directory::{
+    ApiKey, DirectoryCommand, DirectoryReader, DirectoryResponse, User, UserType,
+};
 use chat4all_raft::types::{ControllerCommand, ControllerResponse};
+use chat4all_storage::StorageError;
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
 use crate::error::ServiceError;
 
-fn read_err(e: chat4all_storage::StorageError) -> ServiceError {
+fn read_err(e: StorageError) -> ServiceError {
     ServiceError::Internal(format!("directory read: {e}"))
 }
 
@@ -31,16 +34,44 @@ impl Service {
         }
     }
 
-    /// A user by id. Users are never removed, so a local hit is current; a miss is checked
-    /// again after catching up with the controller (the user may have been made through
-    /// another node a moment ago).
-    pub async fn user(&self, id: &str) -> Result<Option<User>, ServiceError> {
+    /// `read` of this node's directory; on a miss, read again after catching up with the
+    /// controller (the row may have been made through another node a moment ago). For rows
+    /// that are never removed, such as users and API keys, a local hit is current.
+    async fn directory_hit_or_sync<T>(
+        &self,
+        read: impl Fn(&DirectoryReader) -> Result<Option<T>, StorageError>,
+    ) -> Result<Option<T>, ServiceError> {
         let dir = self.controller().directory();
-        if let Some(u) = dir.user(id).map_err(read_err)? {
-            return Ok(Some(u));
+        if let Some(v) = read(&dir).map_err(read_err)? {
+            return Ok(Some(v));
         }
         self.shared_synced_metadata().await?;
-        dir.user(id).map_err(read_err)
+        read(&dir).map_err(read_err)
+    }
+
+    /// `read` of the directory after catching up with the controller: it sees every change
+    /// committed before the call (linearizable).
+    pub async fn directory_synced<T>(
+        &self,
+        read: impl FnOnce(&DirectoryReader) -> Result<T, StorageError>,
+    ) -> Result<T, ServiceError> {
+        self.shared_synced_metadata().await?;
+        read(&self.controller().directory()).map_err(read_err)
+    }
+
+    /// A user by id (see [`Service::directory_hit_or_sync`]).
+    pub async fn user(&self, id: &str) -> Result<Option<User>, ServiceError> {
+        self.directory_hit_or_sync(|d| d.user(id)).await
+    }
+
+    /// A user by (lower-cased) email.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, ServiceError> {
+        self.directory_hit_or_sync(|d| d.user_by_email(email)).await
+    }
+
+    /// An API key by id (a revoked one is kept, marked revoked).
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, ServiceError> {
+        self.directory_hit_or_sync(|d| d.api_key(id)).await
     }
 
     /// Creates the first admin from `CHAT4ALL_ADMIN_EMAIL` and `CHAT4ALL_ADMIN_PASSWORD`

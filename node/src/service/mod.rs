@@ -115,6 +115,46 @@ impl Service {
         })
     }
 
+    /// Runs a request on the leader of `meta`'s group, wherever it is: `local` when this node
+    /// runs the group (it answers [`Proposed::NotLeader`] if another node leads, and the
+    /// request follows the hint), `remote` to forward it to the leader. `None` when the
+    /// leader kept moving for `MAX_HOPS` turns.
+    async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        meta: &PartitionMeta,
+        deadline: Instant,
+        mut local: L,
+        remote: R,
+    ) -> Result<Option<T>, ServiceError>
+    where
+        L: FnMut(Group) -> LF,
+        LF: Future<Output = Result<Proposed<T>, ServiceError>>,
+        R: FnOnce(NodeId) -> RF,
+        RF: Future<Output = Result<T, ServiceError>>,
+    {
+        let mut hint = None;
+        for _ in 0..=MAX_HOPS {
+            let route = match hint.take() {
+                Some(n) if n != self.node_id => Route::Remote(n),
+                _ => self.route(meta.group, &meta.replicas, deadline).await?,
+            };
+            match route {
+                Route::Local(g) => match local(g).await? {
+                    Proposed::Done(r) => return Ok(Some(r)),
+                    Proposed::NotLeader(l) => {
+                        hint = l;
+                        if l.is_none() {
+                            // An election is on: give it a moment before asking again.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                },
+                Route::Remote(n) => return remote(n).await.map(Some),
+            }
+        }
+        Ok(None)
+    }
+
     /// An internal topic (`__consumer_offsets`, `chat.messages`), created with `partitions`
     /// and a replication factor of up to 3 by the first request that needs it.
     pub(crate) async fn ensure_internal_topic(

@@ -1,12 +1,13 @@
 //! Appending a batch to a partition: on its leader, or forwarded there.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chat4all_raft::types::{AppendBatch, PartitionResponse, ProducerBatch};
 use chat4all_storage::StoredRecord;
 use serde::{Deserialize, Serialize};
 
-use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
+use super::{ForwardRequest, ForwardResponse, Proposed, Service};
 use crate::error::ServiceError;
 
 /// Records bound for one partition, validated and timestamped.
@@ -55,54 +56,48 @@ impl Service {
     ) -> Result<(u64, u32), ServiceError> {
         let meta = self.partition_synced(&batch.topic, batch.partition).await?;
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
-        let mut hint = None;
-        let mut producer_checked = false;
-        for _ in 0..=MAX_HOPS {
-            let route = match hint.take() {
-                Some(n) if n != self.node_id => Route::Remote(n),
-                _ => self.route(meta.group, &meta.replicas, deadline).await?,
-            };
-            match route {
-                Route::Local(g) => {
-                    // Only the node that proposes checks the producer: the check costs a
-                    // controller round (see `producer_epoch_synced`).
-                    if !producer_checked {
-                        self.check_producer(batch.producer).await?;
-                        producer_checked = true;
-                    }
-                    let append = AppendBatch {
-                        producer: batch.producer,
-                        records: batch.records.clone(),
-                    };
+        // Only the node that proposes checks the producer, once: the check costs a controller
+        // round (see `producer_epoch_synced`).
+        let producer_checked = AtomicBool::new(false);
+        let local = |g: chat4all_raft::groups::Group| {
+            let (producer_checked, batch) = (&producer_checked, &batch);
+            async move {
+                if !producer_checked.load(Ordering::Relaxed) {
+                    self.check_producer(batch.producer).await?;
+                    producer_checked.store(true, Ordering::Relaxed);
+                }
+                let append = AppendBatch {
+                    producer: batch.producer,
+                    records: batch.records.clone(),
+                };
+                Ok(
                     match self
                         .batcher
                         .propose(g.id, &g.raft, append, deadline)
                         .await?
                     {
-                        Proposed::Done(r) => return answer(r, batch.producer),
-                        Proposed::NotLeader(l) => {
-                            hint = l;
-                            if l.is_none() {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                        }
-                    }
-                }
-                Route::Remote(n) => {
-                    let req = ForwardRequest::Produce {
-                        batch: batch.clone(),
-                        hops: hops + 1,
-                    };
-                    return match self.forward(n, meta.group, req, hops, deadline).await? {
-                        ForwardResponse::Produced { base_offset, count } => {
-                            Ok((base_offset, count))
-                        }
-                        other => Err(ServiceError::Internal(format!(
-                            "unexpected forward answer {other:?}"
-                        ))),
-                    };
+                        Proposed::Done(r) => Proposed::Done(answer(r, batch.producer)?),
+                        Proposed::NotLeader(l) => Proposed::NotLeader(l),
+                    },
+                )
+            }
+        };
+        let remote = |n: chat4all_raft::types::NodeId| {
+            let req = ForwardRequest::Produce {
+                batch: batch.clone(),
+                hops: hops + 1,
+            };
+            async move {
+                match self.forward(n, meta.group, req, hops, deadline).await? {
+                    ForwardResponse::Produced { base_offset, count } => Ok((base_offset, count)),
+                    other => Err(ServiceError::Internal(format!(
+                        "unexpected forward answer {other:?}"
+                    ))),
                 }
             }
+        };
+        if let Some(r) = self.on_leader(&meta, deadline, local, remote).await? {
+            return Ok(r);
         }
         Err(ServiceError::Unavailable(format!(
             "partition {} of '{}' keeps changing leader; retry",

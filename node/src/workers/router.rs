@@ -174,10 +174,11 @@ async fn deliver(
     let mut sent: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut accepted_at: Vec<i64> = Vec::new();
     let now = now_ms();
+    let inbox_partitions = service.inbox_topic().await?.partitions.len() as u32;
     for c in records {
         let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for u in recipients(&c.record) {
-            let p = service.inbox_partition(&u).await?;
+            let p = Service::inbox_partition(&u, inbox_partitions);
             by_partition.entry(p).or_default().push(u);
         }
         let mut record = c.record.clone();

@@ -24,7 +24,7 @@ use std::time::Duration;
 use chat4all_raft::types::{NodeId, TopicMeta};
 use serde::{Deserialize, Serialize};
 
-use super::{ForwardRequest, ForwardResponse, MAX_HOPS, Proposed, Route, Service};
+use super::{ForwardRequest, ForwardResponse, Service};
 use crate::error::ServiceError;
 use crate::groups::model::{
     Group, GroupConfig, GroupError, GroupStateName, Heartbeat, HeartbeatReply, OffsetReset, Tp,
@@ -210,37 +210,28 @@ impl Service {
         let meta = self.partition_synced(OFFSETS_TOPIC, partition).await?;
         let deadline =
             std::time::Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
-        let mut hint = None;
-        for _ in 0..=MAX_HOPS {
-            let route = match hint.take() {
-                Some(n) if n != self.node_id => Route::Remote(n),
-                _ => self.route(meta.group, &meta.replicas, deadline).await?,
+        let local = |g: chat4all_raft::groups::Group| {
+            let (name, op) = (&name, op.clone());
+            async move { self.coordinate(&g, name, op, deadline).await }
+        };
+        let remote = |n: chat4all_raft::types::NodeId| {
+            let req = ForwardRequest::Group {
+                partition,
+                name: name.clone(),
+                op: op.clone(),
+                hops: hops + 1,
             };
-            match route {
-                Route::Local(g) => match self.coordinate(&g, &name, op.clone(), deadline).await? {
-                    Proposed::Done(r) => return Ok(r),
-                    Proposed::NotLeader(l) => {
-                        hint = l;
-                        if l.is_none() {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                },
-                Route::Remote(n) => {
-                    let req = ForwardRequest::Group {
-                        partition,
-                        name: name.clone(),
-                        op: op.clone(),
-                        hops: hops + 1,
-                    };
-                    return match self.forward(n, meta.group, req, hops, deadline).await? {
-                        ForwardResponse::Group(r) => Ok(r),
-                        other => Err(ServiceError::Internal(format!(
-                            "unexpected forward answer {other:?}"
-                        ))),
-                    };
+            async move {
+                match self.forward(n, meta.group, req, hops, deadline).await? {
+                    ForwardResponse::Group(r) => Ok(r),
+                    other => Err(ServiceError::Internal(format!(
+                        "unexpected forward answer {other:?}"
+                    ))),
                 }
             }
+        };
+        if let Some(r) = self.on_leader(&meta, deadline, local, remote).await? {
+            return Ok(r);
         }
         Err(ServiceError::Unavailable(format!(
             "the coordinator of group '{name}' keeps moving; retry"
