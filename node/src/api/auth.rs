@@ -90,24 +90,7 @@ pub async fn post_token(
                     "the password grant needs `username` (the email) and `password`",
                 ));
             };
-            let user = svc
-                .controller()
-                .directory()
-                .user_by_email(&username.trim().to_lowercase())
-                .map_err(|e| ApiError::from(crate::error::ServiceError::Internal(e.to_string())))?;
-            let user = match user {
-                Some(u) => Some(u),
-                None => {
-                    // Perhaps created through another node a moment ago.
-                    svc.shared_synced_metadata().await?;
-                    svc.controller()
-                        .directory()
-                        .user_by_email(&username.trim().to_lowercase())
-                        .map_err(|e| {
-                            ApiError::from(crate::error::ServiceError::Internal(e.to_string()))
-                        })?
-                }
-            };
+            let user = svc.user_by_email(&username.trim().to_lowercase()).await?;
             let hash = user.as_ref().and_then(|u| u.password_hash.clone());
             if !auth::verify_password(password, hash).await {
                 return Err(invalid_grant("wrong email or password"));

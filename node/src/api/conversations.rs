@@ -332,22 +332,7 @@ pub async fn post_participant(
         return Err(bad("INVALID_FIELD", "`user_id` is required"));
     };
     check_users(&svc, std::slice::from_ref(&user_id)).await?;
-    let at = now_ms();
-    let by = (!caller.has(auth::ADMIN)).then(|| caller.user_id.clone());
-    let record = event(
-        &id,
-        at,
-        &json!({"type": "participant_added", "conversation_id": id, "user_id": user_id,
-                "by": caller.user_id, "timestamp": rfc3339(at)}),
-    );
-    let cmd = ChatCommand::AddParticipant {
-        conversation_id: id.clone(),
-        user_id,
-        by,
-        at_ms: at,
-        record,
-    };
-    match svc.chat_write(&id, cmd).await? {
+    match change_participant(&svc, &caller, &id, user_id, true).await? {
         ChatResponse::Conversation { conversation, .. } => {
             Ok(axum::Json(conversation_json(&conversation)).into_response())
         }
@@ -369,23 +354,51 @@ pub async fn delete_participant(
     if !is_valid_id(&user_id) {
         return Err(bad("UNKNOWN_USER", format!("no user with id `{user_id}`")));
     }
-    let at = now_ms();
-    let by = (!caller.has(auth::ADMIN)).then(|| caller.user_id.clone());
-    let record = event(
-        &id,
-        at,
-        &json!({"type": "participant_removed", "conversation_id": id, "user_id": user_id,
-                "by": caller.user_id, "timestamp": rfc3339(at)}),
-    );
-    let cmd = ChatCommand::RemoveParticipant {
-        conversation_id: id.clone(),
-        user_id,
-        by,
-        at_ms: at,
-        record,
-    };
-    match svc.chat_write(&id, cmd).await? {
+    match change_participant(&svc, &caller, &id, user_id, false).await? {
         ChatResponse::Conversation { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
         other => Err(refusal(other, &id)),
     }
+}
+
+/// Adds (`add`) or removes `user_id` in conversation `id` on the caller's behalf, with its
+/// event; the apply checks that the caller takes part, unless they are an admin.
+async fn change_participant(
+    svc: &Service,
+    caller: &Caller,
+    id: &str,
+    user_id: String,
+    add: bool,
+) -> Result<ChatResponse, ApiError> {
+    let at = now_ms();
+    let by = (!caller.has(auth::ADMIN)).then(|| caller.user_id.clone());
+    let kind = if add {
+        "participant_added"
+    } else {
+        "participant_removed"
+    };
+    let record = event(
+        id,
+        at,
+        &json!({"type": kind, "conversation_id": id, "user_id": user_id,
+                "by": caller.user_id, "timestamp": rfc3339(at)}),
+    );
+    let conversation_id = id.to_string();
+    let cmd = if add {
+        ChatCommand::AddParticipant {
+            conversation_id,
+            user_id,
+            by,
+            at_ms: at,
+            record,
+        }
+    } else {
+        ChatCommand::RemoveParticipant {
+            conversation_id,
+            user_id,
+            by,
+            at_ms: at,
+            record,
+        }
+    };
+    Ok(svc.chat_write(id, cmd).await?)
 }

@@ -142,12 +142,30 @@ fn parse_send(body: &Value, legacy: bool) -> Result<SendRequest, ApiError> {
     })
 }
 
-/// Sends; answers the stored message and whether it was a repeat.
-async fn send(
-    svc: &Service,
-    caller: &Caller,
-    req: SendRequest,
-) -> Result<(MessageState, bool), ApiError> {
+/// A send's outcome.
+struct Sent {
+    /// The message as stored.
+    state: MessageState,
+    /// Whether it was stored before (a repeated `message_id`): then nothing was written.
+    duplicate: bool,
+    /// Its `chat.messages` partition.
+    partition: u32,
+}
+
+impl Sent {
+    /// 202 for a new message, 200 for a repeat, with `body`.
+    fn answer(&self, body: Value) -> Response {
+        let status = if self.duplicate {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Sends; answers the stored message, whether it was a repeat, and where it is.
+async fn send(svc: &Service, caller: &Caller, req: SendRequest) -> Result<Sent, ApiError> {
     caller.require("messages:write")?;
     let Some(conversation_id) = req.conversation_id else {
         return Err(bad("INVALID_FIELD", "`conversation_id` is required"));
@@ -178,41 +196,34 @@ async fn send(
         status: MessageStatus::Pending,
         record,
     };
-    match svc.chat_write(&conversation_id, cmd).await? {
+    let partition = svc.chat_partition(&conversation_id).await?;
+    match svc.chat_write_to(partition, cmd).await? {
         ChatResponse::Message { state, duplicate } => {
             if !duplicate {
                 svc.metrics().chat_messages_accepted.inc();
             }
-            Ok((state, duplicate))
+            Ok(Sent {
+                state,
+                duplicate,
+                partition,
+            })
         }
         other => Err(refusal(other, &conversation_id)),
     }
 }
 
-async fn accepted(
-    svc: &Service,
-    state: &MessageState,
-    duplicate: bool,
-) -> Result<Response, ApiError> {
-    let partition = svc.chat_partition(&state.conversation_id).await?;
-    let status = if duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((
-        status,
-        axum::Json(json!({
-            "message_id": state.message_id,
-            "conversation_id": state.conversation_id,
-            "status": state.status,
-            "partition": partition,
-            "offset": state.offset,
-            "timestamp": rfc3339(state.timestamp_ms),
-            "status_url": format!("/v1/messages/{}/status", state.message_id),
-        })),
-    )
-        .into_response())
+/// The answer of `/v1` sends.
+fn accepted(sent: &Sent) -> Response {
+    let m = &sent.state;
+    sent.answer(json!({
+        "message_id": m.message_id,
+        "conversation_id": m.conversation_id,
+        "status": m.status,
+        "partition": sent.partition,
+        "offset": m.offset,
+        "timestamp": rfc3339(m.timestamp_ms),
+        "status_url": format!("/v1/messages/{}/status", m.message_id),
+    }))
 }
 
 /// `POST /v1/messages`.
@@ -222,8 +233,7 @@ pub async fn post_message(
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req = parse_send(&parse_json(body)?, false)?;
-    let (state, dup) = send(&svc, &caller, req).await?;
-    accepted(&svc, &state, dup).await
+    Ok(accepted(&send(&svc, &caller, req).await?))
 }
 
 /// `POST /v1/conversations/{id}/messages`.
@@ -243,8 +253,7 @@ pub async fn post_conversation_message(
         }
         _ => req.conversation_id = Some(id),
     }
-    let (state, dup) = send(&svc, &caller, req).await?;
-    accepted(&svc, &state, dup).await
+    Ok(accepted(&send(&svc, &caller, req).await?))
 }
 
 /// `POST /api/messages`: the first Chat4All's send, snake_case or camelCase; the sender is
@@ -255,23 +264,15 @@ pub async fn post_legacy_message(
     body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req = parse_send(&parse_json(body)?, true)?;
-    let (state, dup) = send(&svc, &caller, req).await?;
-    let status = if dup {
-        StatusCode::OK
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok((
-        status,
-        axum::Json(json!({
-            "messageId": state.message_id,
-            "conversationId": state.conversation_id,
-            "status": state.status,
-            "acceptedAt": rfc3339(state.timestamp_ms),
-            "statusUrl": format!("/v1/messages/{}/status", state.message_id),
-        })),
-    )
-        .into_response())
+    let sent = send(&svc, &caller, req).await?;
+    let m = &sent.state;
+    Ok(sent.answer(json!({
+        "messageId": m.message_id,
+        "conversationId": m.conversation_id,
+        "status": m.status,
+        "acceptedAt": rfc3339(m.timestamp_ms),
+        "statusUrl": format!("/v1/messages/{}/status", m.message_id),
+    })))
 }
 
 /// `GET /v1/conversations/{id}/messages?before=&after=&limit=`: newest first below `before`

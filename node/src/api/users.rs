@@ -174,10 +174,6 @@ fn directory_answer(r: DirectoryResponse) -> ApiError {
     }
 }
 
-fn read_err(e: chat4all_storage::StorageError) -> ApiError {
-    ServiceError::Internal(format!("directory read: {e}")).into()
-}
-
 /// `POST /v1/users`.
 pub async fn post_user(
     State(svc): State<AppState>,
@@ -310,12 +306,9 @@ pub async fn list_users(
     if let Some(c) = cursor {
         valid_id("cursor", c)?;
     }
-    svc.shared_synced_metadata().await?;
     let users = svc
-        .controller()
-        .directory()
-        .users(cursor.map(String::as_str), limit)
-        .map_err(read_err)?;
+        .directory_synced(|d| d.users(cursor.map(String::as_str), limit))
+        .await?;
     let next = (users.len() == limit)
         .then(|| users.last().map(|u| u.id.clone()))
         .flatten();
@@ -396,13 +389,7 @@ pub async fn resolve_identity(
         .get("platform_user_id")
         .ok_or_else(|| invalid("INVALID_PLATFORM_USER_ID", "`platform_user_id` is required"))?;
     let pid = normalize_platform_user_id(platform, pid)?;
-    svc.shared_synced_metadata().await?;
-    match svc
-        .controller()
-        .directory()
-        .resolve(platform, &pid)
-        .map_err(read_err)?
-    {
+    match svc.directory_synced(|d| d.resolve(platform, &pid)).await? {
         Some(u) => Ok(axum::Json(user_json(&u)).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -431,12 +418,9 @@ pub async fn get_audit(
                 .map_err(|_| invalid("INVALID_CURSOR", "`cursor` must be a `next_cursor` value"))?,
         ),
     };
-    svc.shared_synced_metadata().await?;
     let entries = svc
-        .controller()
-        .directory()
-        .audit(entity, after, limit)
-        .map_err(read_err)?;
+        .directory_synced(|d| d.audit(entity, after, limit))
+        .await?;
     let next = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.seq.to_string()))
         .flatten();

@@ -259,12 +259,7 @@ pub async fn check_api_key(
     id: &str,
     secret: &str,
 ) -> Result<chat4all_raft::sm::directory::ApiKey, ApiError> {
-    let mut key = svc.controller().directory().api_key(id).map_err(internal)?;
-    if key.is_none() {
-        // Made through another node a moment ago? Catch up with the controller once.
-        svc.shared_synced_metadata().await?;
-        key = svc.controller().directory().api_key(id).map_err(internal)?;
-    }
+    let key = svc.api_key(id).await?;
     let bad = || unauthenticated("unknown or wrong API key");
     let key = key.ok_or_else(bad)?;
     // Comparing digests: equal-prefix timing tells nothing about the secret itself.
@@ -275,10 +270,6 @@ pub async fn check_api_key(
         return Err(unauthenticated("this API key was revoked"));
     }
     Ok(key)
-}
-
-fn internal(e: chat4all_storage::StorageError) -> ApiError {
-    ServiceError::Internal(format!("directory read: {e}")).into()
 }
 
 /// API keys read `c4a_<id>.<secret>`: a recognizable prefix (for secret scanners), the

@@ -433,15 +433,10 @@ pub(crate) fn apply(
             record,
         } => {
             let ck = conversation_key(g, &conversation_id);
-            let Some(mut c) = txn.get::<Conversation>(&ck)? else {
-                return refused(ChatResponse::UnknownConversation);
+            let mut c = match group_to_change(txn, &ck, by.as_deref())? {
+                Ok(c) => c,
+                Err(refusal) => return refused(refusal),
             };
-            if by.as_deref().is_some_and(|b| c.participant(b).is_none()) {
-                return refused(ChatResponse::NotParticipant);
-            }
-            if c.kind == ConversationKind::Direct {
-                return refused(ChatResponse::NotAGroup);
-            }
             if c.participant(&user_id).is_some() {
                 return refused(ChatResponse::Conversation {
                     conversation: c,
@@ -476,15 +471,10 @@ pub(crate) fn apply(
             record,
         } => {
             let ck = conversation_key(g, &conversation_id);
-            let Some(mut c) = txn.get::<Conversation>(&ck)? else {
-                return refused(ChatResponse::UnknownConversation);
+            let mut c = match group_to_change(txn, &ck, by.as_deref())? {
+                Ok(c) => c,
+                Err(refusal) => return refused(refusal),
             };
-            if by.as_deref().is_some_and(|b| c.participant(b).is_none()) {
-                return refused(ChatResponse::NotParticipant);
-            }
-            if c.kind == ConversationKind::Direct {
-                return refused(ChatResponse::NotAGroup);
-            }
             if c.participant(&user_id).is_none() {
                 return refused(ChatResponse::NotParticipant);
             }
@@ -597,6 +587,25 @@ pub(crate) fn apply(
             ))
         }
     }
+}
+
+/// The group conversation at `ck` whose participants `by` (a participant, or `None` for an
+/// admin) may change, or why not.
+fn group_to_change(
+    txn: &RowTxn<'_>,
+    ck: &[u8],
+    by: Option<&str>,
+) -> Result<Result<Conversation, ChatResponse>, RaftStorageError> {
+    let Some(c) = txn.get::<Conversation>(ck)? else {
+        return Ok(Err(ChatResponse::UnknownConversation));
+    };
+    if by.is_some_and(|b| c.participant(b).is_none()) {
+        return Ok(Err(ChatResponse::NotParticipant));
+    }
+    if c.kind == ConversationKind::Direct {
+        return Ok(Err(ChatResponse::NotAGroup));
+    }
+    Ok(Ok(c))
 }
 
 /// The chat rows of partition `g`'s key range.
