@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::sse::{EventStream, Sse};
 use common::{Cluster, error_code as code, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -542,71 +543,6 @@ async fn messages_accepted_survive_the_kill_of_their_partition_leader() {
     assert_eq!(got, accepted);
 }
 
-/// One Server-Sent Event as the client sees it.
-#[derive(Debug, Clone)]
-struct Sse {
-    id: u64,
-    kind: String,
-    data: Value,
-}
-
-/// An open `GET /v1/events` stream and the bytes not yet parsed.
-struct EventStream {
-    response: reqwest::Response,
-    buf: String,
-}
-
-impl EventStream {
-    async fn open(c: &Cluster, node: u64, who: &User, last_id: Option<u64>) -> Option<EventStream> {
-        let mut req = c
-            .http
-            .get(format!("{}/v1/events", c.api(node)))
-            .header("authorization", format!("Bearer {}", who.token));
-        if let Some(id) = last_id {
-            req = req.header("last-event-id", id.to_string());
-        }
-        let response = req.send().await.ok()?;
-        (response.status() == 200).then_some(EventStream {
-            response,
-            buf: String::new(),
-        })
-    }
-
-    /// The next event; `None` when the stream ends, breaks, or sends nothing for `idle`.
-    async fn next(&mut self, idle: Duration) -> Option<Sse> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut kind, mut data) = (None, String::new(), String::new());
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        kind = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    }
-                }
-                match id {
-                    Some(id) => {
-                        return Some(Sse {
-                            id,
-                            kind,
-                            data: serde_json::from_str(&data).unwrap_or(Value::Null),
-                        });
-                    }
-                    None => continue, // a keep-alive comment
-                }
-            }
-            let chunk = tokio::time::timeout(idle, self.response.chunk()).await;
-            match chunk {
-                Ok(Ok(Some(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-                _ => return None,
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_on_another_node_gets_every_event_once_in_order_across_a_kill() {
     let mut c = cluster().await;
@@ -626,7 +562,7 @@ async fn a_receiver_on_another_node_gets_every_event_once_in_order_across_a_kill
     let path = format!("/v1/conversations/{conv_id}/messages");
 
     // Gus listens on node 3 before anything is sent.
-    let mut stream = EventStream::open(&c, 3, gus, None)
+    let mut stream = EventStream::open(&c, 3, &gus.token, None)
         .await
         .expect("stream opens");
     let mut events: Vec<Sse> = Vec::new();
@@ -703,7 +639,7 @@ async fn a_receiver_on_another_node_gets_every_event_once_in_order_across_a_kill
                     .unwrap_or(via_stream);
                 let last = events.last().map(|e| e.id);
                 stream = eventually("the stream reopens", Duration::from_secs(30), || async {
-                    EventStream::open(&c, via_stream, gus, last).await
+                    EventStream::open(&c, via_stream, &gus.token, last).await
                 })
                 .await;
             }
@@ -797,10 +733,7 @@ async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
         .await
         .expect("events");
     assert_eq!(r.status().as_u16(), 200);
-    let mut stream = EventStream {
-        response: r,
-        buf: String::new(),
-    };
+    let mut stream = EventStream::from_response(r);
     let first = stream
         .next(Duration::from_secs(10))
         .await

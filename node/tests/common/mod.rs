@@ -2,6 +2,8 @@
 //! temp dir, talking real QUIC with mutual TLS, storing in real RocksDB; killed with SIGKILL.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -257,14 +259,7 @@ impl Cluster {
     }
 
     pub async fn get(&self, id: u64, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.api(id)))
-            .send()
-            .await
-            .expect("GET");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.call(reqwest::Method::GET, id, path, None).await
     }
 
     /// Any method with an optional JSON body.
@@ -275,15 +270,8 @@ impl Cluster {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.api(id)));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let r = req.send().await.expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let (status, _, v) = self.call_as(method, id, path, None, body).await;
+        (status, v)
     }
 
     /// Any method with credentials (`("authorization", "Bearer ...")` or `("x-api-key", k)`)
