@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     /// The chat topics.
     #[serde(default)]
     pub chat: ChatConfig,
+    /// The messaging platforms' APIs and the delivery retry policy.
+    #[serde(default)]
+    pub connectors: crate::channels::ConnectorsConfig,
 }
 
 /// The chat topics, created at the first chat request with these settings.
@@ -420,6 +423,7 @@ impl ClusterConfig {
             workers: WorkersConfig::default(),
             auth: AuthConfig::default(),
             chat: ChatConfig::default(),
+            connectors: Default::default(),
         }
     }
 

@@ -322,6 +322,31 @@ impl Consumer {
                 )
             })
             .collect();
+        self.send_commit(offsets).await
+    }
+
+    /// Commits `next` (the offset after the last record handled) as the position of one
+    /// partition: for a worker whose every record has an effect outside the log (a platform
+    /// call), so that a crash repeats at most the record in hand, not the rest of its poll.
+    pub async fn commit_at(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        next: u64,
+    ) -> Result<(), ServiceError> {
+        let tp: Tp = (topic.to_string(), partition);
+        if self.committed.get(&tp) == Some(&next) {
+            return Ok(());
+        }
+        let c = Committed {
+            offset: next,
+            metadata: None,
+            committed_at_ms: now_ms(),
+        };
+        self.send_commit(vec![(tp, c)]).await
+    }
+
+    async fn send_commit(&mut self, offsets: Vec<(Tp, Committed)>) -> Result<(), ServiceError> {
         let Some(member_id) = self.member_id.clone() else {
             return Ok(());
         };

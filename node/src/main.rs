@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod bench;
+mod channels;
 mod chat;
 mod config;
 mod consumer;
@@ -286,6 +287,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .chat
         .router
         .then(|| tokio::spawn(workers::router::run(service.clone(), shutdown.clone())));
+    // Connectors: a delivery worker per channel, and the inbound worker.
+    let delivery = tokio::spawn(workers::delivery::run(service.clone(), shutdown.clone()));
+    let inbound = tokio::spawn(workers::inbound::run(service.clone(), shutdown.clone()));
     let bootstrap = match (
         std::env::var("CHAT4ALL_ADMIN_EMAIL").ok(),
         secret_from_env("CHAT4ALL_ADMIN_PASSWORD")?,
@@ -342,6 +346,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(r) = router {
         let _ = r.await;
     }
+    let _ = tokio::join!(delivery, inbound);
     futures::future::join_all(copy_workers).await;
     groups.shutdown().await;
     if let Some(t) = transport {

@@ -37,6 +37,16 @@ pub struct Metrics {
     /// `chat4all_chat_delivery_seconds`: from a message's acceptance to its delivery into
     /// its recipients' inboxes (observed by the router).
     pub chat_delivery: Histogram,
+    /// `chat4all_connector_deliveries_total{channel,outcome}`: outbound work by outcome
+    /// (`sent`, `retried`, `failed`, `dead_lettered`, `unknown`).
+    pub connector_deliveries: IntCounterVec,
+    /// `chat4all_connector_call_seconds{channel}`: platform call latency.
+    pub connector_calls: prometheus::HistogramVec,
+    /// `chat4all_connector_circuit_state{channel}`: 0 closed, 1 open, 2 half open.
+    pub connector_circuit: IntGaugeVec,
+    /// `chat4all_connector_webhooks_total{channel,outcome}`: webhook requests (`accepted`,
+    /// `bad_signature`, `bad_payload`, `unknown_channel`).
+    pub connector_webhooks: IntCounterVec,
     partition: PartitionGauges,
 }
 
@@ -96,7 +106,37 @@ impl Metrics {
             "Chat messages stored by a majority (repeats of a message_id not counted)",
         )?;
         registry.register(Box::new(chat_messages_accepted.clone()))?;
+        let connector_calls = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "chat4all_connector_call_seconds",
+                "Latency of calls to a messaging platform, per channel",
+            )
+            .buckets(latency_buckets()),
+            &["channel"],
+        )?;
+        registry.register(Box::new(connector_calls.clone()))?;
+        let connector_circuit = IntGaugeVec::new(
+            Opts::new(
+                "chat4all_connector_circuit_state",
+                "A channel's circuit breaker on this node: 0 closed, 1 open, 2 half open",
+            ),
+            &["channel"],
+        )?;
+        registry.register(Box::new(connector_circuit.clone()))?;
         let m = Metrics {
+            connector_deliveries: counter(
+                "chat4all_connector_deliveries_total",
+                "Outbound deliveries by channel and outcome (sent, retried, failed, \
+                 dead_lettered, unknown)",
+                &["channel", "outcome"],
+            )?,
+            connector_calls,
+            connector_circuit,
+            connector_webhooks: counter(
+                "chat4all_connector_webhooks_total",
+                "Webhook requests by channel and outcome",
+                &["channel", "outcome"],
+            )?,
             fetch_waiting,
             consumer_group_lag,
             chat_messages_accepted,

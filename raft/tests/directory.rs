@@ -5,7 +5,7 @@
 
 use chat4all_raft::sm::controller::ControllerStateMachine;
 use chat4all_raft::sm::directory::{
-    AuditAction, DirectoryCommand, DirectoryResponse, Platform, User, UserType,
+    AuditAction, Channel, DirectoryCommand, DirectoryResponse, Platform, User, UserType,
 };
 use chat4all_raft::types::{
     Command, CommandResponse, ControllerCommand, ControllerResponse, Entry,
@@ -248,5 +248,111 @@ async fn a_snapshot_carries_the_directory_and_replaces_what_a_replica_held() {
     assert_eq!(
         audit.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![0, 1, 2]
+    );
+}
+
+fn channel(name: &str) -> Channel {
+    Channel {
+        name: name.into(),
+        platform: Platform::Telegram,
+        credentials: vec![("bot_token".into(), "123:SECRET".into())],
+        webhook_secret: Some("whsec".into()),
+        verify_token: None,
+        agents: vec!["agent".into()],
+        template: None,
+        account_id: "123".into(),
+        account_name: Some("bot".into()),
+        created_at_ms: 5,
+        created_by: Some("admin".into()),
+    }
+}
+
+fn contact(id: &str, pid: &str) -> DirectoryCommand {
+    DirectoryCommand::EnsureContact {
+        user: user(id, None),
+        platform: Platform::Telegram,
+        platform_user_id: pid.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_contact_racing_itself_makes_one_user_and_channels_are_unique_by_name() {
+    let (_d, mut sm) = open();
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            contact("x-1", "111"),
+            // The same contact processed again (another node, or a replay): the first user.
+            contact("x-1", "111"),
+            // A different proposal for the same identity still finds the owner.
+            contact("x-other", "111"),
+            DirectoryCommand::PutChannel(Box::new(channel("tg"))),
+            DirectoryCommand::PutChannel(Box::new(channel("tg"))),
+        ],
+    )
+    .await;
+    for answer in &r[..3] {
+        match answer {
+            DirectoryResponse::User(u) => {
+                assert_eq!(u.id, "x-1");
+                assert_eq!(u.identities.len(), 1);
+            }
+            other => panic!("expected the contact's user, got {other:?}"),
+        }
+    }
+    assert!(matches!(&r[3], DirectoryResponse::Channel(_)));
+    assert!(matches!(&r[4], DirectoryResponse::ChannelExists(_)));
+    let dir = sm.directory();
+    assert!(dir.user("x-other").expect("read").is_none());
+    assert_eq!(
+        dir.resolve(Platform::Telegram, "111")
+            .expect("read")
+            .map(|u| u.id),
+        Some("x-1".into())
+    );
+    // Created once, linked once: two audit entries however often it was proposed.
+    let actions: Vec<_> = dir
+        .audit("x-1", None, 10)
+        .expect("audit")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        vec![AuditAction::UserCreated, AuditAction::IdentityLinked]
+    );
+    assert_eq!(dir.channels().expect("channels").len(), 1);
+    // Secrets never reach a log line through Debug.
+    let shown = format!("{:?}", dir.channel("tg").expect("read"));
+    assert!(
+        !shown.contains("SECRET") && !shown.contains("whsec"),
+        "{shown}"
+    );
+
+    let r = apply(
+        &mut sm,
+        6,
+        vec![
+            DirectoryCommand::DeleteChannel {
+                name: "tg".into(),
+                at_ms: 9,
+                actor: None,
+            },
+            DirectoryCommand::DeleteChannel {
+                name: "tg".into(),
+                at_ms: 9,
+                actor: None,
+            },
+        ],
+    )
+    .await;
+    assert!(matches!(&r[0], DirectoryResponse::Channel(_)));
+    assert_eq!(r[1], DirectoryResponse::UnknownChannel);
+    assert!(dir.channel("tg").expect("read").is_none());
+    let audit = dir.audit("channel:tg", None, 10).expect("audit");
+    assert_eq!(
+        audit.iter().map(|e| e.action).collect::<Vec<_>>(),
+        vec![AuditAction::ChannelCreated, AuditAction::ChannelDeleted]
     );
 }

@@ -6,13 +6,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chat4all_raft::sm::chat::{
-    ChatCommand, ChatResponse, Conversation, ConversationKind, MAX_PARTICIPANTS, Participant,
+    ChatCommand, ChatResponse, Conversation, ConversationKind, MAX_PARTICIPANTS,
 };
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, parse_json, query_limit, rfc3339};
 use crate::auth::{self, Caller};
-use crate::chat::{conversation_json, direct_conversation_id, event, is_valid_id};
+use crate::chat::{
+    NewConversation, conversation_json, create_conversation, direct_conversation_id, event,
+    is_valid_id,
+};
 use crate::error::ServiceError;
 use crate::retention::now_ms;
 use crate::service::Service;
@@ -204,43 +207,15 @@ pub async fn post_conversation(
         ConversationKind::Direct => direct_conversation_id(&participants[0], &participants[1]),
         ConversationKind::Group => uuid::Uuid::now_v7().to_string(),
     };
-    let at = now_ms();
-    let conversation = Conversation {
+    let new = NewConversation {
         id: id.clone(),
         kind,
         title,
         primary_channel,
         created_by: caller.user_id.clone(),
-        created_at_ms: at,
-        participants: participants
-            .iter()
-            .map(|u| Participant {
-                user_id: u.clone(),
-                joined_offset: 0,
-                joined_at_ms: at,
-            })
-            .collect(),
-        message_count: 0,
-        last_message_at_ms: None,
-        last_offset: 0,
     };
-    let record = event(
-        &id,
-        at,
-        &json!({
-            "type": "conversation_created",
-            "conversation": conversation_json(&conversation),
-            "timestamp": rfc3339(at),
-        }),
-    );
     match svc
-        .chat_write(
-            &id,
-            ChatCommand::CreateConversation {
-                conversation,
-                record,
-            },
-        )
+        .chat_write(&id, create_conversation(new, &participants, now_ms()))
         .await?
     {
         ChatResponse::Conversation { conversation, .. } => Ok((

@@ -17,7 +17,7 @@ use super::{ApiError, AppState, parse_json, query_limit, rfc3339};
 use crate::auth::Caller;
 use crate::chat::{
     CONTENT_TYPES, MAX_CONTENT_CHARS, MAX_FILE_IDS, MessageContent, event, is_valid_id,
-    message_event, message_json, status_json,
+    message_event, message_json, set_status, status_json,
 };
 use crate::error::ServiceError;
 use crate::retention::now_ms;
@@ -416,21 +416,14 @@ pub async fn post_receipt(
         }
     };
     let (m, _) = find_message(&svc, &caller, &id, q.get("conversation_id")).await?;
-    let at = now_ms();
-    let record = event(
+    // An administrator is not a recipient; receipts always name who reports.
+    let cmd = set_status(
+        &m.message_id,
         &m.conversation_id,
-        at,
-        &json!({"type": "status", "message_id": m.message_id, "conversation_id": m.conversation_id,
-                "status": status, "by": caller.user_id, "timestamp": rfc3339(at)}),
-    );
-    let cmd = ChatCommand::SetStatus {
-        message_id: m.message_id.clone(),
         status,
-        // An administrator is not a recipient; receipts always name who reports.
-        by: Some(caller.user_id.clone()),
-        at_ms: at,
-        record,
-    };
+        Some(&caller.user_id),
+        now_ms(),
+    );
     match svc.chat_write(&m.conversation_id, cmd).await? {
         ChatResponse::Status { state, .. } => Ok(axum::Json(status_json(&state)).into_response()),
         other => Err(refusal(other, &m.conversation_id)),

@@ -1,7 +1,9 @@
 //! The REST API: routes, JSON shapes, and the one place where service errors become HTTP.
 
 mod auth;
+mod channels;
 mod conversations;
+mod dlq;
 mod events;
 mod groups;
 mod messages;
@@ -11,6 +13,7 @@ mod records;
 mod topics;
 mod trace;
 mod users;
+mod webhooks;
 
 pub use topics::{assign_replicas, is_legal_name};
 pub use users::rfc3339;
@@ -114,6 +117,20 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/api/messages", post(messages::post_legacy_message))
         .route("/v1/events", get(events::get_events))
         .route("/v1/ws", get(events::get_ws))
+        .route(
+            "/v1/channels",
+            post(channels::post_channel).get(channels::list_channels),
+        )
+        .route(
+            "/v1/channels/{name}",
+            get(channels::get_channel).delete(channels::delete_channel),
+        )
+        .route("/v1/dlq", get(dlq::list_dlq))
+        .route("/v1/dlq/{id}/redrive", post(dlq::post_redrive))
+        .route(
+            "/v1/webhooks/{platform}/{channel}",
+            get(webhooks::get_webhook).post(webhooks::post_webhook),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(trace::with_trace_id))

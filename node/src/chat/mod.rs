@@ -4,7 +4,9 @@
 //! machine (`chat4all_raft::sm::chat`); this module checks what can be checked before
 //! proposing, so bad input is refused without a round trip.
 
-use chat4all_raft::sm::chat::{Conversation, MessageState};
+use chat4all_raft::sm::chat::{
+    ChatCommand, Conversation, ConversationKind, MessageState, MessageStatus, Participant,
+};
 use chat4all_storage::{Payload, PayloadFormat, StoredRecord};
 use serde_json::{Value, json};
 
@@ -66,6 +68,85 @@ pub fn event(conversation_id: &str, at_ms: i64, value: &Value) -> StoredRecord {
             bytes: value.to_string().into_bytes(),
         },
         headers: Vec::new(),
+    }
+}
+
+/// What a new conversation needs besides its participants.
+pub struct NewConversation {
+    /// Its id.
+    pub id: String,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// A title.
+    pub title: Option<String>,
+    /// The platform outbound messages prefer.
+    pub primary_channel: Option<String>,
+    /// Who creates it.
+    pub created_by: String,
+}
+
+/// The command that creates a conversation with `participants` (joining now), with its
+/// `conversation_created` event.
+pub fn create_conversation(
+    new: NewConversation,
+    participants: &[String],
+    at_ms: i64,
+) -> ChatCommand {
+    let conversation = Conversation {
+        id: new.id,
+        kind: new.kind,
+        title: new.title,
+        primary_channel: new.primary_channel,
+        created_by: new.created_by,
+        created_at_ms: at_ms,
+        participants: participants
+            .iter()
+            .map(|u| Participant {
+                user_id: u.clone(),
+                joined_offset: 0,
+                joined_at_ms: at_ms,
+            })
+            .collect(),
+        message_count: 0,
+        last_message_at_ms: None,
+        last_offset: 0,
+    };
+    let record = event(
+        &conversation.id,
+        at_ms,
+        &json!({
+            "type": "conversation_created",
+            "conversation": conversation_json(&conversation),
+            "timestamp": rfc3339(at_ms),
+        }),
+    );
+    ChatCommand::CreateConversation {
+        conversation,
+        record,
+    }
+}
+
+/// The command that moves a message's status to `status`, reported by `by` (a recipient) or
+/// by the system (`None`), with its `status` event.
+pub fn set_status(
+    message_id: &str,
+    conversation_id: &str,
+    status: MessageStatus,
+    by: Option<&str>,
+    at_ms: i64,
+) -> ChatCommand {
+    let record = event(
+        conversation_id,
+        at_ms,
+        &json!({"type": "status", "message_id": message_id, "conversation_id": conversation_id,
+                "status": status, "by": by, "timestamp": rfc3339(at_ms)}),
+    );
+    ChatCommand::SetStatus {
+        message_id: message_id.to_string(),
+        status,
+        by: by.map(str::to_string),
+        at_ms,
+        record,
     }
 }
 

@@ -24,7 +24,8 @@ pub fn partition_kind(name: &str) -> PartitionKind {
     match name {
         OFFSETS_TOPIC => PartitionKind::Compacted,
         crate::chat::MESSAGES_TOPIC => PartitionKind::Chat,
-        crate::chat::INBOX_TOPIC => PartitionKind::Inbox,
+        // Outbound work is an inbox per channel recipient: the same once-per-event rule.
+        crate::chat::INBOX_TOPIC | crate::channels::DELIVERIES_TOPIC => PartitionKind::Inbox,
         _ => PartitionKind::Log,
     }
 }

@@ -111,15 +111,6 @@ impl Service {
         partition_for_key(user.as_bytes(), partitions)
     }
 
-    /// Proposes a delivery in `chat.inbox` partition `partition`.
-    pub async fn inbox_write(
-        &self,
-        partition: u32,
-        cmd: ChatCommand,
-    ) -> Result<ChatResponse, ServiceError> {
-        self.chat_write_in(INBOX_TOPIC, partition, cmd).await
-    }
-
     /// Reads `user`'s inbox (see [`ChatOp::InboxRead`]).
     pub async fn inbox_read(
         &self,
@@ -164,7 +155,7 @@ impl Service {
     }
 
     /// Proposes `cmd` in partition `partition` of `topic` and returns the apply's decision.
-    async fn chat_write_in(
+    pub(crate) async fn chat_write_in(
         &self,
         topic: &str,
         partition: u32,

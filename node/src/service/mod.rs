@@ -6,6 +6,7 @@
 //! was written; anything in between is `OUTCOME_UNKNOWN`.
 
 mod batcher;
+mod channels;
 pub mod chat;
 mod directory;
 pub mod fetch;
@@ -73,6 +74,7 @@ pub struct Service {
     groups_config: GroupsConfig,
     chat_config: crate::config::ChatConfig,
     auth: crate::auth::Auth,
+    channels: crate::channels::Channels,
 }
 
 /// A partition's leader and offsets, as `GET /v1/topics/{name}` shows them.
@@ -112,6 +114,7 @@ impl Service {
             groups_config: config.groups.clone(),
             chat_config: config.chat.clone(),
             auth,
+            channels: crate::channels::Channels::new(config.connectors.clone()),
         })
     }
 
@@ -187,6 +190,11 @@ impl Service {
                 "controller answered {other:?}"
             ))),
         }
+    }
+
+    /// This node's connectors.
+    pub fn channels(&self) -> &crate::channels::Channels {
+        &self.channels
     }
 
     /// Authentication state.

@@ -1,9 +1,12 @@
 //! The router: a member of the `router` consumer group on every node. It reads `chat.messages`
 //! and delivers each event to the inboxes of the users the apply stamped on it
-//! ([`RECIPIENTS_HEADER`]), then marks a delivered message SENT (itself an event, which is
-//! routed in turn) while it goes on delivering. Deliveries are decided in the inbox partition's apply, which drops an
-//! event an inbox already has, so a router that restarts and reads an event again adds
-//! nothing: each inbox holds each event once, in its conversation's order.
+//! ([`RECIPIENTS_HEADER`]), and each message to the `chat.deliveries` queue of every recipient
+//! with an identity on a configured channel. A message with no external recipient is then
+//! marked SENT (itself an event, which is routed in turn) while delivery goes on; one with
+//! external recipients is marked SENT by the delivery worker when a platform accepts it.
+//! Both kinds of delivery are decided in the target partition's apply, which drops an event
+//! it already has, so a router that restarts and reads an event again adds nothing: each
+//! inbox and each delivery queue holds each event once, in its conversation's order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,11 +15,11 @@ use std::time::{Duration, Instant};
 use chat4all_raft::sm::chat::{
     ChatCommand, ChatResponse, MessageStatus, RECIPIENTS_HEADER, recipients,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::rfc3339;
-use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC, event};
+use crate::channels::{DELIVERIES_TOPIC, USER_HEADER, delivery_key};
+use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC, set_status};
 use crate::consumer::{Consumed, Consumer};
 use crate::error::ServiceError;
 use crate::retention::now_ms;
@@ -33,19 +36,8 @@ const MAX_RECORDS: u32 = 200;
 pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     // Start when the first chat request has created `chat.messages` (a cluster that never
     // chats runs no chat partitions), with `chat.inbox` made before the first member joins.
-    let mut metadata = service.controller().subscribe();
-    loop {
-        if metadata
-            .borrow_and_update()
-            .topics
-            .contains_key(MESSAGES_TOPIC)
-        {
-            break;
-        }
-        tokio::select! {
-            changed = metadata.changed() => if changed.is_err() { return },
-            _ = shutdown.cancelled() => return,
-        }
+    if !super::topic_exists(&service, MESSAGES_TOPIC, &shutdown).await {
+        return;
     }
     loop {
         let outcome = tokio::select! {
@@ -171,10 +163,12 @@ async fn deliver(
     records: &[Consumed],
 ) -> Result<BTreeMap<u32, Vec<ChatCommand>>, ServiceError> {
     let mut deliveries: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
+    let mut outbound: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut sent: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut accepted_at: Vec<i64> = Vec::new();
     let now = now_ms();
     let inbox_partitions = service.inbox_topic().await?.partitions.len() as u32;
+    let external = External::load(service).await?;
     for c in records {
         let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
         for u in recipients(&c.record) {
@@ -192,18 +186,43 @@ async fn deliver(
             });
         }
         let ev: Value = serde_json::from_slice(&c.record.value.bytes).unwrap_or(Value::Null);
-        if ev["type"] == "message"
-            && let Some(cmd) = mark_sent(&ev, now)
-        {
-            accepted_at.push(c.record.timestamp_ms);
-            sent.entry(c.partition).or_default().push(cmd);
+        if ev["type"] != "message" {
+            continue;
+        }
+        accepted_at.push(c.record.timestamp_ms);
+        let targets = external.targets(service, &ev, recipients(&c.record))?;
+        if targets.is_empty() {
+            if let Some(cmd) = mark_sent(&ev, now) {
+                sent.entry(c.partition).or_default().push(cmd);
+            }
+            continue;
+        }
+        for (user, key) in targets {
+            let p = external.partition(&key);
+            let mut r = record.clone();
+            r.headers.push((USER_HEADER.to_string(), user.into_bytes()));
+            outbound.entry(p).or_default().push(ChatCommand::Deliver {
+                source_partition: c.partition,
+                source_offset: c.offset,
+                users: vec![key],
+                record: r,
+            });
         }
     }
-    let writes = deliveries.into_iter().map(|(p, cmds)| async move {
-        match service.inbox_write(p, ChatCommand::Many(cmds)).await? {
+    let inbox = deliveries
+        .into_iter()
+        .map(|(p, cmds)| (INBOX_TOPIC, p, cmds));
+    let out = outbound
+        .into_iter()
+        .map(|(p, cmds)| (DELIVERIES_TOPIC, p, cmds));
+    let writes = inbox.chain(out).map(|(topic, p, cmds)| async move {
+        match service
+            .deliver_write(topic, p, ChatCommand::Many(cmds))
+            .await?
+        {
             ChatResponse::Many(_) => Ok(()),
             other => Err(ServiceError::Internal(format!(
-                "inbox delivery answered {other:?}"
+                "{topic} delivery answered {other:?}"
             ))),
         }
     });
@@ -221,17 +240,79 @@ async fn deliver(
 fn mark_sent(ev: &Value, at: i64) -> Option<ChatCommand> {
     let message_id = ev["message_id"].as_str()?;
     let conversation_id = ev["conversation_id"].as_str()?;
-    let record = event(
+    Some(set_status(
+        message_id,
         conversation_id,
+        MessageStatus::Sent,
+        None,
         at,
-        &json!({"type": "status", "message_id": message_id, "conversation_id": conversation_id,
-                "status": MessageStatus::Sent, "by": null, "timestamp": rfc3339(at)}),
-    );
-    Some(ChatCommand::SetStatus {
-        message_id: message_id.to_string(),
-        status: MessageStatus::Sent,
-        by: None,
-        at_ms: at,
-        record,
-    })
+    ))
+}
+
+/// What the router needs to find a message's external recipients: the channels (read once
+/// per poll from this node's directory) and the partition count of `chat.deliveries` (made
+/// when the first channel is).
+struct External {
+    channels: Vec<chat4all_raft::sm::directory::Channel>,
+    partitions: u32,
+}
+
+impl External {
+    async fn load(service: &Service) -> Result<External, ServiceError> {
+        let channels = service.channels_local()?;
+        let partitions = if channels.is_empty() {
+            0
+        } else {
+            service.deliveries_topic().await?.partitions.len() as u32
+        };
+        Ok(External {
+            channels,
+            partitions,
+        })
+    }
+
+    fn partition(&self, key: &str) -> u32 {
+        crate::partitioner::partition_for_key(key.as_bytes(), self.partitions)
+    }
+
+    /// `(user, delivery key)` for each recipient other than the sender with an identity on
+    /// a platform that has a channel (the platform's first channel by name). The message's
+    /// `channel` narrows it: `INTERNAL` delivers to no platform, a platform name only there,
+    /// `ALL` or none to every platform the recipient is on.
+    fn targets(
+        &self,
+        service: &Service,
+        ev: &Value,
+        users: Vec<String>,
+    ) -> Result<Vec<(String, String)>, ServiceError> {
+        if self.channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sender = ev["sender_id"].as_str().unwrap_or_default();
+        let only = match ev["channel"].as_str() {
+            Some("INTERNAL") => return Ok(Vec::new()),
+            Some(p) => chat4all_raft::sm::directory::Platform::parse(p),
+            None => None,
+        };
+        let dir = service.controller().directory();
+        let mut out = Vec::new();
+        for u in users.into_iter().filter(|u| u != sender) {
+            let Some(user) = dir
+                .user(&u)
+                .map_err(|e| ServiceError::Internal(format!("directory read: {e}")))?
+            else {
+                continue;
+            };
+            for id in &user.identities {
+                if only.is_some_and(|p| p != id.platform) {
+                    continue;
+                }
+                let channel = self.channels.iter().find(|c| c.platform == id.platform);
+                if let Some(c) = channel {
+                    out.push((u.clone(), delivery_key(&c.name, &id.platform_user_id)));
+                }
+            }
+        }
+        Ok(out)
+    }
 }

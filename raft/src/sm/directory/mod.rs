@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::RowTxn;
 use crate::types::{GroupId, RaftStorageError};
 
+mod channels;
+pub use channels::Channel;
+
 /// Whether a user is a support agent or a customer.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -127,6 +130,10 @@ pub enum AuditAction {
     ApiKeyCreated,
     /// An API key acting as the user was revoked.
     ApiKeyRevoked,
+    /// A channel was configured (`entity_id` is `channel:<name>`).
+    ChannelCreated,
+    /// A channel was removed.
+    ChannelDeleted,
 }
 
 /// One audit log entry.
@@ -205,6 +212,27 @@ pub enum DirectoryCommand {
         /// A random key proposed by a node.
         key: Vec<u8>,
     },
+    /// Stores a new channel; refused when the name is taken.
+    PutChannel(Box<Channel>),
+    /// Removes a channel.
+    DeleteChannel {
+        /// Its name.
+        name: String,
+        /// The proposer's clock.
+        at_ms: i64,
+        /// Who asked.
+        actor: Option<String>,
+    },
+    /// The user an external identity belongs to, created (with the identity) when there is
+    /// none: how a contact's first inbound message gets a user.
+    EnsureContact {
+        /// The user to create if needed (its identities are replaced by this one).
+        user: User,
+        /// The platform.
+        platform: Platform,
+        /// The contact's id on the platform.
+        platform_user_id: String,
+    },
 }
 
 /// Results of directory commands.
@@ -234,6 +262,12 @@ pub enum DirectoryResponse {
     UnknownApiKey,
     /// The token signing key in force.
     TokenKey(Vec<u8>),
+    /// The channel as stored (or as it was, for a deletion).
+    Channel(Box<Channel>),
+    /// A channel with that name exists (returned as it is).
+    ChannelExists(Box<Channel>),
+    /// No channel with that name.
+    UnknownChannel,
 }
 
 // Row key prefixes inside the controller group's range.
@@ -515,6 +549,15 @@ impl DirectoryCounters {
             DirectoryCommand::InitTokenKey { key } => {
                 DirectoryResponse::TokenKey(self.token_key.get_or_insert(key).clone())
             }
+            DirectoryCommand::PutChannel(channel) => self.put_channel(txn, *channel)?,
+            DirectoryCommand::DeleteChannel { name, at_ms, actor } => {
+                self.delete_channel(txn, name, at_ms, actor)?
+            }
+            DirectoryCommand::EnsureContact {
+                user,
+                platform,
+                platform_user_id,
+            } => self.ensure_contact(txn, user, platform, platform_user_id)?,
         })
     }
 }

@@ -1,0 +1,74 @@
+//! Channels and their topics through the service: the channel rows of the directory, and the
+//! three topics connectors use (`chat.deliveries`, `chat.deliveries.dlq`, `chat.inbound`).
+
+use chat4all_raft::sm::chat::{ChatCommand, ChatResponse};
+use chat4all_raft::sm::directory::Channel;
+use chat4all_raft::types::TopicMeta;
+use chat4all_storage::StoredRecord;
+
+use super::{ProduceBatch, Service};
+use crate::channels::{DELIVERIES_TOPIC, DLQ_TOPIC, INBOUND_TOPIC};
+use crate::error::ServiceError;
+
+impl Service {
+    /// `chat.deliveries`, as many partitions as `chat.inbox`.
+    pub async fn deliveries_topic(&self) -> Result<TopicMeta, ServiceError> {
+        self.ensure_internal_topic(DELIVERIES_TOPIC, self.chat_config.inbox_partitions)
+            .await
+    }
+
+    /// `chat.deliveries.dlq`.
+    pub async fn dlq_topic(&self) -> Result<TopicMeta, ServiceError> {
+        self.ensure_internal_topic(DLQ_TOPIC, self.chat_config.inbox_partitions)
+            .await
+    }
+
+    /// `chat.inbound`.
+    pub async fn inbound_topic(&self) -> Result<TopicMeta, ServiceError> {
+        self.ensure_internal_topic(INBOUND_TOPIC, self.chat_config.inbox_partitions)
+            .await
+    }
+
+    /// Proposes a delivery batch in partition `partition` of `chat.inbox` or
+    /// `chat.deliveries`.
+    pub async fn deliver_write(
+        &self,
+        topic: &str,
+        partition: u32,
+        cmd: ChatCommand,
+    ) -> Result<ChatResponse, ServiceError> {
+        self.chat_write_in(topic, partition, cmd).await
+    }
+
+    /// Every channel, from this node's copy of the directory (a channel made a moment ago
+    /// through another node may be missing; the workers look again).
+    pub fn channels_local(&self) -> Result<Vec<Channel>, ServiceError> {
+        self.controller()
+            .directory()
+            .channels()
+            .map_err(|e| ServiceError::Internal(format!("directory read: {e}")))
+    }
+
+    /// A channel by name, linearizable (channels can be removed, so a local hit could be
+    /// stale).
+    pub async fn channel_synced(&self, name: &str) -> Result<Option<Channel>, ServiceError> {
+        self.directory_synced(|d| d.channel(name)).await
+    }
+
+    /// Appends `records` to partition `partition` of an internal topic, once a majority has
+    /// them; the first offset.
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<StoredRecord>,
+    ) -> Result<u64, ServiceError> {
+        let batch = ProduceBatch {
+            topic: topic.to_string(),
+            partition,
+            records,
+            producer: None,
+        };
+        Ok(self.produce_batch(batch, 0).await?.0)
+    }
+}
