@@ -159,6 +159,18 @@ pub struct Sent {
     pub remote_id: String,
 }
 
+/// An approved message template (WhatsApp: the only message allowed more than 24 hours after
+/// the contact last wrote).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// The template's name.
+    pub name: String,
+    /// Its language code (`en_US`).
+    pub language: String,
+    /// The body's text parameters, in order (their count must match the approved template).
+    pub body_parameters: Vec<String>,
+}
+
 /// What a contact or the platform told us, parsed from a verified webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InboundEvent {
@@ -244,6 +256,31 @@ pub trait Connector: Send + Sync + fmt::Debug {
         text: &'a str,
         callback_data: &'a str,
     ) -> BoxFuture<'a, Result<Sent, ConnectorError>>;
+
+    /// Whether free text may go to a contact who last wrote `since_last_inbound` ago (`None`:
+    /// never): WhatsApp allows it within 24 hours only; the others do not restrict it here.
+    fn free_text_allowed(&self, since_last_inbound: Option<std::time::Duration>) -> bool {
+        let _ = since_last_inbound;
+        true
+    }
+
+    /// Sends an approved template to `to` (WhatsApp). Platforms without templates refuse it
+    /// before any call.
+    fn send_template<'a>(
+        &'a self,
+        to: &'a str,
+        template: &'a Template,
+        callback_data: &'a str,
+    ) -> BoxFuture<'a, Result<Sent, ConnectorError>> {
+        let _ = (to, template, callback_data);
+        let platform = self.platform();
+        Box::pin(async move {
+            Err(ConnectorError::Rejected {
+                code: 0,
+                description: format!("{platform} has no message templates"),
+            })
+        })
+    }
 
     /// Checks that a webhook request comes from the platform: Telegram's
     /// `X-Telegram-Bot-Api-Secret-Token`, or `X-Hub-Signature-256` (HMAC-SHA256 of the raw

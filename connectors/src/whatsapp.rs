@@ -12,11 +12,14 @@ use crate::call::{self, CallKind};
 use crate::meta;
 use crate::{
     Account, ChannelSettings, Connector, ConnectorError, InboundEvent, InboundMessage, Platform,
-    RemoteStatus, Sent, StatusUpdate,
+    RemoteStatus, Sent, StatusUpdate, Template,
 };
 
 /// The longest text body, in characters.
 pub const MAX_CHARS: usize = 4096;
+
+/// The customer service window: free text only within 24 hours of the contact's last message.
+pub const SERVICE_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// A WhatsApp Business phone number.
 #[derive(Debug)]
@@ -63,6 +66,33 @@ impl Whatsapp {
             .timeout(self.settings.timeout);
         let answer = call::execute(request, kind, what).await?;
         meta::read_answer(&answer, kind, what)
+    }
+
+    /// `POST /{phone-number-id}/messages` with `content` (`type` and its object) to `to`.
+    async fn post_message(
+        &self,
+        to: &str,
+        mut body: Value,
+        callback_data: &str,
+    ) -> Result<Sent, ConnectorError> {
+        body["messaging_product"] = json!("whatsapp");
+        body["recipient_type"] = json!("individual");
+        body["to"] = json!(to);
+        // Echoed in every status webhook of this message: how a send whose outcome was
+        // unknown is reconciled. Left out when there is nothing to echo.
+        if !callback_data.is_empty() {
+            body["biz_opaque_callback_data"] = json!(callback_data);
+        }
+        let request = self.http.post(self.url("/messages")?).json(&body);
+        let answer = self.call(request, CallKind::Send, "send").await?;
+        let wamid = answer
+            .pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            // Accepted (2xx) but we cannot name it: it may well be on its way.
+            .ok_or_else(|| ConnectorError::Indeterminate("send: no messages[0].id".into()))?;
+        Ok(Sent {
+            remote_id: wamid.to_owned(),
+        })
     }
 }
 
@@ -116,28 +146,36 @@ impl Connector for Whatsapp {
                     unit: "characters",
                 });
             }
-            let mut body = json!({
-                "messaging_product": "whatsapp",
-                "recipient_type": "individual",
-                "to": to,
-                "type": "text",
-                "text": { "preview_url": false, "body": text },
+            let body = json!({ "type": "text", "text": { "preview_url": false, "body": text } });
+            self.post_message(to, body, callback_data).await
+        })
+    }
+
+    fn free_text_allowed(&self, since_last_inbound: Option<std::time::Duration>) -> bool {
+        since_last_inbound.is_some_and(|d| d < SERVICE_WINDOW)
+    }
+
+    fn send_template<'a>(
+        &'a self,
+        to: &'a str,
+        template: &'a Template,
+        callback_data: &'a str,
+    ) -> BoxFuture<'a, Result<Sent, ConnectorError>> {
+        Box::pin(async move {
+            let parameters: Vec<Value> = template
+                .body_parameters
+                .iter()
+                .map(|t| json!({ "type": "text", "text": t }))
+                .collect();
+            let body = json!({
+                "type": "template",
+                "template": {
+                    "name": template.name,
+                    "language": { "code": template.language },
+                    "components": [{ "type": "body", "parameters": parameters }],
+                },
             });
-            // Echoed in every status webhook of this message: how a send whose outcome was
-            // unknown is reconciled. Left out when there is nothing to echo.
-            if !callback_data.is_empty() {
-                body["biz_opaque_callback_data"] = json!(callback_data);
-            }
-            let request = self.http.post(self.url("/messages")?).json(&body);
-            let answer = self.call(request, CallKind::Send, "send").await?;
-            let wamid = answer
-                .pointer("/messages/0/id")
-                .and_then(Value::as_str)
-                // Accepted (2xx) but we cannot name it: it may well be on its way.
-                .ok_or_else(|| ConnectorError::Indeterminate("send: no messages[0].id".into()))?;
-            Ok(Sent {
-                remote_id: wamid.to_owned(),
-            })
+            self.post_message(to, body, callback_data).await
         })
     }
 

@@ -202,7 +202,8 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
     let wa_body = json!({"platform": "WHATSAPP", "name": "wa",
         "credentials": {"access_token": WHATSAPP_ACCESS_TOKEN,
                         "phone_number_id": WHATSAPP_PHONE_NUMBER_ID},
-        "webhook_secret": WEBHOOK_SECRET, "verify_token": VERIFY_TOKEN});
+        "webhook_secret": WEBHOOK_SECRET, "verify_token": VERIFY_TOKEN,
+        "template": "reopen:en_US", "agents": [ana_id]});
     let (s, v) = post(admin.clone(), wa_body.clone()).await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = post(admin.clone(), wa_body).await;
@@ -241,13 +242,51 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
         (to_tg[0].to.as_str(), to_tg[0].text.as_str()),
         ("111", "hello both")
     );
+    // Cy never wrote to the WhatsApp number: outside the 24-hour window only the channel's
+    // template may go, with the text as its parameter.
     assert_eq!(
         (to_wa[0].to.as_str(), to_wa[0].text.as_str()),
-        ("15551234567", "hello both")
+        ("15551234567", "template:reopen:en_US:hello both")
     );
     let cb = to_wa[0].callback_data.clone().unwrap_or_default();
     assert!(cb.contains(&m1), "our delivery id rides along: {cb}");
     status_becomes(&c, 3, &ana, &m1, "SENT").await;
+
+    // Cy writes (the window opens); the channel's agent sees it, and the next message to
+    // cy goes as free text.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let wa_in = webhook_url(&c, 1, "whatsapp", "wa");
+    let body = testing::whatsapp_message(
+        WHATSAPP_PHONE_NUMBER_ID,
+        "15551234567",
+        "Cy",
+        "wamid.IN1",
+        "hi there",
+        now_s,
+    );
+    let s = wa.post_webhook(&wa_in, body).await.expect("post");
+    assert_eq!(s.as_u16(), 200);
+    eventually("cy's message reaches the agent", WAIT, || async {
+        let (_, v) = c
+            .call_bearer(Method::GET, 2, "/v1/conversations", &ana, None)
+            .await;
+        let conv = v["conversations"]
+            .as_array()?
+            .iter()
+            .find(|x| x["primary_channel"] == "WHATSAPP")
+            .map(conversation)?;
+        let path = format!("/v1/conversations/{conv}/messages");
+        let (_, h) = c.call_bearer(Method::GET, 2, &path, &ana, None).await;
+        let first = &h["messages"].as_array()?.first()?.clone();
+        (first["content"] == "hi there" && first["sender_id"] == cy.as_str()).then_some(())
+    })
+    .await;
+    send(&c, 3, &ana, &group, "free text now").await;
+    let to_wa = wa.wait_sent(2, WAIT).await;
+    assert_eq!(to_wa[1].text, "free text now");
 
     // WhatsApp reports delivery through a signed status webhook (to another node).
     let wa_hook = webhook_url(&c, 3, "whatsapp", "wa");
@@ -339,9 +378,10 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
 
     // The agent answers in that conversation, and the answer goes back out to the contact.
     send(&c, 2, &ana, &dee_conv, "hello Dee").await;
-    let to_tg = tg.wait_sent(2, WAIT).await;
+    // (Bo got "hello both" and "free text now" before.)
+    let to_tg = tg.wait_sent(3, WAIT).await;
     assert_eq!(
-        (to_tg[1].to.as_str(), to_tg[1].text.as_str()),
+        (to_tg[2].to.as_str(), to_tg[2].text.as_str()),
         ("222", "hello Dee")
     );
 }
@@ -511,4 +551,56 @@ async fn a_node_killed_during_delivery_loses_nothing() {
     for id in &ids {
         status_becomes(&c, survivor, &ana2, id, "SENT").await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instagram_splits_long_texts_and_its_reads_become_read_receipts() {
+    let ig = FakePlatform::start(Platform::Instagram).await;
+    let c = cluster(1, &[&ig], "").await;
+    let (_, admin) = token(&c, 1, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    user(&c, &admin, "ana", Some("password-123"), None).await;
+    let (_, ana) = token(&c, 1, "ana@example.com", "password-123").await;
+    let dan = user(&c, &admin, "dan", None, Some(("INSTAGRAM", "5550001"))).await;
+    let body = json!({"platform": "INSTAGRAM", "name": "ig",
+        "credentials": {"access_token": testing::INSTAGRAM_ACCESS_TOKEN,
+                        "ig_id": testing::INSTAGRAM_ID},
+        "webhook_secret": WEBHOOK_SECRET});
+    let (s, v) = c
+        .call_bearer(Method::POST, 1, "/v1/channels", &admin, Some(&body))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let body = json!({"type": "direct", "participants": [dan]});
+    let (s, v) = c
+        .call_bearer(Method::POST, 1, "/v1/conversations", &ana, Some(&body))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let conv = conversation(&v);
+
+    // 1,500 bytes: Instagram takes 1,000 per message, so two parts, split at a space.
+    let long: String = (0..300).map(|i| format!("w{:03} ", i % 1000)).collect();
+    let long = long.trim_end().to_string();
+    assert!(long.len() > 1000 && long.len() < 2000);
+    let m = send(&c, 1, &ana, &conv, &long).await;
+    let sent = ig.wait_sent(2, WAIT).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        sent.iter()
+            .all(|p| p.to == "5550001" && p.text.len() <= 1000)
+    );
+    assert_eq!(format!("{}{}", sent[0].text, sent[1].text), long);
+    status_becomes(&c, 1, &ana, &m, "SENT").await;
+
+    // Dan reads it: Instagram names the message by its own id only.
+    let hook = webhook_url(&c, 1, "instagram", "ig");
+    let s = ig
+        .post_instagram_read(&hook, &sent[1].remote_id)
+        .await
+        .expect("post read");
+    assert_eq!(s.as_u16(), 200);
+    let st = status_becomes(&c, 1, &ana, &m, "READ").await;
+    let last = st["status_history"]
+        .as_array()
+        .and_then(|h| h.last().cloned())
+        .expect("history");
+    assert_eq!(last["by"], dan.as_str(), "{st}");
 }

@@ -212,3 +212,49 @@ async fn an_inbox_takes_each_event_once_and_a_snapshot_keeps_it_that_way() {
     assert_eq!(r[0], ChatResponse::Delivered(vec![]));
     assert_eq!(r[1], ChatResponse::Delivered(vec![("u1".into(), 3)]));
 }
+
+#[tokio::test]
+async fn notes_live_in_inbox_partitions_only_append_nothing_and_survive_a_snapshot() {
+    let note = |owner: &str, name: &str, value: &str| ChatCommand::Note {
+        owner: owner.into(),
+        name: name.into(),
+        value: value.into(),
+    };
+    let (_d, mut sm) = open(PartitionKind::Inbox);
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            note("tg/111", "last_inbound", "5"),
+            note("tg/111", "last_inbound", "9"),
+            note("tg/1110", "last_inbound", "7"),
+        ],
+    )
+    .await;
+    assert!(r.iter().all(|a| *a == ChatResponse::Noted), "{r:?}");
+    assert_eq!(sm.state().next_offset, 0, "a note appends no record");
+    let read = |sm: &PartitionStateMachine, owner: &str| {
+        sm.chat().note(owner, "last_inbound").expect("note")
+    };
+    assert_eq!(read(&sm, "tg/111").as_deref(), Some("9"));
+    assert_eq!(read(&sm, "tg/1110").as_deref(), Some("7"));
+    assert_eq!(read(&sm, "tg/11"), None);
+
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    let (_d2, mut replica) = open(PartitionKind::Inbox);
+    replica
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    assert_eq!(read(&replica, "tg/111").as_deref(), Some("9"));
+
+    // A chat partition refuses notes.
+    let (_d3, mut chat) = open(PartitionKind::Chat);
+    let r = apply(&mut chat, 1, vec![note("tg/111", "x", "y")]).await;
+    assert_eq!(r, vec![ChatResponse::NotChat]);
+}

@@ -275,22 +275,43 @@ fn whatsapp_send(shared: &Shared, p: &Value) -> Result<(FakeSent, Value), GraphE
             "(#100) Invalid parameter: to must be a phone number in digits",
         ));
     }
-    if str_at("/type").unwrap_or("text") != "text" {
-        return Err(GraphError::invalid(
-            "(#100) The fake takes only type \"text\"",
-        ));
-    }
-    let text = str_at("/text/body").unwrap_or("");
-    if text.is_empty() {
-        return Err(GraphError::invalid(
-            "(#100) The parameter text['body'] is required.",
-        ));
-    }
-    if text.chars().count() > crate::whatsapp::MAX_CHARS {
-        return Err(GraphError::invalid(
-            "(#100) Param text['body'] must be at most 4096 characters long.",
-        ));
-    }
+    // A template is recorded as `template:<name>:<language>:<parameters joined by |>`.
+    let text = match str_at("/type").unwrap_or("text") {
+        "text" => {
+            let text = str_at("/text/body").unwrap_or("");
+            if text.is_empty() {
+                return Err(GraphError::invalid(
+                    "(#100) The parameter text['body'] is required.",
+                ));
+            }
+            if text.chars().count() > crate::whatsapp::MAX_CHARS {
+                return Err(GraphError::invalid(
+                    "(#100) Param text['body'] must be at most 4096 characters long.",
+                ));
+            }
+            text.to_owned()
+        }
+        "template" => {
+            let (Some(name), Some(lang)) =
+                (str_at("/template/name"), str_at("/template/language/code"))
+            else {
+                return Err(GraphError::invalid(
+                    "(#100) The parameters template['name'] and template['language'] are required.",
+                ));
+            };
+            let params: Vec<&str> = p
+                .pointer("/template/components/0/parameters")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|x| x["text"].as_str()).collect())
+                .unwrap_or_default();
+            format!("template:{name}:{lang}:{}", params.join("|"))
+        }
+        _ => {
+            return Err(GraphError::invalid(
+                "(#100) The fake takes only types \"text\" and \"template\"",
+            ));
+        }
+    };
     let callback_data = match p.get("biz_opaque_callback_data") {
         None => None,
         Some(Value::String(s)) if s.len() <= 512 => Some(s.clone()),
@@ -313,7 +334,7 @@ fn whatsapp_send(shared: &Shared, p: &Value) -> Result<(FakeSent, Value), GraphE
     });
     let sent = FakeSent {
         to: to.to_owned(),
-        text: text.to_owned(),
+        text,
         callback_data,
         remote_id: wamid,
         body: p.clone(),

@@ -34,6 +34,12 @@ pub const USER_HEADER: &str = "c4a-user";
 /// The record header of a redriven delivery: how many of its text parts went out before it
 /// failed (they are not sent again).
 pub const PARTS_SENT_HEADER: &str = "c4a-parts-sent";
+/// The `chat.deliveries` note (per contact) holding when the contact last wrote, ms since the
+/// epoch: WhatsApp's 24-hour window.
+pub const LAST_INBOUND_NOTE: &str = "last_inbound";
+/// `chat.deliveries` notes named `remote:<platform id>` hold our delivery id of a message the
+/// platform reports on by its own id only (Instagram reads).
+pub const REMOTE_NOTE_PREFIX: &str = "remote:";
 /// Redriven deliveries name `REDRIVE_SOURCE + dlq partition` as their source partition and the
 /// dead letter's offset as their source offset, so redriving one entry twice delivers once.
 pub const REDRIVE_SOURCE: u32 = 1 << 20;

@@ -6,9 +6,11 @@ use chat4all_raft::sm::directory::Channel;
 use chat4all_raft::types::TopicMeta;
 use chat4all_storage::StoredRecord;
 
+use super::chat::{ChatOp, ChatReply};
 use super::{ProduceBatch, Service};
 use crate::channels::{DELIVERIES_TOPIC, DLQ_TOPIC, INBOUND_TOPIC};
 use crate::error::ServiceError;
+use crate::partitioner::partition_for_key;
 
 impl Service {
     /// `chat.deliveries`, as many partitions as `chat.inbox`.
@@ -38,6 +40,47 @@ impl Service {
         cmd: ChatCommand,
     ) -> Result<ChatResponse, ServiceError> {
         self.chat_write_in(topic, partition, cmd).await
+    }
+
+    /// Sets a note of a channel's contact (`key` is its delivery key) in its
+    /// `chat.deliveries` partition.
+    pub async fn delivery_note(
+        &self,
+        key: &str,
+        name: &str,
+        value: String,
+    ) -> Result<(), ServiceError> {
+        let partitions = self.deliveries_topic().await?.partitions.len() as u32;
+        let cmd = ChatCommand::Note {
+            owner: key.to_string(),
+            name: name.to_string(),
+            value,
+        };
+        let p = partition_for_key(key.as_bytes(), partitions);
+        match self.deliver_write(DELIVERIES_TOPIC, p, cmd).await? {
+            ChatResponse::Noted => Ok(()),
+            other => Err(ServiceError::Internal(format!("a note answered {other:?}"))),
+        }
+    }
+
+    /// A note of a channel's contact, read on its partition's leader.
+    pub async fn delivery_note_read(
+        &self,
+        key: &str,
+        name: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        let partitions = self.deliveries_topic().await?.partitions.len() as u32;
+        let op = ChatOp::Note {
+            owner: key.to_string(),
+            name: name.to_string(),
+        };
+        let p = partition_for_key(key.as_bytes(), partitions);
+        match self.chat_call(DELIVERIES_TOPIC, p, op, 0).await? {
+            ChatReply::Note(v) => Ok(v),
+            other => Err(ServiceError::Internal(format!(
+                "a note read answered {other:?}"
+            ))),
+        }
     }
 
     /// Every channel, from this node's copy of the directory (a channel made a moment ago

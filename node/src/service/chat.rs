@@ -50,6 +50,13 @@ pub enum ChatOp {
         /// Long-poll time.
         max_wait_ms: u64,
     },
+    /// A note of an inbox-kind partition (`ChatCommand::Note`).
+    Note {
+        /// Its owner.
+        owner: String,
+        /// Its name.
+        name: String,
+    },
     /// The conversations a user is in, by id after `after`.
     ConversationsOf {
         /// The user.
@@ -74,6 +81,8 @@ pub enum ChatReply {
     History(Vec<(MessageState, Option<StoredRecord>)>),
     /// Conversations, by id.
     Conversations(Vec<Conversation>),
+    /// A note's value, if it is set.
+    Note(Option<String>),
     /// Inbox events `(seq, record)`, and the sequence number they follow.
     Inbox {
         /// The sequence number the events follow (the request's, or the last one then).
@@ -351,6 +360,7 @@ impl Service {
                     let _ = tokio::time::timeout_at(until, hw.wait_for(|&h| h > seen)).await;
                 }
             }
+            ChatOp::Note { owner, name } => ChatReply::Note(chat.note(&owner, &name).map_err(err)?),
             ChatOp::ConversationsOf { user, after, limit } => {
                 let mut out = Vec::new();
                 for id in chat

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::rfc3339;
 use crate::channels::{
-    INBOUND_TOPIC, contact_conversation_id, contact_user_id, from_directory, inbound_message_id,
-    to_directory,
+    INBOUND_TOPIC, LAST_INBOUND_NOTE, REMOTE_NOTE_PREFIX, contact_conversation_id, contact_user_id,
+    delivery_key, from_directory, inbound_message_id, to_directory,
 };
 use crate::chat::{
     MAX_CONTENT_CHARS, MessageContent, NewConversation, create_conversation, event, message_event,
@@ -182,6 +182,20 @@ async fn message(service: &Service, channel: &Channel, ev: &Value) -> Result<(),
         status: MessageStatus::Received,
         record,
     };
+    // Where free text has a window (WhatsApp's 24 hours), it opens now: the delivery workers
+    // look this up before each send. Noted before the message is stored, so an answer to
+    // the message always finds it.
+    let restricts = service
+        .channels()
+        .connector(channel)
+        .is_ok_and(|c| !c.free_text_allowed(None));
+    if restricts {
+        let sent_at = ev["timestamp_ms"].as_i64().unwrap_or(at);
+        let key = delivery_key(&channel.name, contact_id);
+        service
+            .delivery_note(&key, LAST_INBOUND_NOTE, sent_at.to_string())
+            .await?;
+    }
     match service.chat_write(&conversation_id, cmd).await? {
         ChatResponse::Message { duplicate, .. } => {
             if !duplicate {
@@ -205,9 +219,22 @@ async fn message(service: &Service, channel: &Channel, ev: &Value) -> Result<(),
 /// The report names our message through the callback data we sent with it (WhatsApp);
 /// reports without it (Instagram reads) cannot be matched yet and are dropped.
 async fn status(service: &Service, channel: &Channel, ev: &Value) -> Result<(), ServiceError> {
-    let Some(cb) = ev["callback_data"].as_str() else {
-        tracing::debug!(channel = %channel.name, "a status report without callback data dropped");
-        return Ok(());
+    let contact_id = ev["contact_id"].as_str().unwrap_or_default();
+    let remote_id = ev["remote_id"].as_str().unwrap_or_default();
+    let cb = match ev["callback_data"].as_str() {
+        Some(cb) => cb.to_string(),
+        // Reported by the platform's id only (Instagram): what we noted when it was sent.
+        None => {
+            let key = delivery_key(&channel.name, contact_id);
+            let name = format!("{REMOTE_NOTE_PREFIX}{remote_id}");
+            match service.delivery_note_read(&key, &name).await? {
+                Some(cb) => cb,
+                None => {
+                    tracing::debug!(channel = %channel.name, remote_id, "a report on a message we did not send dropped");
+                    return Ok(());
+                }
+            }
+        }
     };
     let mut parts = cb.splitn(3, '|');
     let (Some(conversation_id), Some(message_id), Some(user)) =

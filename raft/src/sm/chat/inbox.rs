@@ -9,6 +9,23 @@ use crate::types::{GroupId, RaftStorageError};
 
 const INBOX: &[u8] = b"q/";
 const INBOX_EVENT: &[u8] = b"e/";
+const NOTE: &[u8] = b"n/";
+
+fn note_key(g: GroupId, owner: &str, name: &str) -> Vec<u8> {
+    key(g, NOTE, &[owner.as_bytes(), name.as_bytes()])
+}
+
+/// Applies a note: `name = value` for `owner` (see [`super::ChatCommand::Note`]).
+pub(super) fn note(
+    txn: &mut RowTxn<'_>,
+    g: GroupId,
+    owner: &str,
+    name: &str,
+    value: String,
+) -> Result<(ChatResponse, Vec<StoredRecord>), RaftStorageError> {
+    txn.put(note_key(g, owner, name), &value)?;
+    Ok((ChatResponse::Noted, Vec::new()))
+}
 
 /// A user's inbox, in a `chat.inbox` partition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -97,6 +114,11 @@ impl ChatReader {
                 Some((u64::from_be_bytes(seq.try_into().ok()?), off))
             })
             .collect())
+    }
+
+    /// A note of `owner` (see [`super::ChatCommand::Note`]).
+    pub fn note(&self, owner: &str, name: &str) -> Result<Option<String>, StorageError> {
+        self.db.get(Cf::ChatRow, &note_key(self.group, owner, name))
     }
 
     /// The sequence number of `user`'s last inbox event (0 when there is none).

@@ -232,6 +232,17 @@ pub enum ChatCommand {
         /// The event.
         record: StoredRecord,
     },
+    /// Sets `name = value` for `owner` (an inbox's key) in an inbox-kind partition, with no
+    /// record: small facts the partition's consumers look up by key, such as the platform id
+    /// of a message a channel sent to a contact, or when the contact last wrote.
+    Note {
+        /// The key the note belongs to (a user, or a channel's contact).
+        owner: String,
+        /// The note's name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
 }
 
 /// The record header an accepted `chat.messages` event carries: the ids of the users it is
@@ -287,6 +298,8 @@ pub enum ChatResponse {
     Many(Vec<ChatResponse>),
     /// The message id is used by a message of another conversation.
     MessageIdTaken,
+    /// A note was stored.
+    Noted,
     /// The command does not belong in this kind of partition.
     NotChat,
 }
@@ -376,11 +389,12 @@ pub(crate) fn apply(
         }
         return Ok((ChatResponse::Many(answers), records));
     }
-    if inbox != matches!(cmd, ChatCommand::Deliver { .. }) {
+    if inbox != matches!(cmd, ChatCommand::Deliver { .. } | ChatCommand::Note { .. }) {
         return refused(ChatResponse::NotChat);
     }
     match cmd {
         ChatCommand::Many(_) => refused(ChatResponse::NotChat),
+        ChatCommand::Note { owner, name, value } => inbox::note(txn, g, &owner, &name, value),
         ChatCommand::Deliver {
             source_partition,
             source_offset,

@@ -13,20 +13,23 @@
 //! A record's position is committed right after its outcome is stored, so a node that dies
 //! repeats at most the record it was sending (at least once, see the README per platform).
 
+mod send;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat4all_connectors::{Connector, ConnectorError};
+use chat4all_connectors::ConnectorError;
 use chat4all_raft::sm::chat::MessageStatus;
 use chat4all_raft::sm::directory::Channel;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::rfc3339;
-use crate::channels::retry::{CircuitBreaker, TokenBucket, backoff};
+use crate::channels::retry::{CircuitBreaker, TokenBucket};
 use crate::channels::{
-    DELIVERIES_TOPIC, DLQ_TOPIC, PARTS_SENT_HEADER, USER_HEADER, from_directory, split_delivery_key,
+    DELIVERIES_TOPIC, DLQ_TOPIC, PARTS_SENT_HEADER, REMOTE_NOTE_PREFIX, USER_HEADER,
+    from_directory, split_delivery_key,
 };
 use crate::chat::{event, set_status};
 use crate::consumer::{Consumed, Consumer};
@@ -40,7 +43,7 @@ pub const GROUP_PREFIX: &str = "deliver.";
 /// How often the supervisor looks for channels made or removed.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// The wait after a failed poll, commit or write before trying again.
-const PAUSE: Duration = Duration::from_millis(250);
+pub(super) const PAUSE: Duration = Duration::from_millis(250);
 
 /// Runs a delivery worker for every channel until `shutdown`: started when a channel
 /// appears in this node's directory, stopped when it is removed.
@@ -251,19 +254,23 @@ impl ChannelWorker {
             tracing::info_span!("deliver", channel = %self.channel.name, %message_id, %contact);
         let _enter = span.enter();
         let outcome = match self.service.channels().connector(&self.channel) {
-            Ok(connector) => {
-                // Our id for the delivery: WhatsApp echoes it in status webhooks.
-                let callback = format!("{conversation_id}|{message_id}|{user}");
-                self.send(
-                    consumer,
-                    connector.as_ref(),
-                    &contact,
-                    text,
-                    &callback,
-                    skip,
-                )
+            Ok(connector) => match self
+                .parts(consumer, connector.as_ref(), &contact, text)
                 .await?
-            }
+            {
+                Ok(parts) => {
+                    // Our id for the delivery: WhatsApp echoes it in status webhooks.
+                    let callback = format!("{conversation_id}|{message_id}|{user}");
+                    let c = connector.as_ref();
+                    self.send(consumer, c, &contact, &parts, &callback, skip)
+                        .await?
+                }
+                Err(error) => Outcome::Failed {
+                    error,
+                    attempts: 0,
+                    parts_sent: skip,
+                },
+            },
             Err(error) => Outcome::Failed {
                 error,
                 attempts: 0,
@@ -275,6 +282,18 @@ impl ChannelWorker {
             Outcome::Sent(remote_ids) => {
                 tracing::debug!(?remote_ids, "sent");
                 self.count("sent");
+                if self.remembers_remote_ids() {
+                    let key = key.unwrap_or_default();
+                    let callback = format!("{conversation_id}|{message_id}|{user}");
+                    for id in &remote_ids {
+                        let name = format!("{REMOTE_NOTE_PREFIX}{id}");
+                        self.persist(|s| {
+                            let (key, name, cb) = (key.clone(), name.clone(), callback.clone());
+                            async move { s.delivery_note(&key, &name, cb).await }
+                        })
+                        .await?;
+                    }
+                }
                 self.mark(
                     &message_id,
                     &conversation_id,
@@ -377,116 +396,5 @@ impl ChannelWorker {
                 }
             }
         }
-    }
-
-    /// Sends the parts of `text` after the first `skip`, retrying what may be retried.
-    async fn send(
-        &mut self,
-        consumer: &mut Consumer,
-        connector: &dyn Connector,
-        contact: &str,
-        text: &str,
-        callback: &str,
-        skip: usize,
-    ) -> Result<Outcome, ServiceError> {
-        let parts = connector.split_text(text);
-        if parts.is_empty() {
-            return Ok(Outcome::Failed {
-                error: ConnectorError::Rejected {
-                    code: 0,
-                    description: "the message has no text to send".into(),
-                },
-                attempts: 0,
-                parts_sent: 0,
-            });
-        }
-        let cfg = self.service.channels().config().clone();
-        let mut sent = skip.min(parts.len());
-        let mut remote = Vec::new();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let error = match self
-                .attempt(connector, contact, &parts[sent..], callback)
-                .await
-            {
-                Ok(ids) => {
-                    remote.extend(ids);
-                    return Ok(Outcome::Sent(remote));
-                }
-                Err((n, ids, e)) => {
-                    sent += n;
-                    remote.extend(ids);
-                    e
-                }
-            };
-            if !error.is_retryable() || attempt >= cfg.max_attempts {
-                return Ok(Outcome::Failed {
-                    error,
-                    attempts: attempt,
-                    parts_sent: sent,
-                });
-            }
-            self.count("retried");
-            let wait = backoff(
-                attempt,
-                Duration::from_millis(cfg.backoff_base_ms),
-                Duration::from_millis(cfg.backoff_max_ms),
-                rand::random::<f64>(),
-                error.retry_after(),
-            );
-            tracing::debug!(attempt, ?wait, "retrying: {error}");
-            self.wait(consumer, wait).await?;
-        }
-    }
-
-    /// One attempt at sending `parts` in order: their remote ids, or how many went out
-    /// before the error.
-    async fn attempt(
-        &mut self,
-        connector: &dyn Connector,
-        contact: &str,
-        parts: &[String],
-        callback: &str,
-    ) -> Result<Vec<String>, (usize, Vec<String>, ConnectorError)> {
-        let mut ids = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
-            let now = Instant::now();
-            let state = self.breaker.state(now);
-            self.service
-                .metrics()
-                .connector_circuit
-                .with_label_values(&[&self.channel.name])
-                .set(state.gauge());
-            if !self.breaker.allows(now) {
-                let e = ConnectorError::Unavailable("the channel's circuit is open".into());
-                return Err((i, ids, e));
-            }
-            if let Some(wait) = self.bucket.take(now) {
-                tokio::time::sleep(wait).await;
-            }
-            let started = Instant::now();
-            let res = connector.send_text(contact, part, callback).await;
-            self.service
-                .metrics()
-                .connector_calls
-                .with_label_values(&[&self.channel.name])
-                .observe(started.elapsed().as_secs_f64());
-            match res {
-                Ok(sent) => {
-                    self.breaker.on_answer();
-                    ids.push(sent.remote_id);
-                }
-                Err(e) => {
-                    if e.is_retryable() || e.is_indeterminate() {
-                        self.breaker.on_failure(Instant::now());
-                    } else {
-                        self.breaker.on_answer();
-                    }
-                    return Err((i, ids, e));
-                }
-            }
-        }
-        Ok(ids)
     }
 }
