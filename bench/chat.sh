@@ -7,16 +7,32 @@
 #
 #   bench/chat.sh         # JSON lines to stdout and to bench/results/chat-<UTC date-time>.jsonl
 #
-# Knobs (environment): CHAT4ALL_BIN, RATES=100,150,200,250,500,1000,1500 STEP_SECS=10 LOAD_SECS=300
-# PAIRS=20, NATS=1, NATS_DIR, QUIET_MAX=20 QUIET_WAIT=300 (as bench/run.sh).
+# KIND=webhooks runs `chat4all bench webhooks` instead (signed platform webhooks at stepped
+# rates: answer latency, SC-012, and the time until they are messages), with the peer at
+# INFLIGHT=10 (a webhook's answer waits for one replicated fsynced write, as a PubAck does).
+#
+# Knobs (environment): CHAT4ALL_BIN, KIND=chat|webhooks, RATES=100,150,200,250,500,1000,1500
+# (webhooks: 100,250,500,1000) STEP_SECS=10 LOAD_SECS=300 PAIRS=20, NATS=1, NATS_DIR,
+# QUIET_MAX=20 QUIET_WAIT=300 (as bench/run.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CHAT4ALL_BIN:-/var/cache/chat4all/target/release/chat4all}
 NATS_DIR=${NATS_DIR:-$(cd "$here/.." && pwd)/shared/peers/nats}
-RATES=${RATES:-100,150,200,250,500,1000,1500}
+KIND=${KIND:-chat}
 STEP_SECS=${STEP_SECS:-10}
 LOAD_SECS=${LOAD_SECS:-300}
-PAIRS=${PAIRS:-20}
+case "$KIND" in
+  chat)
+    RATES=${RATES:-100,150,200,250,500,1000,1500}
+    PAIRS=${PAIRS:-20}
+    run_bench=(bench chat --nodes 3 --pairs "$PAIRS" --rates "$RATES" --step-secs "$STEP_SECS"
+      --load-secs "$LOAD_SECS") ;;
+  webhooks)
+    RATES=${RATES:-100,250,500,1000}
+    PAIRS=${INFLIGHT:-10}
+    run_bench=(bench webhooks --nodes 3 --rates "$RATES" --step-secs "$STEP_SECS") ;;
+  *) echo "bench/chat.sh: KIND is chat or webhooks" >&2; exit 2 ;;
+esac
 NATS=${NATS:-1}
 QUIET_MAX=${QUIET_MAX:-20}
 QUIET_WAIT=${QUIET_WAIT:-300}
@@ -26,7 +42,7 @@ NATSBENCH_TARGET=/tmp/natsbench-target
 
 log() { echo "bench/chat.sh: $*" >&2; }
 [ -x "$BIN" ] || { log "no chat4all binary at $BIN (set CHAT4ALL_BIN)"; exit 1; }
-out="$here/bench/results/chat-$(date -u +%Y-%m-%dT%H%M%SZ).jsonl"
+out="$here/bench/results/$KIND-$(date -u +%Y-%m-%dT%H%M%SZ).jsonl"
 mkdir -p "$(dirname "$out")"
 nats_started=0
 trap '[ "$nats_started" = 1 ] && "$NATS_DIR/stop-cluster.sh" --wipe >/dev/null 2>&1 || true' EXIT
@@ -41,9 +57,8 @@ trap 'exit 130' INT TERM
 } | tee "${out%.jsonl}.info" >&2
 
 bg=$(wait_quiet)
-log "chat bench (machine ${bg}% busy before)"
-"$BIN" bench chat --nodes 3 --pairs "$PAIRS" --rates "$RATES" --step-secs "$STEP_SECS" \
-  --load-secs "$LOAD_SECS" | tee -a "$out"
+log "$KIND bench (machine ${bg}% busy before)"
+"$BIN" "${run_bench[@]}" | tee -a "$out"
 
 if [ "$NATS" = 1 ]; then
   NATS_BIN=$("$NATS_DIR/get-nats.sh" | tail -1)

@@ -62,7 +62,7 @@ fn hist() -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     Ok(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)?)
 }
 
-async fn token(
+pub(super) async fn token(
     http: &reqwest::Client,
     url: &str,
     email: &str,

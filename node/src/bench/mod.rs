@@ -9,6 +9,8 @@
 //!   nodes, and times how long until the survivors own the dead member's partitions.
 //! - `chat`: spawns its own cluster and measures chat messages from send to receipt on
 //!   another node's event stream, at stepped rates, then the first Chat4All's load test.
+//! - `webhooks`: spawns its own cluster with a Telegram channel and measures how fast signed
+//!   webhooks are answered at stepped rates, and how long until they are messages.
 //!
 //! Only the REST API is used, as a client would: nothing here links to the node's internals.
 
@@ -17,6 +19,7 @@ mod failover;
 mod produce;
 mod rebalance;
 mod spawn;
+mod webhooks;
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,8 @@ pub enum BenchCommand {
     Rebalance(rebalance::RebalanceArgs),
     /// Chat send-to-receive latency at stepped rates, and the first Chat4All's load test.
     Chat(chat::ChatArgs),
+    /// Platform webhook answer latency at stepped rates, and how long processing takes.
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 /// Runs one bench subcommand and prints its JSON line.
@@ -47,6 +52,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Failover(args) => failover::run(args).await,
             BenchCommand::Rebalance(args) => rebalance::run(args).await,
             BenchCommand::Chat(args) => chat::run(args).await,
+            BenchCommand::Webhooks(args) => webhooks::run(args).await,
         }
     };
     let line = tokio::select! {

@@ -98,6 +98,15 @@ async fn contact(
     contact_id: &str,
     name: Option<&str>,
 ) -> Result<User, ServiceError> {
+    // A known contact is in this node's directory: no controller write.
+    let local = service
+        .controller()
+        .directory()
+        .resolve(to_directory(platform), contact_id)
+        .map_err(|e| ServiceError::Internal(format!("directory read: {e}")))?;
+    if let Some(u) = local {
+        return Ok(u);
+    }
     let user = User {
         id: contact_user_id(platform, contact_id),
         display_name: name
