@@ -42,6 +42,12 @@ impl Service {
         self.chat_write_in(topic, partition, cmd).await
     }
 
+    /// The `chat.deliveries` partition of a delivery key.
+    pub async fn deliveries_partition(&self, key: &str) -> Result<u32, ServiceError> {
+        let partitions = self.deliveries_topic().await?.partitions.len() as u32;
+        Ok(partition_for_key(key.as_bytes(), partitions))
+    }
+
     /// Sets a note of a channel's contact (`key` is its delivery key) in its
     /// `chat.deliveries` partition.
     pub async fn delivery_note(
@@ -50,13 +56,12 @@ impl Service {
         name: &str,
         value: String,
     ) -> Result<(), ServiceError> {
-        let partitions = self.deliveries_topic().await?.partitions.len() as u32;
         let cmd = ChatCommand::Note {
             owner: key.to_string(),
             name: name.to_string(),
             value,
         };
-        let p = partition_for_key(key.as_bytes(), partitions);
+        let p = self.deliveries_partition(key).await?;
         match self.deliver_write(DELIVERIES_TOPIC, p, cmd).await? {
             ChatResponse::Noted => Ok(()),
             other => Err(ServiceError::Internal(format!("a note answered {other:?}"))),
@@ -69,12 +74,11 @@ impl Service {
         key: &str,
         name: &str,
     ) -> Result<Option<String>, ServiceError> {
-        let partitions = self.deliveries_topic().await?.partitions.len() as u32;
         let op = ChatOp::Note {
             owner: key.to_string(),
             name: name.to_string(),
         };
-        let p = partition_for_key(key.as_bytes(), partitions);
+        let p = self.deliveries_partition(key).await?;
         match self.chat_call(DELIVERIES_TOPIC, p, op, 0).await? {
             ChatReply::Note(v) => Ok(v),
             other => Err(ServiceError::Internal(format!(

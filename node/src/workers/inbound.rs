@@ -8,6 +8,7 @@
 //! reading an event twice, after a crash or because the platform sent it twice, changes
 //! nothing the second time.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::rfc3339;
 use crate::channels::{
-    INBOUND_TOPIC, LAST_INBOUND_NOTE, REMOTE_NOTE_PREFIX, contact_conversation_id, contact_user_id,
-    delivery_key, from_directory, inbound_message_id, to_directory,
+    DELIVERIES_TOPIC, INBOUND_TOPIC, LAST_INBOUND_NOTE, REMOTE_NOTE_PREFIX,
+    contact_conversation_id, contact_user_id, delivery_key, from_directory, inbound_message_id,
+    to_directory,
 };
 use crate::chat::{
     MAX_CONTENT_CHARS, MessageContent, NewConversation, create_conversation, event, message_event,
@@ -72,6 +74,7 @@ async fn step(service: &Arc<Service>, consumer: &mut Consumer) -> Result<(), Ser
         return Ok(());
     }
     let channels = service.channels_local()?;
+    let mut batch = Batch::default();
     for r in &records {
         let ev: Value = serde_json::from_slice(&r.record.value.bytes).unwrap_or(Value::Null);
         let name = ev["channel"].as_str().unwrap_or_default();
@@ -83,12 +86,76 @@ async fn step(service: &Arc<Service>, consumer: &mut Consumer) -> Result<(), Ser
             continue;
         };
         match ev["type"].as_str() {
-            Some("inbound_message") => message(service, channel, &ev).await?,
-            Some("inbound_status") => status(service, channel, &ev).await?,
+            Some("inbound_message") => message(service, channel, &ev, &mut batch).await?,
+            Some("inbound_status") => status(service, channel, &ev, &mut batch).await?,
             _ => {}
         }
     }
+    batch.write(service).await?;
     consumer.commit().await
+}
+
+/// The writes of one poll, one Raft entry per partition: notes in `chat.deliveries` first
+/// (so that an answer to a stored message finds its contact's window open), then the chat
+/// commands, in record order per `chat.messages` partition (a conversation's events keep
+/// their order; a conversation opened and written to in one entry is applied in order).
+#[derive(Default)]
+struct Batch {
+    notes: BTreeMap<u32, Vec<ChatCommand>>,
+    chat: BTreeMap<u32, Vec<ChatCommand>>,
+}
+
+impl Batch {
+    async fn write(self, service: &Service) -> Result<(), ServiceError> {
+        let notes = self.notes.into_iter().map(|(p, cmds)| async move {
+            match service
+                .deliver_write(DELIVERIES_TOPIC, p, ChatCommand::Many(cmds))
+                .await?
+            {
+                ChatResponse::Many(_) => Ok(()),
+                other => Err(ServiceError::Internal(format!("notes answered {other:?}"))),
+            }
+        });
+        futures::future::try_join_all(notes).await?;
+        let chat = self.chat.into_iter().map(|(p, cmds)| async move {
+            match service.chat_write_to(p, ChatCommand::Many(cmds)).await? {
+                ChatResponse::Many(answers) => {
+                    answers.into_iter().try_for_each(|a| check(service, a))
+                }
+                other => Err(ServiceError::Internal(format!(
+                    "inbound batch answered {other:?}"
+                ))),
+            }
+        });
+        futures::future::try_join_all(chat).await.map(|_| ())
+    }
+}
+
+/// Whether an answer in an inbound batch is one that reading the event again would not
+/// change (then it is done), or a fault (then the poll is read again).
+fn check(service: &Service, answer: ChatResponse) -> Result<(), ServiceError> {
+    match answer {
+        ChatResponse::Message { duplicate, state } => {
+            if !duplicate {
+                service.metrics().chat_messages_accepted.inc();
+            }
+            tracing::trace!(message_id = %state.message_id, "inbound stored");
+            Ok(())
+        }
+        ChatResponse::Conversation { .. }
+        | ChatResponse::ConversationExists(_)
+        | ChatResponse::Status { .. }
+        | ChatResponse::UnknownMessage
+        | ChatResponse::UnknownConversation => Ok(()),
+        // The contact was removed from the conversation by an agent (or a report names a
+        // user no longer in it): there is nowhere for it to go, and reading it again will not
+        // change that.
+        ChatResponse::NotParticipant => {
+            tracing::warn!("an inbound event from a user no longer in the conversation dropped");
+            Ok(())
+        }
+        other => Err(ServiceError::Internal(format!("inbound: {other:?}"))),
+    }
 }
 
 /// The user of a contact, made on first contact.
@@ -134,7 +201,12 @@ async fn contact(
 }
 
 /// A contact's message → a RECEIVED message in the channel's conversation with them.
-async fn message(service: &Service, channel: &Channel, ev: &Value) -> Result<(), ServiceError> {
+async fn message(
+    service: &Service,
+    channel: &Channel,
+    ev: &Value,
+    batch: &mut Batch,
+) -> Result<(), ServiceError> {
     let platform = from_directory(channel.platform);
     let contact_id = ev["contact_id"].as_str().unwrap_or_default();
     let user = contact(service, platform, contact_id, ev["contact_name"].as_str()).await?;
@@ -149,15 +221,9 @@ async fn message(service: &Service, channel: &Channel, ev: &Value) -> Result<(),
         primary_channel: Some(platform.as_str().to_string()),
         created_by: user.id.clone(),
     };
-    let cmd = create_conversation(new, &participants, at);
-    match service.chat_write(&conversation_id, cmd).await? {
-        ChatResponse::Conversation { .. } | ChatResponse::ConversationExists(_) => {}
-        other => {
-            return Err(ServiceError::Internal(format!(
-                "opening {conversation_id}: {other:?}"
-            )));
-        }
-    }
+    let p = service.chat_partition(&conversation_id).await?;
+    let commands = batch.chat.entry(p).or_default();
+    commands.push(create_conversation(new, &participants, at));
     let platform_message_id = ev["platform_message_id"].as_str().unwrap_or_default();
     let message_id = inbound_message_id(&channel.name, platform_message_id);
     let text = ev["text"]
@@ -183,17 +249,16 @@ async fn message(service: &Service, channel: &Channel, ev: &Value) -> Result<(),
         at,
         &message_event(&message_id, &conversation_id, &user.id, at, &content),
     );
-    let cmd = ChatCommand::Send {
-        message_id: message_id.clone(),
-        conversation_id: conversation_id.clone(),
+    commands.push(ChatCommand::Send {
+        message_id,
+        conversation_id,
         sender_id: user.id.clone(),
         at_ms: at,
         status: MessageStatus::Received,
         record,
-    };
+    });
     // Where free text has a window (WhatsApp's 24 hours), it opens now: the delivery workers
-    // look this up before each send. Noted before the message is stored, so an answer to
-    // the message always finds it.
+    // look this up before each send.
     let restricts = service
         .channels()
         .connector(channel)
@@ -201,33 +266,25 @@ async fn message(service: &Service, channel: &Channel, ev: &Value) -> Result<(),
     if restricts {
         let sent_at = ev["timestamp_ms"].as_i64().unwrap_or(at);
         let key = delivery_key(&channel.name, contact_id);
-        service
-            .delivery_note(&key, LAST_INBOUND_NOTE, sent_at.to_string())
-            .await?;
+        let p = service.deliveries_partition(&key).await?;
+        batch.notes.entry(p).or_default().push(ChatCommand::Note {
+            owner: key,
+            name: LAST_INBOUND_NOTE.to_string(),
+            value: sent_at.to_string(),
+        });
     }
-    match service.chat_write(&conversation_id, cmd).await? {
-        ChatResponse::Message { duplicate, .. } => {
-            if !duplicate {
-                service.metrics().chat_messages_accepted.inc();
-            }
-            Ok(())
-        }
-        // The contact was removed from the conversation by an agent: the message has nowhere
-        // to go, and reading it again will not change that.
-        ChatResponse::NotParticipant => {
-            tracing::warn!(%conversation_id, %message_id, "inbound message from a removed contact dropped");
-            Ok(())
-        }
-        other => Err(ServiceError::Internal(format!(
-            "storing inbound {message_id}: {other:?}"
-        ))),
-    }
+    Ok(())
 }
 
 /// A platform's report on a message we sent → a status move, reported by the contact's user.
 /// The report names our message through the callback data we sent with it (WhatsApp);
 /// reports without it (Instagram reads) cannot be matched yet and are dropped.
-async fn status(service: &Service, channel: &Channel, ev: &Value) -> Result<(), ServiceError> {
+async fn status(
+    service: &Service,
+    channel: &Channel,
+    ev: &Value,
+    batch: &mut Batch,
+) -> Result<(), ServiceError> {
     let contact_id = ev["contact_id"].as_str().unwrap_or_default();
     let remote_id = ev["remote_id"].as_str().unwrap_or_default();
     let cb = match ev["callback_data"].as_str() {
@@ -260,13 +317,7 @@ async fn status(service: &Service, channel: &Channel, ev: &Value) -> Result<(), 
     };
     let at = ev["timestamp_ms"].as_i64().unwrap_or_else(now_ms);
     let cmd = set_status(message_id, conversation_id, status, Some(user), at);
-    match service.chat_write(conversation_id, cmd).await? {
-        ChatResponse::Status { .. }
-        | ChatResponse::UnknownMessage
-        | ChatResponse::UnknownConversation
-        | ChatResponse::NotParticipant => Ok(()),
-        other => Err(ServiceError::Internal(format!(
-            "status of {message_id}: {other:?}"
-        ))),
-    }
+    let p = service.chat_partition(conversation_id).await?;
+    batch.chat.entry(p).or_default().push(cmd);
+    Ok(())
 }
