@@ -604,3 +604,87 @@ async fn instagram_splits_long_texts_and_its_reads_become_read_receipts() {
         .expect("history");
     assert_eq!(last["by"], dan.as_str(), "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_stops_calls_to_its_platform_while_other_channels_carry_on() {
+    let tg = FakePlatform::start(Platform::Telegram).await;
+    let ig = FakePlatform::start(Platform::Instagram).await;
+    // Two failures in a row open a channel's circuit, for longer than the test.
+    let extra = "backoff_base_ms = 50\nbreaker_failures = 2\nbreaker_open_ms = 600000\n";
+    let c = cluster(1, &[&tg, &ig], extra).await;
+    let (admin, ana, _) = telegram_contact(&c).await;
+    let bo = c
+        .call_bearer(
+            Method::GET,
+            1,
+            "/v1/identities/resolve?platform=TELEGRAM&platform_user_id=111",
+            &admin,
+            None,
+        )
+        .await
+        .1["id"]
+        .as_str()
+        .expect("bo")
+        .to_string();
+    let dan = user(&c, &admin, "dan", None, Some(("INSTAGRAM", "5550001"))).await;
+    let body = json!({"platform": "INSTAGRAM", "name": "ig",
+        "credentials": {"access_token": testing::INSTAGRAM_ACCESS_TOKEN,
+                        "ig_id": testing::INSTAGRAM_ID}});
+    let (s, v) = c
+        .call_bearer(Method::POST, 1, "/v1/channels", &admin, Some(&body))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let body = json!({"type": "group", "participants": [bo, dan]});
+    let (s, v) = c
+        .call_bearer(Method::POST, 1, "/v1/conversations", &ana, Some(&body))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let group = conversation(&v);
+
+    // Telegram answers 429 twice: the circuit opens, and the third attempt never leaves.
+    tg.fail_next(vec![
+        FakeFailure::RateLimited { retry_after_s: 0 },
+        FakeFailure::RateLimited { retry_after_s: 0 },
+    ]);
+    let x = send(&c, 1, &ana, &group, "x").await;
+    assert_eq!(ig.wait_sent(1, WAIT).await[0].text, "x");
+    let dead = |id: String| {
+        let (c, admin) = (&c, admin.clone());
+        async move {
+            eventually(&format!("{id} dead-lettered"), WAIT, || async {
+                let (_, v) = c
+                    .call_bearer(Method::GET, 1, "/v1/dlq?channel=tg", &admin, None)
+                    .await;
+                v["entries"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["message_id"] == id.as_str())
+                    .cloned()
+            })
+            .await
+        }
+    };
+    let e = dead(x.clone()).await;
+    assert_eq!(e["attempts"], 3, "{e}");
+    assert!(
+        e["last_error"].as_str().unwrap_or("").contains("circuit"),
+        "{e}"
+    );
+    assert_eq!(
+        tg.requests(),
+        2,
+        "the open circuit kept the third call home"
+    );
+
+    // While it is open, Telegram gets no call at all; Instagram carries on.
+    let y = send(&c, 1, &ana, &group, "y").await;
+    assert_eq!(ig.wait_sent(2, WAIT).await[1].text, "y");
+    dead(y).await;
+    assert_eq!(tg.requests(), 2);
+    let metrics = c.metrics(1).await;
+    assert!(
+        metrics.contains("chat4all_connector_circuit_state{channel=\"tg\"} 1"),
+        "the circuit shows as open"
+    );
+    assert!(metrics.contains("chat4all_connector_circuit_state{channel=\"ig\"} 0"));
+}

@@ -42,9 +42,11 @@ pub struct ConnectorsConfig {
     /// How long an open circuit refuses calls before one trial call, in ms.
     #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
-    /// Sends per second per channel (a token bucket; Telegram's bulk limit is about 30/s).
-    #[serde(default = "default_rate_per_s")]
-    pub rate_per_s: u32,
+    /// Sends per second per channel and node (a token bucket). Unset: the platform's own
+    /// limit (Telegram about 30/s in bulk, WhatsApp 80/s per number by default, Instagram
+    /// 300/s for text).
+    #[serde(default)]
+    pub rate_per_s: Option<u32>,
 }
 
 fn default_telegram_url() -> String {
@@ -93,10 +95,6 @@ fn default_breaker_open_ms() -> u64 {
     30_000
 }
 
-fn default_rate_per_s() -> u32 {
-    30
-}
-
 impl Default for ConnectorsConfig {
     fn default() -> Self {
         ConnectorsConfig {
@@ -110,7 +108,7 @@ impl Default for ConnectorsConfig {
             backoff_max_ms: default_backoff_max_ms(),
             breaker_failures: default_breaker_failures(),
             breaker_open_ms: default_breaker_open_ms(),
-            rate_per_s: default_rate_per_s(),
+            rate_per_s: None,
         }
     }
 }
@@ -125,6 +123,16 @@ impl ConnectorsConfig {
             Platform::Instagram => &self.instagram_base_url,
         };
         url.trim_end_matches('/')
+    }
+
+    /// Sends per second a channel of `platform` is paced to.
+    pub fn rate_per_s(&self, platform: chat4all_connectors::Platform) -> u32 {
+        use chat4all_connectors::Platform;
+        self.rate_per_s.unwrap_or(match platform {
+            Platform::Telegram => 30,
+            Platform::Whatsapp => 80,
+            Platform::Instagram => 300,
+        })
     }
 
     /// One platform call's time limit.

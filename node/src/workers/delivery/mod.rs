@@ -115,7 +115,8 @@ impl ChannelWorker {
             cfg.breaker_failures,
             Duration::from_millis(cfg.breaker_open_ms),
         );
-        let bucket = TokenBucket::new(cfg.rate_per_s, Instant::now());
+        let rate = cfg.rate_per_s(from_directory(channel.platform));
+        let bucket = TokenBucket::new(rate, Instant::now());
         ChannelWorker {
             service,
             channel,
