@@ -139,6 +139,20 @@ async fn telegram_contact(c: &Cluster) -> (String, String, String) {
     (admin, ana, conv)
 }
 
+/// Waits until `channel`'s dead letters (through node 1) hold `message_id`; answers the entry.
+async fn dead_letter(c: &Cluster, admin: &str, channel: &str, message_id: &str) -> Value {
+    let path = format!("/v1/dlq?channel={channel}");
+    eventually(&format!("{message_id} dead-lettered"), WAIT, || async {
+        let (_, v) = c.call_bearer(Method::GET, 1, &path, admin, None).await;
+        v["entries"]
+            .as_array()?
+            .iter()
+            .find(|e| e["message_id"] == message_id)
+            .cloned()
+    })
+    .await
+}
+
 fn conversation(v: &Value) -> String {
     v["id"].as_str().expect("conversation id").to_string()
 }
@@ -393,20 +407,6 @@ async fn retries_dead_letters_and_redrive_against_a_failing_platform() {
                  breaker_failures = 100\n";
     let c = cluster(1, &[&tg], extra).await;
     let (admin, ana, conv) = telegram_contact(&c).await;
-    let dlq = |min: usize| {
-        let c = &c;
-        let admin = admin.clone();
-        async move {
-            eventually(&format!("{min} dead letters"), WAIT, || async {
-                let (s, v) = c
-                    .call_bearer(Method::GET, 1, "/v1/dlq?channel=tg", &admin, None)
-                    .await;
-                let list = v["entries"].as_array()?.clone();
-                (s == 200 && list.len() >= min).then_some(list)
-            })
-            .await
-        }
-    };
 
     // 429 with retry_after: retried after the wait, delivered once.
     tg.fail_next(vec![FakeFailure::RateLimited { retry_after_s: 1 }]);
@@ -419,22 +419,16 @@ async fn retries_dead_letters_and_redrive_against_a_failing_platform() {
     // A definite rejection: no retry, a dead letter, FAILED.
     tg.fail_next(vec![FakeFailure::Reject { code: 403 }]);
     let m2 = send(&c, 1, &ana, &conv, "m2").await;
-    let entries = dlq(1).await;
-    assert_eq!(entries[0]["message_id"], m2.as_str());
-    assert_eq!(entries[0]["error_code"], "PLATFORM_REJECTED");
-    assert_eq!(entries[0]["attempts"], 1);
+    let e2 = dead_letter(&c, &admin, "tg", &m2).await;
+    assert_eq!(e2["error_code"], "PLATFORM_REJECTED", "{e2}");
+    assert_eq!(e2["attempts"], 1, "{e2}");
     assert_eq!(tg.requests(), 3);
     status_becomes(&c, 1, &ana, &m2, "FAILED").await;
 
     // The platform goes down for good: three attempts, then the DLQ.
     tg.stop().await;
     let m3 = send(&c, 1, &ana, &conv, "m3").await;
-    let entries = dlq(2).await;
-    let e3 = entries
-        .iter()
-        .find(|e| e["message_id"] == m3.as_str())
-        .expect("m3 dead-lettered")
-        .clone();
+    let e3 = dead_letter(&c, &admin, "tg", &m3).await;
     assert_eq!(e3["error_code"], "PLATFORM_UNAVAILABLE", "{e3}");
     assert_eq!(e3["attempts"], 3, "{e3}");
     assert_eq!(e3["outcome_unknown"], false);
@@ -472,19 +466,7 @@ async fn retries_dead_letters_and_redrive_against_a_failing_platform() {
     tg.fail_next(vec![FakeFailure::AcceptThenDrop]);
     let requests = tg.requests();
     let m4 = send(&c, 1, &ana, &conv, "m4").await;
-    let entries = dlq(2).await;
-    let e4 = eventually("m4 dead-lettered", WAIT, || async {
-        let (_, v) = c
-            .call_bearer(Method::GET, 1, "/v1/dlq?channel=tg", &admin, None)
-            .await;
-        v["entries"]
-            .as_array()?
-            .iter()
-            .find(|e| e["message_id"] == m4.as_str())
-            .cloned()
-    })
-    .await;
-    drop(entries);
+    let e4 = dead_letter(&c, &admin, "tg", &m4).await;
     assert_eq!(e4["error_code"], "OUTCOME_UNKNOWN", "{e4}");
     assert_eq!(e4["outcome_unknown"], true);
     assert_eq!(tg.requests(), requests + 1, "sent once, not retried");
@@ -648,23 +630,7 @@ async fn an_open_circuit_stops_calls_to_its_platform_while_other_channels_carry_
     ]);
     let x = send(&c, 1, &ana, &group, "x").await;
     assert_eq!(ig.wait_sent(1, WAIT).await[0].text, "x");
-    let dead = |id: String| {
-        let (c, admin) = (&c, admin.clone());
-        async move {
-            eventually(&format!("{id} dead-lettered"), WAIT, || async {
-                let (_, v) = c
-                    .call_bearer(Method::GET, 1, "/v1/dlq?channel=tg", &admin, None)
-                    .await;
-                v["entries"]
-                    .as_array()?
-                    .iter()
-                    .find(|e| e["message_id"] == id.as_str())
-                    .cloned()
-            })
-            .await
-        }
-    };
-    let e = dead(x.clone()).await;
+    let e = dead_letter(&c, &admin, "tg", &x).await;
     assert_eq!(e["attempts"], 3, "{e}");
     assert!(
         e["last_error"].as_str().unwrap_or("").contains("circuit"),
@@ -679,7 +645,7 @@ async fn an_open_circuit_stops_calls_to_its_platform_while_other_channels_carry_
     // While it is open, Telegram gets no call at all; Instagram carries on.
     let y = send(&c, 1, &ana, &group, "y").await;
     assert_eq!(ig.wait_sent(2, WAIT).await[1].text, "y");
-    dead(y).await;
+    dead_letter(&c, &admin, "tg", &y).await;
     assert_eq!(tg.requests(), 2);
     let metrics = c.metrics(1).await;
     assert!(
