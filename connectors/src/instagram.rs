@@ -8,8 +8,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::call::{self, CallKind};
-use crate::meta;
+use crate::meta::Graph;
 use crate::{
     Account, ChannelSettings, Connector, ConnectorError, InboundEvent, InboundMessage, Platform,
     RemoteStatus, Sent, StatusUpdate,
@@ -21,48 +20,16 @@ pub const MAX_BYTES: usize = 1000;
 /// An Instagram professional account.
 #[derive(Debug)]
 pub struct Instagram {
-    settings: ChannelSettings,
-    http: reqwest::Client,
+    graph: Graph,
 }
 
 impl Instagram {
     /// A client for the account and token in `settings`. Nothing is checked here:
     /// [`Connector::verify`] asks Meta.
     pub fn new(settings: ChannelSettings, http: reqwest::Client) -> Instagram {
-        Instagram { settings, http }
-    }
-
-    /// A credential, or the configuration error naming it.
-    fn credential(&self, field: &str) -> Result<&str, ConnectorError> {
-        self.settings
-            .credentials
-            .get(field)
-            .map(|s| s.expose())
-            .ok_or_else(|| ConnectorError::Config(format!("an INSTAGRAM channel needs `{field}`")))
-    }
-
-    /// `{base_url}/{version}/{ig_id}{suffix}`.
-    fn url(&self, suffix: &str) -> Result<String, ConnectorError> {
-        Ok(format!(
-            "{}/{}/{}{suffix}",
-            self.settings.base_url.trim_end_matches('/'),
-            self.settings.api_version,
-            self.credential("ig_id")?
-        ))
-    }
-
-    /// Sends `request` with the token and reads the Graph answer.
-    async fn call(
-        &self,
-        request: reqwest::RequestBuilder,
-        kind: CallKind,
-        what: &str,
-    ) -> Result<Value, ConnectorError> {
-        let request = request
-            .bearer_auth(self.credential("access_token")?)
-            .timeout(self.settings.timeout);
-        let answer = call::execute(request, kind, what).await?;
-        meta::read_answer(&answer, kind, what)
+        Instagram {
+            graph: Graph::new(settings, http, "ig_id"),
+        }
     }
 }
 
@@ -82,9 +49,10 @@ impl Connector for Instagram {
 
     fn verify(&self) -> BoxFuture<'_, Result<Account, ConnectorError>> {
         Box::pin(async move {
-            // reqwest's `query` needs a feature we do without; the value needs no escaping.
-            let request = self.http.get(self.url("?fields=user_id,username")?);
-            let account = self.call(request, CallKind::Read, "account").await?;
+            let account = self
+                .graph
+                .get("?fields=user_id,username", "account")
+                .await?;
             // `user_id` is the professional account's id (what webhooks name); `id` may be
             // app-scoped.
             let id = ["user_id", "id"]
@@ -110,23 +78,14 @@ impl Connector for Instagram {
         _callback_data: &'a str,
     ) -> BoxFuture<'a, Result<Sent, ConnectorError>> {
         Box::pin(async move {
-            if text.is_empty() {
-                return Err(ConnectorError::Rejected {
-                    code: 0,
-                    description: "empty text".into(),
-                });
-            }
-            if text.len() > MAX_BYTES {
-                return Err(ConnectorError::TooLong {
-                    platform: Platform::Instagram.as_str(),
-                    len: text.len(),
-                    max: MAX_BYTES,
-                    unit: "bytes",
-                });
-            }
+            crate::text::check(
+                Platform::Instagram,
+                text,
+                MAX_BYTES,
+                crate::text::Measure::Bytes,
+            )?;
             let body = json!({ "recipient": { "id": to }, "message": { "text": text } });
-            let request = self.http.post(self.url("/messages")?).json(&body);
-            let answer = self.call(request, CallKind::Send, "send").await?;
+            let answer = self.graph.post_message(&body).await?;
             let mid = answer
                 .get("message_id")
                 .and_then(Value::as_str)
@@ -143,11 +102,11 @@ impl Connector for Instagram {
         headers: &http::HeaderMap,
         body: &[u8],
     ) -> Result<(), ConnectorError> {
-        meta::verify_signature(self.settings.webhook_secret.as_ref(), headers, body)
+        self.graph.authenticate(headers, body)
     }
 
     fn handshake(&self, query: &BTreeMap<String, String>) -> Result<String, ConnectorError> {
-        meta::handshake(self.settings.verify_token.as_ref(), query)
+        self.graph.handshake(query)
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<InboundEvent>, ConnectorError> {

@@ -8,8 +8,102 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::call::{Answer, CallKind};
-use crate::{ConnectorError, Secret};
+use crate::call::{self, Answer, CallKind};
+use crate::{ChannelSettings, ConnectorError, Secret};
+
+/// A Graph API client for one object (a WhatsApp phone number, an Instagram account): the
+/// settings, URLs, token and answers that WhatsApp and Instagram handle alike.
+#[derive(Debug)]
+pub(crate) struct Graph {
+    /// The channel's settings.
+    pub(crate) settings: ChannelSettings,
+    http: reqwest::Client,
+    /// The credential naming the object (`phone_number_id`, `ig_id`).
+    object: &'static str,
+}
+
+impl Graph {
+    /// A client for the object named by the credential `object`.
+    pub(crate) fn new(
+        settings: ChannelSettings,
+        http: reqwest::Client,
+        object: &'static str,
+    ) -> Graph {
+        Graph {
+            settings,
+            http,
+            object,
+        }
+    }
+
+    /// A credential, or the configuration error naming it.
+    pub(crate) fn credential(&self, field: &str) -> Result<&str, ConnectorError> {
+        self.settings
+            .credentials
+            .get(field)
+            .map(|s| s.expose())
+            .ok_or_else(|| {
+                ConnectorError::Config(format!(
+                    "this {} channel needs `{field}`",
+                    self.settings.platform
+                ))
+            })
+    }
+
+    /// `{base_url}/{version}/{object id}{suffix}`.
+    fn url(&self, suffix: &str) -> Result<String, ConnectorError> {
+        Ok(format!(
+            "{}/{}/{}{suffix}",
+            self.settings.base_url.trim_end_matches('/'),
+            self.settings.api_version,
+            self.credential(self.object)?
+        ))
+    }
+
+    /// Sends `request` with the token and reads the Graph answer.
+    async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+        kind: CallKind,
+        what: &str,
+    ) -> Result<Value, ConnectorError> {
+        let request = request
+            .bearer_auth(self.credential("access_token")?)
+            .timeout(self.settings.timeout);
+        let answer = call::execute(request, kind, what).await?;
+        read_answer(&answer, kind, what)
+    }
+
+    /// `GET` of the object (`suffix` holds the query): a read.
+    pub(crate) async fn get(&self, suffix: &str, what: &str) -> Result<Value, ConnectorError> {
+        // reqwest's `query` needs a feature we do without; our values need no escaping.
+        let request = self.http.get(self.url(suffix)?);
+        self.call(request, CallKind::Read, what).await
+    }
+
+    /// `POST {object}/messages` with `body`: a send.
+    pub(crate) async fn post_message(&self, body: &Value) -> Result<Value, ConnectorError> {
+        let request = self.http.post(self.url("/messages")?).json(body);
+        self.call(request, CallKind::Send, "send").await
+    }
+
+    /// Checks a webhook's `X-Hub-Signature-256` with the app secret.
+    pub(crate) fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), ConnectorError> {
+        verify_signature(self.settings.webhook_secret.as_ref(), headers, body)
+    }
+
+    /// Answers the subscription handshake with the verify token.
+    pub(crate) fn handshake(
+        &self,
+        query: &BTreeMap<String, String>,
+    ) -> Result<String, ConnectorError> {
+        handshake(self.settings.verify_token.as_ref(), query)
+    }
+}
 
 /// The header carrying `sha256=<hex HMAC-SHA256(app secret, raw body)>`.
 pub(crate) const SIGNATURE_HEADER: &str = "x-hub-signature-256";

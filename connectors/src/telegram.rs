@@ -138,22 +138,13 @@ fn read_answer(answer: &Answer, kind: CallKind, method: &str) -> Result<Value, C
 /// Refuses what Telegram would refuse for its text alone, before any call.
 fn check_text(text: &str) -> Result<(), ConnectorError> {
     // Telegram trims the text: whitespace alone is "message text is empty".
-    if text.trim().is_empty() {
-        return Err(ConnectorError::Rejected {
-            code: 0,
-            description: "empty text".into(),
-        });
-    }
-    let len = text.chars().count();
-    if len > MAX_CHARS {
-        return Err(ConnectorError::TooLong {
-            platform: Platform::Telegram.as_str(),
-            len,
-            max: MAX_CHARS,
-            unit: "characters",
-        });
-    }
-    Ok(())
+    let text = if text.trim().is_empty() { "" } else { text };
+    crate::text::check(
+        Platform::Telegram,
+        text,
+        MAX_CHARS,
+        crate::text::Measure::Chars,
+    )
 }
 
 impl Connector for Telegram {

@@ -5,6 +5,46 @@
 //! added: the parts concatenated give back the input exactly, so a reader of the split messages
 //! sees every character once.
 
+use crate::{ConnectorError, Platform};
+
+/// How a platform counts a text's length.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Measure {
+    /// Unicode scalar values (Telegram, WhatsApp).
+    Chars,
+    /// UTF-8 bytes (Instagram).
+    Bytes,
+}
+
+/// Refuses, before any call, a text part `platform` would refuse for its length alone: an
+/// empty one, or one over `max` as the platform counts.
+pub(crate) fn check(
+    platform: Platform,
+    text: &str,
+    max: usize,
+    measure: Measure,
+) -> Result<(), ConnectorError> {
+    if text.is_empty() {
+        return Err(ConnectorError::Rejected {
+            code: 0,
+            description: "empty text".into(),
+        });
+    }
+    let (len, unit) = match measure {
+        Measure::Chars => (text.chars().count(), "characters"),
+        Measure::Bytes => (text.len(), "bytes"),
+    };
+    if len > max {
+        return Err(ConnectorError::TooLong {
+            platform: platform.as_str(),
+            len,
+            max,
+            unit,
+        });
+    }
+    Ok(())
+}
+
 /// Splits `text` into parts of at most `max_chars` Unicode scalar values (what Telegram and
 /// WhatsApp call characters). An empty text gives no parts. A `max_chars` of 0 is treated as 1.
 pub fn split_chars(text: &str, max_chars: usize) -> Vec<String> {

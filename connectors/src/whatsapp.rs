@@ -8,8 +8,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::call::{self, CallKind};
-use crate::meta;
+use crate::meta::Graph;
 use crate::{
     Account, ChannelSettings, Connector, ConnectorError, InboundEvent, InboundMessage, Platform,
     RemoteStatus, Sent, StatusUpdate, Template,
@@ -24,48 +23,16 @@ pub const SERVICE_WINDOW: std::time::Duration = std::time::Duration::from_secs(2
 /// A WhatsApp Business phone number.
 #[derive(Debug)]
 pub struct Whatsapp {
-    settings: ChannelSettings,
-    http: reqwest::Client,
+    graph: Graph,
 }
 
 impl Whatsapp {
     /// A client for the phone number and token in `settings`. Nothing is checked here:
     /// [`Connector::verify`] asks Meta.
     pub fn new(settings: ChannelSettings, http: reqwest::Client) -> Whatsapp {
-        Whatsapp { settings, http }
-    }
-
-    /// A credential, or the configuration error naming it.
-    fn credential(&self, field: &str) -> Result<&str, ConnectorError> {
-        self.settings
-            .credentials
-            .get(field)
-            .map(|s| s.expose())
-            .ok_or_else(|| ConnectorError::Config(format!("a WHATSAPP channel needs `{field}`")))
-    }
-
-    /// `{base_url}/{version}/{phone_number_id}{suffix}`.
-    fn url(&self, suffix: &str) -> Result<String, ConnectorError> {
-        Ok(format!(
-            "{}/{}/{}{suffix}",
-            self.settings.base_url.trim_end_matches('/'),
-            self.settings.api_version,
-            self.credential("phone_number_id")?
-        ))
-    }
-
-    /// Sends `request` with the token and reads the Graph answer.
-    async fn call(
-        &self,
-        request: reqwest::RequestBuilder,
-        kind: CallKind,
-        what: &str,
-    ) -> Result<Value, ConnectorError> {
-        let request = request
-            .bearer_auth(self.credential("access_token")?)
-            .timeout(self.settings.timeout);
-        let answer = call::execute(request, kind, what).await?;
-        meta::read_answer(&answer, kind, what)
+        Whatsapp {
+            graph: Graph::new(settings, http, "phone_number_id"),
+        }
     }
 
     /// `POST /{phone-number-id}/messages` with `content` (`type` and its object) to `to`.
@@ -83,8 +50,7 @@ impl Whatsapp {
         if !callback_data.is_empty() {
             body["biz_opaque_callback_data"] = json!(callback_data);
         }
-        let request = self.http.post(self.url("/messages")?).json(&body);
-        let answer = self.call(request, CallKind::Send, "send").await?;
+        let answer = self.graph.post_message(&body).await?;
         let wamid = answer
             .pointer("/messages/0/id")
             .and_then(Value::as_str)
@@ -103,13 +69,12 @@ impl Connector for Whatsapp {
 
     fn verify(&self) -> BoxFuture<'_, Result<Account, ConnectorError>> {
         Box::pin(async move {
-            // reqwest's `query` needs a feature we do without; the value needs no escaping.
-            let request = self
-                .http
-                .get(self.url("?fields=verified_name,display_phone_number")?);
-            let number = self.call(request, CallKind::Read, "phone number").await?;
+            let number = self
+                .graph
+                .get("?fields=verified_name,display_phone_number", "phone number")
+                .await?;
             let id = number.get("id").and_then(Value::as_str).map_or_else(
-                || self.credential("phone_number_id").map(str::to_owned),
+                || self.graph.credential("phone_number_id").map(str::to_owned),
                 |id| Ok(id.to_owned()),
             )?;
             let name = number
@@ -131,21 +96,12 @@ impl Connector for Whatsapp {
         callback_data: &'a str,
     ) -> BoxFuture<'a, Result<Sent, ConnectorError>> {
         Box::pin(async move {
-            if text.is_empty() {
-                return Err(ConnectorError::Rejected {
-                    code: 0,
-                    description: "empty text".into(),
-                });
-            }
-            let len = text.chars().count();
-            if len > MAX_CHARS {
-                return Err(ConnectorError::TooLong {
-                    platform: Platform::Whatsapp.as_str(),
-                    len,
-                    max: MAX_CHARS,
-                    unit: "characters",
-                });
-            }
+            crate::text::check(
+                Platform::Whatsapp,
+                text,
+                MAX_CHARS,
+                crate::text::Measure::Chars,
+            )?;
             let body = json!({ "type": "text", "text": { "preview_url": false, "body": text } });
             self.post_message(to, body, callback_data).await
         })
@@ -184,11 +140,11 @@ impl Connector for Whatsapp {
         headers: &http::HeaderMap,
         body: &[u8],
     ) -> Result<(), ConnectorError> {
-        meta::verify_signature(self.settings.webhook_secret.as_ref(), headers, body)
+        self.graph.authenticate(headers, body)
     }
 
     fn handshake(&self, query: &BTreeMap<String, String>) -> Result<String, ConnectorError> {
-        meta::handshake(self.settings.verify_token.as_ref(), query)
+        self.graph.handshake(query)
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<InboundEvent>, ConnectorError> {

@@ -104,6 +104,25 @@ async fn apply(
         .collect()
 }
 
+/// A fresh `kind` partition with `sm`'s snapshot installed.
+async fn replica_of(
+    sm: &mut PartitionStateMachine,
+    kind: PartitionKind,
+) -> (tempfile::TempDir, PartitionStateMachine) {
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot");
+    let (dir, mut replica) = open(kind);
+    replica
+        .install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .expect("install");
+    (dir, replica)
+}
+
 #[tokio::test]
 async fn a_message_id_is_stored_once_and_refusals_append_nothing() {
     let (_d, mut sm) = open(PartitionKind::Chat);
@@ -188,17 +207,7 @@ async fn an_inbox_takes_each_event_once_and_a_snapshot_keeps_it_that_way() {
         .collect();
     assert_eq!(keys, vec!["u1", "u2", "u1"]);
 
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
-    let (_d2, mut replica) = open(PartitionKind::Inbox);
-    replica
-        .install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .expect("install");
+    let (_d2, mut replica) = replica_of(&mut sm, PartitionKind::Inbox).await;
     assert_eq!(
         replica.chat().inbox("u1", 0, 10).expect("inbox"),
         vec![(1, 0), (2, 2)]
@@ -240,17 +249,7 @@ async fn notes_live_in_inbox_partitions_only_append_nothing_and_survive_a_snapsh
     assert_eq!(read(&sm, "tg/1110").as_deref(), Some("7"));
     assert_eq!(read(&sm, "tg/11"), None);
 
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
-    let (_d2, mut replica) = open(PartitionKind::Inbox);
-    replica
-        .install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .expect("install");
+    let (_d2, replica) = replica_of(&mut sm, PartitionKind::Inbox).await;
     assert_eq!(read(&replica, "tg/111").as_deref(), Some("9"));
 
     // A chat partition refuses notes.

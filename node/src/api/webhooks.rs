@@ -31,7 +31,7 @@ async fn channel(
     name: &str,
 ) -> Result<(Channel, Arc<dyn Connector>), ApiError> {
     // This node's copy first: a webhook is answered fast, and a channel is rarely new.
-    let found = match svc.channels_local()?.into_iter().find(|c| c.name == name) {
+    let found = match svc.channel_local(name)? {
         Some(c) => Some(c),
         None => svc.channel_synced(name).await?,
     };

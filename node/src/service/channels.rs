@@ -90,10 +90,12 @@ impl Service {
     /// Every channel, from this node's copy of the directory (a channel made a moment ago
     /// through another node may be missing; the workers look again).
     pub fn channels_local(&self) -> Result<Vec<Channel>, ServiceError> {
-        self.controller()
-            .directory()
-            .channels()
-            .map_err(|e| ServiceError::Internal(format!("directory read: {e}")))
+        self.directory_local(|d| d.channels())
+    }
+
+    /// A channel by name, from this node's copy of the directory (one point read).
+    pub fn channel_local(&self, name: &str) -> Result<Option<Channel>, ServiceError> {
+        self.directory_local(|d| d.channel(name))
     }
 
     /// A channel by name, linearizable (channels can be removed, so a local hit could be

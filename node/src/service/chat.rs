@@ -164,7 +164,7 @@ impl Service {
     }
 
     /// Proposes `cmd` in partition `partition` of `topic` and returns the apply's decision.
-    pub(crate) async fn chat_write_in(
+    pub(super) async fn chat_write_in(
         &self,
         topic: &str,
         partition: u32,

@@ -49,6 +49,15 @@ impl Service {
         read(&dir).map_err(read_err)
     }
 
+    /// `read` of this node's directory as it is (what the controller has applied here): for
+    /// workers and hot paths that tolerate a moment's staleness.
+    pub fn directory_local<T>(
+        &self,
+        read: impl FnOnce(&DirectoryReader) -> Result<T, StorageError>,
+    ) -> Result<T, ServiceError> {
+        read(&self.controller().directory()).map_err(read_err)
+    }
+
     /// `read` of the directory after catching up with the controller: it sees every change
     /// committed before the call (linearizable).
     pub async fn directory_synced<T>(

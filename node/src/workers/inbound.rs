@@ -166,11 +166,7 @@ async fn contact(
     name: Option<&str>,
 ) -> Result<User, ServiceError> {
     // A known contact is in this node's directory: no controller write.
-    let local = service
-        .controller()
-        .directory()
-        .resolve(to_directory(platform), contact_id)
-        .map_err(|e| ServiceError::Internal(format!("directory read: {e}")))?;
+    let local = service.directory_local(|d| d.resolve(to_directory(platform), contact_id))?;
     if let Some(u) = local {
         return Ok(u);
     }

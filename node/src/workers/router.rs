@@ -294,13 +294,9 @@ impl External {
             Some(p) => chat4all_raft::sm::directory::Platform::parse(p),
             None => None,
         };
-        let dir = service.controller().directory();
         let mut out = Vec::new();
         for u in users.into_iter().filter(|u| u != sender) {
-            let Some(user) = dir
-                .user(&u)
-                .map_err(|e| ServiceError::Internal(format!("directory read: {e}")))?
-            else {
+            let Some(user) = service.directory_local(|d| d.user(&u))? else {
                 continue;
             };
             for id in &user.identities {
