@@ -213,7 +213,7 @@ impl Consumer {
                 break;
             }
             let req = self.fetch_request(tp, left, Duration::ZERO);
-            let res = self.service.fetch(req.clone(), 0).await;
+            let res = self.service.fetch_replica(req.clone()).await;
             out.extend(self.absorb(tp, &req, res)?);
         }
         let wait = max_wait.min(until_heartbeat);
@@ -227,7 +227,7 @@ impl Consumer {
             let req = self.fetch_request(&tp, max_records, wait);
             let service = self.service.clone();
             polls.push(async move {
-                let res = service.fetch(req.clone(), 0).await;
+                let res = service.fetch_replica(req.clone()).await;
                 (tp, req, res)
             });
         }

@@ -114,6 +114,33 @@ impl Group {
         };
     }
 
+    /// Whether this replica is in touch with its group's current leader: it leads and has
+    /// heard from a majority within the lease, or it follows a leader it has heard from
+    /// within the lease. What such a replica has applied is a committed prefix of the log at
+    /// most about a lease behind the leader's; one that is not in touch may be cut off and
+    /// its state arbitrarily old.
+    pub fn in_contact(&self) -> bool {
+        let lease = self.lease();
+        let (leading, known) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let quorum_recent = m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| Duration::from_millis(ms) <= lease);
+            (
+                m.state.is_leader().then_some(quorum_recent),
+                known_leader(&m),
+            )
+        };
+        if let Some(quorum_recent) = leading {
+            return quorum_recent;
+        }
+        let contact = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        known.is_some()
+            && contact.leader == known
+            && contact.at.is_some_and(|at| at.elapsed() <= lease)
+    }
+
     /// How long this replica, while leading, has not heard from a majority, if that is longer
     /// than the lease a follower grants its leader (`election_timeout_max`). Past the lease
     /// the followers may have elected someone else, and nothing this leader proposes can

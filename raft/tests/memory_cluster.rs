@@ -240,6 +240,16 @@ fn values(n: &Node) -> anyhow::Result<Vec<(u64, String)>> {
         .collect())
 }
 
+/// Waits (at most 10 s) until `cond` holds.
+async fn eventually(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !cond() {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Waits until every node has applied `count` records, then returns node 0's.
 async fn converged(nodes: &[Node], count: usize) -> anyhow::Result<Vec<(u64, String)>> {
     let start = Instant::now();
@@ -314,6 +324,14 @@ async fn an_isolated_leader_never_commits_and_replicas_agree_after_healing() -> 
         !lost.is_finished(),
         "the isolated leader answered a write it cannot have committed"
     );
+    // The cut-off leader stops counting itself in touch (its replica may fall behind without
+    // bound, so it must not serve replica reads); the majority side is in touch.
+    let stale = group(&nodes[first])?;
+    eventually("the isolated leader out of touch", || !stale.in_contact()).await?;
+    for &i in &rest {
+        let g = group(&nodes[i])?;
+        eventually("the majority side in touch", || g.in_contact()).await?;
+    }
 
     // Heal: the old leader's entry is truncated and its proposer learns it was not written.
     net.heal();

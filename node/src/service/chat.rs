@@ -1,6 +1,7 @@
 //! Chat commands and reads, on the leader of the conversation's `chat.messages` partition,
 //! forwarded there from any node. Reads confirm the leadership with a quorum first, so they
-//! see every write acknowledged before them.
+//! see every write acknowledged before them; inbox reads, which follow a cursor, are served
+//! by any replica in touch with its leader (see [`Service::inbox_read`]).
 
 use std::time::{Duration, Instant};
 
@@ -120,7 +121,16 @@ impl Service {
         partition_for_key(user.as_bytes(), partitions)
     }
 
-    /// Reads `user`'s inbox (see [`ChatOp::InboxRead`]).
+    /// Reads `user`'s inbox (see [`ChatOp::InboxRead`]), from this node's replica of the
+    /// user's inbox partition when it has one in touch with the leader, else on the leader.
+    ///
+    /// No quorum round confirms the leadership first, unlike the other chat reads: an inbox
+    /// is read by sequence number after a cursor the reader holds, and every replica applies
+    /// only committed entries, in log order, so any replica answers with events that will
+    /// never be lost or change, in their order, and none the reader had. A replica behind
+    /// the leader answers late, never wrong; one out of touch (cut off, or a leader that lost
+    /// its majority) is not asked. A reader without a cursor starts at the replica's last
+    /// event, which may be a few events before the leader's.
     pub async fn inbox_read(
         &self,
         user: &str,
@@ -136,7 +146,13 @@ impl Service {
             limit,
             max_wait_ms,
         };
-        match self.chat_call(INBOX_TOPIC, p, op, 0).await? {
+        let meta = self.partition_synced(INBOX_TOPIC, p).await?;
+        let local = self.groups.get(meta.group).filter(|g| g.in_contact());
+        let reply = match local {
+            Some(g) => read_applied(&g, op).await?,
+            None => self.chat_call(INBOX_TOPIC, p, op, 0).await?,
+        };
+        match reply {
             ChatReply::Inbox { after, events } => Ok((after, events)),
             other => Err(ServiceError::Internal(format!(
                 "inbox read answered {other:?}"
@@ -248,12 +264,12 @@ impl Service {
         op: ChatOp,
         deadline: Instant,
     ) -> Result<Proposed<ChatReply>, ServiceError> {
-        let GroupState::Partition(sm) = &g.state else {
+        if !matches!(g.state, GroupState::Partition(_)) {
             return Err(ServiceError::Internal(format!(
                 "group {} is not a partition",
                 g.id
             )));
-        };
+        }
         if let ChatOp::Write(cmd) = op {
             let cmd = Command::Partition(PartitionCommand::Chat(cmd));
             return Ok(match self.propose(g, cmd, deadline).await? {
@@ -267,6 +283,10 @@ impl Service {
                 }
                 Proposed::NotLeader(l) => Proposed::NotLeader(l),
             });
+        }
+        if matches!(op, ChatOp::InboxRead { .. }) {
+            // No quorum round for an inbox read (see `inbox_read`).
+            return Ok(Proposed::Done(read_applied(g, op).await?));
         }
         // A read: confirm the leadership with a quorum and wait until everything committed
         // before it is applied here.
@@ -289,93 +309,102 @@ impl Service {
                 )));
             }
         }
-        let chat = sm.chat();
-        let err =
-            |e: chat4all_storage::StorageError| ServiceError::Internal(format!("chat read: {e}"));
-        let record = |offset: u64| -> Result<Option<StoredRecord>, ServiceError> {
-            let read = sm
-                .read(offset, 1, u64::MAX)
-                .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
-            Ok(read
-                .ok()
-                .and_then(|b| b.records.into_iter().next())
-                .filter(|(o, _)| *o == offset)
-                .map(|(_, r)| r))
-        };
-        let reply = match op {
-            ChatOp::Write(_) => unreachable_write()?,
-            ChatOp::Conversation(id) => {
-                ChatReply::Conversation(chat.conversation(&id).map_err(err)?)
-            }
-            ChatOp::Message(id) => match chat.message(&id).map_err(err)? {
-                Some(m) => {
-                    let r = record(m.offset)?;
-                    ChatReply::Message(Some((m, r)))
-                }
-                None => ChatReply::Message(None),
-            },
-            ChatOp::History {
-                conversation,
-                page,
-                floor,
-                limit,
-            } => {
-                let mut out = Vec::new();
-                for (_, id) in chat
-                    .history(&conversation, page, floor, limit)
-                    .map_err(err)?
-                {
-                    if let Some(m) = chat.message(&id).map_err(err)? {
-                        let r = record(m.offset)?;
-                        out.push((m, r));
-                    }
-                }
-                ChatReply::History(out)
-            }
-            ChatOp::InboxRead {
-                user,
-                after,
-                limit,
-                max_wait_ms,
-            } => {
-                let after = match after {
-                    Some(a) => a,
-                    None => chat.inbox_last_seq(&user).map_err(err)?,
-                };
-                // Subscribe before the first read, so an event applied in between wakes us.
-                let mut hw = sm.watch_high_watermark();
-                let until = tokio::time::Instant::now()
-                    + Duration::from_millis(max_wait_ms.min(super::fetch::MAX_WAIT_MS));
-                loop {
-                    let mut events = Vec::new();
-                    for (seq, offset) in chat.inbox(&user, after, limit).map_err(err)? {
-                        if let Some(r) = record(offset)? {
-                            events.push((seq, r));
-                        }
-                    }
-                    if !events.is_empty() || tokio::time::Instant::now() >= until {
-                        break ChatReply::Inbox { after, events };
-                    }
-                    let seen = *hw.borrow_and_update();
-                    let _ = tokio::time::timeout_at(until, hw.wait_for(|&h| h > seen)).await;
-                }
-            }
-            ChatOp::Note { owner, name } => ChatReply::Note(chat.note(&owner, &name).map_err(err)?),
-            ChatOp::ConversationsOf { user, after, limit } => {
-                let mut out = Vec::new();
-                for id in chat
-                    .conversations_of(&user, after.as_deref(), limit)
-                    .map_err(err)?
-                {
-                    if let Some(c) = chat.conversation(&id).map_err(err)? {
-                        out.push(c);
-                    }
-                }
-                ChatReply::Conversations(out)
-            }
-        };
-        Ok(Proposed::Done(reply))
+        Ok(Proposed::Done(read_applied(g, op).await?))
     }
+}
+
+/// Answers the read `op` from what this replica of `g` has applied: every write committed
+/// before it if the caller confirmed the leadership first, a committed prefix in any case.
+async fn read_applied(g: &Group, op: ChatOp) -> Result<ChatReply, ServiceError> {
+    let GroupState::Partition(sm) = &g.state else {
+        return Err(ServiceError::Internal(format!(
+            "group {} is not a partition",
+            g.id
+        )));
+    };
+    let chat = sm.chat();
+    let err = |e: chat4all_storage::StorageError| ServiceError::Internal(format!("chat read: {e}"));
+    let record = |offset: u64| -> Result<Option<StoredRecord>, ServiceError> {
+        let read = sm
+            .read(offset, 1, u64::MAX)
+            .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
+        Ok(read
+            .ok()
+            .and_then(|b| b.records.into_iter().next())
+            .filter(|(o, _)| *o == offset)
+            .map(|(_, r)| r))
+    };
+    let reply = match op {
+        ChatOp::Write(_) => unreachable_write()?,
+        ChatOp::Conversation(id) => ChatReply::Conversation(chat.conversation(&id).map_err(err)?),
+        ChatOp::Message(id) => match chat.message(&id).map_err(err)? {
+            Some(m) => {
+                let r = record(m.offset)?;
+                ChatReply::Message(Some((m, r)))
+            }
+            None => ChatReply::Message(None),
+        },
+        ChatOp::History {
+            conversation,
+            page,
+            floor,
+            limit,
+        } => {
+            let mut out = Vec::new();
+            for (_, id) in chat
+                .history(&conversation, page, floor, limit)
+                .map_err(err)?
+            {
+                if let Some(m) = chat.message(&id).map_err(err)? {
+                    let r = record(m.offset)?;
+                    out.push((m, r));
+                }
+            }
+            ChatReply::History(out)
+        }
+        ChatOp::InboxRead {
+            user,
+            after,
+            limit,
+            max_wait_ms,
+        } => {
+            let after = match after {
+                Some(a) => a,
+                None => chat.inbox_last_seq(&user).map_err(err)?,
+            };
+            // Subscribe before the first read, so an event applied in between wakes us.
+            let mut hw = sm.watch_high_watermark();
+            let until = tokio::time::Instant::now()
+                + Duration::from_millis(max_wait_ms.min(super::fetch::MAX_WAIT_MS));
+            loop {
+                let mut events = Vec::new();
+                for (seq, offset) in chat.inbox(&user, after, limit).map_err(err)? {
+                    if let Some(r) = record(offset)? {
+                        events.push((seq, r));
+                    }
+                }
+                if !events.is_empty() || tokio::time::Instant::now() >= until {
+                    break ChatReply::Inbox { after, events };
+                }
+                let seen = *hw.borrow_and_update();
+                let _ = tokio::time::timeout_at(until, hw.wait_for(|&h| h > seen)).await;
+            }
+        }
+        ChatOp::Note { owner, name } => ChatReply::Note(chat.note(&owner, &name).map_err(err)?),
+        ChatOp::ConversationsOf { user, after, limit } => {
+            let mut out = Vec::new();
+            for id in chat
+                .conversations_of(&user, after.as_deref(), limit)
+                .map_err(err)?
+            {
+                if let Some(c) = chat.conversation(&id).map_err(err)? {
+                    out.push(c);
+                }
+            }
+            ChatReply::Conversations(out)
+        }
+    };
+    Ok(reply)
 }
 
 fn unreachable_write() -> Result<ChatReply, ServiceError> {

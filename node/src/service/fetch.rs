@@ -1,8 +1,10 @@
-//! Reading committed records from a partition's leader, with long polling.
+//! Reading committed records, with long polling: from a partition's leader for clients, from
+//! this node's replica for consumers inside the node.
 
 use std::time::{Duration, Instant};
 
-use chat4all_raft::groups::GroupState;
+use chat4all_raft::groups::{Group, GroupState};
+use chat4all_raft::sm::partition::ReadBatch;
 use chat4all_storage::StoredRecord;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
@@ -103,39 +105,83 @@ impl Service {
                     ))),
                 }
             }
-            Route::Local(g) => {
-                let GroupState::Partition(sm) = &g.state else {
-                    return Err(ServiceError::Internal(format!(
-                        "group {} is not a partition",
-                        g.id
-                    )));
-                };
-                // Subscribe before the first read, so a record committed in between wakes us.
-                let mut hw = sm.watch_high_watermark();
-                let wait_until = tokio::time::Instant::now() + wait;
-                loop {
-                    let offset = req.offset.unwrap_or_else(|| sm.state().log_start_offset);
-                    let read = sm
-                        .read(offset, req.max_records as usize, FETCH_MAX_BYTES)
-                        .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
-                    let batch = read.map_err(|r| ServiceError::OffsetOutOfRange {
-                        offset,
-                        log_start_offset: r.log_start_offset,
-                        high_watermark: r.high_watermark,
-                    })?;
-                    if !batch.records.is_empty() || tokio::time::Instant::now() >= wait_until {
-                        return Ok(FetchResult {
-                            records: batch.records,
-                            high_watermark: batch.high_watermark,
-                            log_start_offset: batch.log_start_offset,
-                        });
-                    }
-                    // Nothing yet: wait for the high watermark to move past `offset`, or time
-                    // out; either way the next turn reads again and answers.
-                    let _parked = Parked::new(&self.metrics.fetch_waiting);
-                    let _ = tokio::time::timeout_at(wait_until, hw.wait_for(|&h| h > offset)).await;
-                }
+            Route::Local(g) => self.read_applied(&g, &req, wait, false).await,
+        }
+    }
+
+    /// Reads committed records for a consumer inside this node (the router, the delivery
+    /// and inbound workers, consumer groups), from this node's replica of the partition when
+    /// it has one in touch with the leader ([`Group::in_contact`]), else as [`Service::fetch`]
+    /// does.
+    ///
+    /// Every replica applies only committed entries, in log order, at the same offsets, so a
+    /// replica's records are the leader's, possibly fewer: a consumer reading on from its
+    /// position gets every record, in order, at worst a little later. The forward to the
+    /// leader and the quorum round a public fetch pays (its high watermark must be the
+    /// leader's, so that offsets a client saw elsewhere are in range) are saved; a position
+    /// past this replica's high watermark (taken from another node) waits for the replica
+    /// to catch up instead of answering `OFFSET_OUT_OF_RANGE`.
+    pub async fn fetch_replica(&self, req: FetchRequest) -> Result<FetchResult, ServiceError> {
+        let meta = self.partition_synced(&req.topic, req.partition).await?;
+        match self.groups.get(meta.group).filter(|g| g.in_contact()) {
+            Some(g) => {
+                let wait = Duration::from_millis(req.max_wait_ms.min(MAX_WAIT_MS));
+                self.read_applied(&g, &req, wait, true).await
             }
+            None => self.fetch(req, 0).await,
+        }
+    }
+
+    /// Reads what this replica of `g` has applied, waiting up to `wait` for a record at the
+    /// requested offset. With `behind_ok`, an offset past the high watermark waits like one
+    /// at it.
+    async fn read_applied(
+        &self,
+        g: &Group,
+        req: &FetchRequest,
+        wait: Duration,
+        behind_ok: bool,
+    ) -> Result<FetchResult, ServiceError> {
+        let GroupState::Partition(sm) = &g.state else {
+            return Err(ServiceError::Internal(format!(
+                "group {} is not a partition",
+                g.id
+            )));
+        };
+        // Subscribe before the first read, so a record committed in between wakes us.
+        let mut hw = sm.watch_high_watermark();
+        let wait_until = tokio::time::Instant::now() + wait;
+        loop {
+            let state = sm.state();
+            let offset = req.offset.unwrap_or(state.log_start_offset);
+            let ahead = behind_ok && offset > state.next_offset;
+            let batch = if ahead {
+                ReadBatch {
+                    records: Vec::new(),
+                    high_watermark: state.next_offset,
+                    log_start_offset: state.log_start_offset,
+                }
+            } else {
+                let read = sm
+                    .read(offset, req.max_records as usize, FETCH_MAX_BYTES)
+                    .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
+                read.map_err(|r| ServiceError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: r.log_start_offset,
+                    high_watermark: r.high_watermark,
+                })?
+            };
+            if !batch.records.is_empty() || tokio::time::Instant::now() >= wait_until {
+                return Ok(FetchResult {
+                    records: batch.records,
+                    high_watermark: batch.high_watermark,
+                    log_start_offset: batch.log_start_offset,
+                });
+            }
+            // Nothing yet: wait for the high watermark to move past `offset`, or time out;
+            // either way the next turn reads again and answers.
+            let _parked = Parked::new(&self.metrics.fetch_waiting);
+            let _ = tokio::time::timeout_at(wait_until, hw.wait_for(|&h| h > offset)).await;
         }
     }
 }
