@@ -166,6 +166,52 @@ async fn a_message_id_is_stored_once_and_refusals_append_nothing() {
     assert_eq!(history, vec![(1, "m1".to_string())]);
 }
 
+fn set_status(id: &str, status: MessageStatus, by: Option<&str>) -> ChatCommand {
+    ChatCommand::SetStatus {
+        message_id: id.into(),
+        status,
+        by: by.map(str::to_string),
+        at_ms: 3,
+        record: record(&format!("{id} {status:?}")),
+    }
+}
+
+#[tokio::test]
+async fn a_status_change_goes_to_the_sender_and_the_reporting_recipient_only() {
+    let (_d, mut sm) = open(PartitionKind::Chat);
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            conversation("c", &["ann", "ben", "cat"]),
+            send("m1", "ann"),
+            set_status("m1", MessageStatus::Sent, None),
+            set_status("m1", MessageStatus::Read, Some("ben")),
+            // Not a change (READ does not move back): no event at all.
+            set_status("m1", MessageStatus::Delivered, Some("cat")),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&r[3], ChatResponse::Status { changed: true, .. }),
+        "{:?}",
+        r[3]
+    );
+    assert!(matches!(&r[4], ChatResponse::Status { changed: false, .. }));
+    let read = sm.read(0, 10, u64::MAX).expect("read").expect("in range");
+    let stamped: Vec<Vec<String>> = read.records.iter().map(|(_, r)| recipients(r)).collect();
+    let users = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        stamped,
+        vec![
+            users(&["ann", "ben", "cat"]), // the conversation
+            users(&["ann", "ben", "cat"]), // the message
+            users(&["ann"]),               // SENT: the sender's concern
+            users(&["ann", "ben"]),        // READ by ben: the sender, and ben's other devices
+        ]
+    );
+}
+
 #[tokio::test]
 async fn an_inbox_takes_each_event_once_and_a_snapshot_keeps_it_that_way() {
     let (_d, mut sm) = open(PartitionKind::Inbox);

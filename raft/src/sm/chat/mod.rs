@@ -585,13 +585,21 @@ pub(crate) fn apply(
                     changed: false,
                 });
             }
+            // A status change concerns the message's sender, and the recipient who reported
+            // it (so their other devices learn it too); the rest of a group does not see
+            // each other's receipts. The sender may have left since: then only the reporter.
+            let mut users: Vec<&str> = Vec::with_capacity(2);
+            let member = |u: &str| c.as_ref().is_some_and(|c| c.participant(u).is_some());
+            if member(&m.sender_id) {
+                users.push(&m.sender_id);
+            }
+            if let Some(b) = by.as_deref() {
+                users.push(b);
+            }
+            let record = with_recipients(record, users);
             m.status = status;
             m.history.push(StatusChange { status, at_ms, by });
             txn.put(mk, &m)?;
-            let users = c
-                .iter()
-                .flat_map(|c| c.participants.iter().map(|p| p.user_id.as_str()));
-            let record = with_recipients(record, users);
             Ok((
                 ChatResponse::Status {
                     state: m,
