@@ -192,14 +192,7 @@ pub async fn post_conversation(
     let primary_channel = match opt_string(&body, "primary_channel", 32)? {
         None => None,
         Some(c) => {
-            let c = c.to_ascii_uppercase();
-            if !["INTERNAL", "WHATSAPP", "TELEGRAM", "INSTAGRAM"].contains(&c.as_str()) {
-                return Err(bad(
-                    "INVALID_CHANNEL",
-                    format!("unknown channel `{c}`; use INTERNAL, WHATSAPP, TELEGRAM or INSTAGRAM"),
-                ));
-            }
-            Some(c)
+            Some(crate::chat::parse_channel(&c, false).map_err(|m| bad("INVALID_CHANNEL", m))?)
         }
     };
     check_users(&svc, &participants).await?;

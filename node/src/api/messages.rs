@@ -107,16 +107,7 @@ fn parse_send(body: &Value, legacy: bool) -> Result<SendRequest, ApiError> {
     let channel = match string("channel", "channel")? {
         None => None,
         Some(c) => {
-            let c = c.to_ascii_uppercase();
-            if !["INTERNAL", "WHATSAPP", "TELEGRAM", "INSTAGRAM", "ALL"].contains(&c.as_str()) {
-                return Err(bad(
-                    "INVALID_CHANNEL",
-                    format!(
-                        "unknown channel `{c}`; use INTERNAL, WHATSAPP, TELEGRAM, INSTAGRAM or ALL"
-                    ),
-                ));
-            }
-            Some(c)
+            Some(crate::chat::parse_channel(&c, true).map_err(|m| bad("INVALID_CHANNEL", m))?)
         }
     };
     let metadata = match field("metadata", "metadata") {

@@ -91,13 +91,15 @@ fn opt_str<'a>(body: &'a Value, field: &str) -> Result<Option<&'a str>, ApiError
     }
 }
 
-/// An id a path or body names: non-empty, at most 128 bytes, no control characters (so it
-/// can never hold the NUL that separates directory key parts).
+/// An id a path or body names, by the one rule every id follows ([`crate::chat::is_valid_id`]):
+/// a 400 `INVALID_ID` naming the field otherwise.
 fn valid_id(what: &str, s: &str) -> Result<(), ApiError> {
-    if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) {
+    if !crate::chat::is_valid_id(s) {
         return Err(invalid(
             "INVALID_ID",
-            format!("`{what}` must be 1 to 128 bytes without control characters"),
+            format!(
+                "`{what}` must be 1 to 128 characters, each a letter, a digit or one of - _ . :"
+            ),
         ));
     }
     Ok(())

@@ -30,6 +30,21 @@ pub const CONTENT_TYPES: [&str; 8] = [
     "TEXT", "IMAGE", "VIDEO", "AUDIO", "DOCUMENT", "LOCATION", "CONTACT", "TEMPLATE",
 ];
 
+/// Where a conversation or a message goes: our own users only, or one platform.
+pub const CHANNELS: [&str; 4] = ["INTERNAL", "WHATSAPP", "TELEGRAM", "INSTAGRAM"];
+
+/// `c` (any case) as a channel name, upper case, with `ALL` (every platform) too when `all`;
+/// otherwise the message of a 400 `INVALID_CHANNEL`.
+pub fn parse_channel(c: &str, all: bool) -> Result<String, String> {
+    let c = c.to_ascii_uppercase();
+    if CHANNELS.contains(&c.as_str()) || (all && c == "ALL") {
+        return Ok(c);
+    }
+    let names = CHANNELS.join(", ");
+    let or_all = if all { " or ALL" } else { "" };
+    Err(format!("unknown channel `{c}`; use {names}{or_all}"))
+}
+
 /// Whether `s` can be an id in a path, a key or a cursor: 1 to 128 bytes of letters, digits
 /// and `-_.:`, so it is safe in URLs and holds no separator byte of the stored keys.
 pub fn is_valid_id(s: &str) -> bool {
