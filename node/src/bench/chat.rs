@@ -202,6 +202,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
         let mut best: Option<u32> = None;
         for &rate in &args.rates {
             *h.lock().unwrap_or_else(|p| p.into_inner()) = hist()?;
+            let (cpu_before, started) = (cpu_secs(&c.pids()), Instant::now());
             let (sent_n, errors) = send_at(http, &pairs, &sent, rate, args.step_secs).await;
             // Wait (bounded) for what is still on its way.
             let drain = Instant::now();
@@ -210,11 +211,15 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // CPU the nodes used per message sent (while sending and draining), and on average.
+            let cpu = cpu_secs(&c.pids()).zip(cpu_before).map(|(b, a)| b - a);
+            let cpu_ms_per_msg = cpu.map(|s| round2(s * 1000.0 / sent_n.max(1) as f64));
+            let cpu_cores = cpu.map(|s| round2(s / started.elapsed().as_secs_f64()));
             let lost = sent.lock().unwrap_or_else(|p| p.into_inner()).drain().count();
             let hh = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let p99 = ms(&hh, 99.0);
             let achieved = round2(sent_n as f64 / args.step_secs as f64);
-            eprintln!("rate {rate}/s: sent {sent_n}, errors {errors:?}, not received {lost}, p50 {} ms, p99 {p99} ms", ms(&hh, 50.0));
+            eprintln!("rate {rate}/s: sent {sent_n}, errors {errors:?}, not received {lost}, p50 {} ms, p99 {p99} ms, node CPU {cpu_ms_per_msg:?} ms/message", ms(&hh, 50.0));
             let n_errors: u64 = errors.values().sum();
             let ok = p99 < 50.0 && n_errors == 0 && lost == 0 && achieved >= 0.95 * f64::from(rate);
             // The highest rate that held, whatever the rates around it did.
@@ -222,7 +227,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
                 best = best.max(Some(rate));
             }
             steps.push(json!({"rate": rate, "achieved": achieved, "sent": sent_n, "errors": errors,
-                "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0)}));
+                "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0),
+                "node_cpu_ms_per_msg": cpu_ms_per_msg, "node_cpu_cores": cpu_cores}));
         }
         let load = load_test(http, &pairs, args.load_secs).await?;
         for r in receivers {
@@ -235,6 +241,21 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
 }
 
 /// One message per pair, waiting (bounded) until each arrives.
+/// CPU time (user and system, every thread) the processes `pids` used so far, in seconds;
+/// `None` if one cannot be read. `/proc` counts it in USER_HZ ticks, 100 a second on Linux.
+fn cpu_secs(pids: &[u32]) -> Option<f64> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) in parentheses: state is
+        // the 1st, utime the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / 100.0)
+}
+
 async fn warm_up(
     http: &reqwest::Client,
     pairs: &Arc<Vec<Pair>>,

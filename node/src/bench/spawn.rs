@@ -91,6 +91,14 @@ impl LocalCluster {
         Ok(&mut slot.with_context(|| format!("no node {id}"))?.1)
     }
 
+    /// Process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// Node ids whose process is running.
     pub fn live(&self) -> Vec<u64> {
         (1..=self.nodes.len() as u64)
