@@ -366,7 +366,7 @@ async fn load_test(
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let h: Hist = Arc::new(Mutex::new(hist()?));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors: Errors = Arc::default();
     let mut tasks = Vec::new();
     for i in 0..rate * secs {
         tick.tick().await;
@@ -385,29 +385,44 @@ async fn load_test(
         let health = format!("{}/health", p.sender_url);
         tasks.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let r = match kind {
-                0..5 => {
+            let (what, r) = match kind {
+                0..5 => (
+                    "send",
                     http.post(&base)
                         .header("authorization", format!("Bearer {token}"))
                         .json(&json!({"content": format!("load {i}")}))
                         .send()
-                        .await
-                }
-                5..8 => {
+                        .await,
+                ),
+                5..8 => (
+                    "history",
                     http.get(format!("{base}?limit=50"))
                         .header("authorization", format!("Bearer {token}"))
                         .send()
-                        .await
-                }
-                _ => http.get(&health).send().await,
+                        .await,
+                ),
+                _ => ("health", http.get(&health).send().await),
             };
-            let ok = r.is_ok_and(|r| r.status().is_success());
+            let failed = match r {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    let code = v["error"]["code"].as_str().unwrap_or("").to_string();
+                    Some(format!("{what}: {status} {code}"))
+                }
+                Err(e) => Some(format!("{what}: transport: {e}")),
+            };
             let _ = h
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .record((t0.elapsed().as_micros() as u64).max(1));
-            if !ok {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(kind) = failed {
+                *errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(kind)
+                    .or_default() += 1;
             }
         }));
     }
@@ -416,8 +431,12 @@ async fn load_test(
     }
     let hh = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let n = rate * secs;
-    Ok(json!({"rate": rate, "secs": secs, "requests": n,
-        "errors": errors.load(std::sync::atomic::Ordering::Relaxed),
-        "error_rate": round2(100.0 * errors.load(std::sync::atomic::Ordering::Relaxed) as f64 / n as f64),
-        "p50_ms": ms(&hh, 50.0), "p95_ms": ms(&hh, 95.0), "p99_ms": ms(&hh, 99.0), "max_ms": ms(&hh, 100.0)}))
+    let errors = errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let n_errors: u64 = errors.values().sum();
+    Ok(
+        json!({"rate": rate, "secs": secs, "requests": n, "errors": n_errors,
+        "errors_by_kind": errors,
+        "error_rate": round2(100.0 * n_errors as f64 / n as f64),
+        "p50_ms": ms(&hh, 50.0), "p95_ms": ms(&hh, 95.0), "p99_ms": ms(&hh, 99.0), "max_ms": ms(&hh, 100.0)}),
+    )
 }
