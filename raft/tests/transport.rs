@@ -17,16 +17,30 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-/// Answers `Vote` with the body reversed, never answers `Forward`, counts calls.
+/// Answers `Vote` with the body reversed, never answers `Forward`, counts calls and the
+/// `Forward` handlers still running.
 struct Echo {
     calls: AtomicUsize,
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a running handler until it is dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl RpcHandler for Echo {
     fn handle(&self, header: RpcHeader, body: Bytes) -> BoxFuture<'static, Bytes> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.clone();
         async move {
             if header.kind == RpcKind::Forward {
+                open.fetch_add(1, Ordering::SeqCst);
+                let _open = Open(open);
                 futures::future::pending::<()>().await;
             }
             let mut v = body.to_vec();
@@ -54,6 +68,7 @@ async fn node(
 ) -> anyhow::Result<(Arc<Transport>, Arc<Echo>)> {
     let echo = Arc::new(Echo {
         calls: AtomicUsize::new(0),
+        open: Arc::default(),
     });
     let config = TransportConfig {
         bind,
@@ -149,6 +164,16 @@ async fn a_call_without_answer_times_out_as_unknown_outcome() -> anyhow::Result<
     // The request reached the handler, so the outcome is unknown, not "not delivered".
     assert!(matches!(err, Some(TransportError::Timeout)), "{err:?}");
     assert_eq!(echo_b.calls.load(Ordering::SeqCst), 1);
+    // The caller gave up long before the deadline in the header (10 s): the peer drops the
+    // work instead of carrying it on for nobody.
+    let given_up = std::time::Instant::now();
+    while echo_b.open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            given_up.elapsed() < Duration::from_secs(5),
+            "the handler still runs after its caller gave up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }
 

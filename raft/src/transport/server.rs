@@ -78,14 +78,22 @@ async fn serve_stream(
             return;
         }
     };
-    // Nobody waits for an answer after the sender's deadline.
+    // Nobody waits for an answer after the sender's deadline, nor once the sender has stopped
+    // listening (it dropped the call: a forwarding node that saw the leader change and
+    // answered OUTCOME_UNKNOWN, a consumer that took another partition's long poll). The work
+    // is dropped then, so a deposed leader that resumes does not pass on a write its
+    // forwarder gave up on, and an abandoned long poll does not hold its place until timeout.
     let deadline = Duration::from_millis(u64::from(header.deadline_ms));
-    let response = match tokio::time::timeout(deadline, handler.handle(header, body)).await {
-        Ok(r) => r,
-        Err(_) => {
-            let _ = send.reset(quinn::VarInt::from_u32(1));
-            return;
-        }
+    let stopped = send.stopped();
+    let response = tokio::select! {
+        r = tokio::time::timeout(deadline, handler.handle(header, body)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = send.reset(quinn::VarInt::from_u32(1));
+                return;
+            }
+        },
+        _ = stopped => return,
     };
     let mut out = Vec::with_capacity(1 + response.len());
     out.push(0u8);
