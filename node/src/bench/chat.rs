@@ -240,7 +240,6 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
     .await
 }
 
-/// One message per pair, waiting (bounded) until each arrives.
 /// CPU time (user and system, every thread) the processes `pids` used so far, in seconds;
 /// `None` if one cannot be read. `/proc` counts it in USER_HZ ticks, 100 a second on Linux.
 fn cpu_secs(pids: &[u32]) -> Option<f64> {
@@ -256,6 +255,7 @@ fn cpu_secs(pids: &[u32]) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// One message per pair, waiting (bounded) until each arrives.
 async fn warm_up(
     http: &reqwest::Client,
     pairs: &Arc<Vec<Pair>>,

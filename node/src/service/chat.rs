@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use chat4all_raft::groups::{Group, GroupState};
+use chat4all_raft::groups::Group;
 use chat4all_raft::sm::chat::{ChatCommand, ChatResponse, Conversation, HistoryPage, MessageState};
 use chat4all_raft::types::{
     Command, CommandResponse, PartitionCommand, PartitionResponse, TopicMeta,
@@ -264,12 +264,7 @@ impl Service {
         op: ChatOp,
         deadline: Instant,
     ) -> Result<Proposed<ChatReply>, ServiceError> {
-        if !matches!(g.state, GroupState::Partition(_)) {
-            return Err(ServiceError::Internal(format!(
-                "group {} is not a partition",
-                g.id
-            )));
-        }
+        super::partition_sm(g)?;
         if let ChatOp::Write(cmd) = op {
             let cmd = Command::Partition(PartitionCommand::Chat(cmd));
             return Ok(match self.propose(g, cmd, deadline).await? {
@@ -316,12 +311,7 @@ impl Service {
 /// Answers the read `op` from what this replica of `g` has applied: every write committed
 /// before it if the caller confirmed the leadership first, a committed prefix in any case.
 async fn read_applied(g: &Group, op: ChatOp) -> Result<ChatReply, ServiceError> {
-    let GroupState::Partition(sm) = &g.state else {
-        return Err(ServiceError::Internal(format!(
-            "group {} is not a partition",
-            g.id
-        )));
-    };
+    let sm = super::partition_sm(g)?;
     let chat = sm.chat();
     let err = |e: chat4all_storage::StorageError| ServiceError::Internal(format!("chat read: {e}"));
     let record = |offset: u64| -> Result<Option<StoredRecord>, ServiceError> {

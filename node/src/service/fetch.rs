@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chat4all_raft::groups::{Group, GroupState};
+use chat4all_raft::groups::Group;
 use chat4all_raft::sm::partition::ReadBatch;
 use chat4all_storage::StoredRecord;
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -142,34 +142,30 @@ impl Service {
         wait: Duration,
         behind_ok: bool,
     ) -> Result<FetchResult, ServiceError> {
-        let GroupState::Partition(sm) = &g.state else {
-            return Err(ServiceError::Internal(format!(
-                "group {} is not a partition",
-                g.id
-            )));
-        };
+        let sm = super::partition_sm(g)?;
         // Subscribe before the first read, so a record committed in between wakes us.
         let mut hw = sm.watch_high_watermark();
         let wait_until = tokio::time::Instant::now() + wait;
         loop {
-            let state = sm.state();
-            let offset = req.offset.unwrap_or(state.log_start_offset);
-            let ahead = behind_ok && offset > state.next_offset;
-            let batch = if ahead {
-                ReadBatch {
+            let offset = req.offset.unwrap_or_else(|| sm.state().log_start_offset);
+            let read = sm
+                .read(offset, req.max_records as usize, FETCH_MAX_BYTES)
+                .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
+            let batch = match read {
+                Ok(batch) => batch,
+                // Not reached by this replica yet: nothing to answer so far.
+                Err(r) if behind_ok && offset > r.high_watermark => ReadBatch {
                     records: Vec::new(),
-                    high_watermark: state.next_offset,
-                    log_start_offset: state.log_start_offset,
-                }
-            } else {
-                let read = sm
-                    .read(offset, req.max_records as usize, FETCH_MAX_BYTES)
-                    .map_err(|e| ServiceError::Internal(format!("read partition: {e}")))?;
-                read.map_err(|r| ServiceError::OffsetOutOfRange {
-                    offset,
-                    log_start_offset: r.log_start_offset,
                     high_watermark: r.high_watermark,
-                })?
+                    log_start_offset: r.log_start_offset,
+                },
+                Err(r) => {
+                    return Err(ServiceError::OffsetOutOfRange {
+                        offset,
+                        log_start_offset: r.log_start_offset,
+                        high_watermark: r.high_watermark,
+                    });
+                }
             };
             if !batch.records.is_empty() || tokio::time::Instant::now() >= wait_until {
                 return Ok(FetchResult {

@@ -508,3 +508,16 @@ impl Service {
         None
     }
 }
+
+/// The partition state machine of `g`; an internal error if `g` is the controller group.
+fn partition_sm(
+    g: &Group,
+) -> Result<&chat4all_raft::sm::partition::PartitionStateMachine, ServiceError> {
+    match &g.state {
+        chat4all_raft::groups::GroupState::Partition(sm) => Ok(sm),
+        _ => Err(ServiceError::Internal(format!(
+            "group {} is not a partition",
+            g.id
+        ))),
+    }
+}
