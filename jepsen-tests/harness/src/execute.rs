@@ -87,10 +87,7 @@ pub(crate) async fn execute(
         TOPIC,
         netem,
     ));
-    let nemesis_task = {
-        let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
-        tokio::spawn(async move { nemesis.run(&schedule, start).await })
-    };
+    let nemesis_task = nemesis.spawn(schedule, start);
     // The log and subscribe workloads: half the clients (rounded down, at least one) consume.
     let consumers = if args.workload == "queue" {
         0
@@ -247,10 +244,7 @@ async fn execute_chat(
         TOPIC,
         netem,
     ));
-    let nemesis_task = {
-        let (nemesis, schedule) = (nemesis.clone(), schedule.clone());
-        tokio::spawn(async move { nemesis.run(&schedule, start).await })
-    };
+    let nemesis_task = nemesis.spawn(schedule, start);
     let clients: Vec<_> = (0..concurrency)
         .map(|c| tokio::spawn(chat.clone().client(c)))
         .collect();

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chat4all_jepsen::{Call, OpType, Process, Recorder};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 use crate::api::Api;
 use crate::config::node_ip;
@@ -78,6 +79,12 @@ impl Nemesis {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Runs [`Nemesis::run`] in a task of its own.
+    pub fn spawn(self: &Arc<Self>, schedule: &Schedule, start: Instant) -> JoinHandle<()> {
+        let (nemesis, schedule) = (self.clone(), schedule.clone());
+        tokio::spawn(async move { nemesis.run(&schedule, start).await })
     }
 
     /// Runs the schedule's timeline from `start` (the workload's start). Every wait is until a
