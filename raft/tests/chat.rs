@@ -4,24 +4,19 @@
 //! per user (also when a router delivers it again), and a snapshot carries the rows to a fresh
 //! replica that then decides alike.
 
+mod common;
+
 use chat4all_raft::sm::chat::{
     ChatCommand, ChatResponse, Conversation, ConversationKind, MessageStatus, Participant,
     recipients,
 };
 use chat4all_raft::sm::partition::{PartitionKind, PartitionStateMachine};
-use chat4all_raft::types::{
-    Command, CommandResponse, Entry, GroupId, PartitionCommand, PartitionResponse,
-};
-use chat4all_storage::{Db, DbConfig, Payload, PayloadFormat, StoredRecord};
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use chat4all_raft::types::{Command, CommandResponse, Entry, PartitionCommand, PartitionResponse};
+use chat4all_storage::{Payload, PayloadFormat, StoredRecord};
+use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
-fn open(kind: PartitionKind) -> (tempfile::TempDir, PartitionStateMachine) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(&DbConfig::new(dir.path())).expect("open db");
-    let sm = PartitionStateMachine::open_with(db, GroupId(5), kind).expect("open sm");
-    (dir, sm)
-}
+use common::{open, replica_of};
 
 fn record(text: &str) -> StoredRecord {
     StoredRecord {
@@ -102,25 +97,6 @@ async fn apply(
             other => panic!("unexpected {other:?}"),
         })
         .collect()
-}
-
-/// A fresh `kind` partition with `sm`'s snapshot installed.
-async fn replica_of(
-    sm: &mut PartitionStateMachine,
-    kind: PartitionKind,
-) -> (tempfile::TempDir, PartitionStateMachine) {
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
-    let (dir, mut replica) = open(kind);
-    replica
-        .install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .expect("install");
-    (dir, replica)
 }
 
 #[tokio::test]

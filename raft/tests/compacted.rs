@@ -4,27 +4,17 @@
 //! to a fresh replica that rebuilds the same view, and a partition that is not compacted
 //! ignores compaction.
 
+mod common;
+
 use chat4all_raft::sm::partition::{PartitionKind, PartitionStateMachine};
 use chat4all_raft::types::{
-    AppendBatch, Command, CommandResponse, Entry, GroupId, PartitionCommand, PartitionResponse,
+    AppendBatch, Command, CommandResponse, Entry, PartitionCommand, PartitionResponse,
 };
-use chat4all_storage::{Db, DbConfig, Payload, PayloadFormat, StoredRecord};
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use chat4all_storage::{Payload, PayloadFormat, StoredRecord};
+use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
-const GROUP: GroupId = GroupId(9);
-
-fn open(compacted: bool) -> (tempfile::TempDir, PartitionStateMachine) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(&DbConfig::new(dir.path())).expect("open db");
-    let kind = if compacted {
-        PartitionKind::Compacted
-    } else {
-        PartitionKind::Log
-    };
-    let sm = PartitionStateMachine::open_with(db, GROUP, kind).expect("open sm");
-    (dir, sm)
-}
+use common::{open, replica_of};
 
 fn record(key: &str, value: &str) -> StoredRecord {
     let (format, bytes) = match value {
@@ -99,7 +89,7 @@ fn offsets(sm: &PartitionStateMachine) -> Vec<u64> {
 
 #[tokio::test]
 async fn compaction_keeps_the_latest_record_of_each_key_and_a_snapshot_carries_it() {
-    let (_dir, mut sm) = open(true);
+    let (_dir, mut sm) = open(PartitionKind::Compacted);
     sm.apply(appends()).await.expect("apply");
     let latest = vec![("a".into(), 5, "a5".into()), ("b".into(), 1, "b1".into())];
     assert_eq!(view(&sm), latest);
@@ -123,17 +113,7 @@ async fn compaction_keeps_the_latest_record_of_each_key_and_a_snapshot_carries_i
     assert_eq!(state.total_bytes, ("b".len() + 2 + "a".len() + 2) as u64);
 
     // A fresh replica installs the snapshot and has the same records and view.
-    let snap = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("snapshot");
-    let (_dir2, mut other) = open(true);
-    other
-        .install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .expect("install");
+    let (_dir2, mut other) = replica_of(&mut sm, PartitionKind::Compacted).await;
     assert_eq!(offsets(&other), [1, 5]);
     assert_eq!(view(&other), latest);
     // Appends continue at the same next offset.
@@ -162,7 +142,7 @@ async fn compaction_keeps_the_latest_record_of_each_key_and_a_snapshot_carries_i
 
 #[tokio::test]
 async fn a_partition_that_is_not_compacted_keeps_everything() {
-    let (_dir, mut sm) = open(false);
+    let (_dir, mut sm) = open(PartitionKind::Log);
     sm.apply(appends()).await.expect("apply");
     let r = sm
         .apply([entry(7, PartitionCommand::Compact { below: 6 })])
