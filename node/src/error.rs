@@ -94,6 +94,11 @@ pub enum ServiceError {
     /// A write to a topic the node keeps for itself.
     #[error("topic '{0}' is internal: only the node writes to it")]
     InternalTopic(String),
+    /// A node a request was forwarded to does not lead the group (any more), and nothing was
+    /// written: the forwarding node, which knows whether its client still waits, tries the
+    /// leader named here (if known) itself.
+    #[error("this node does not lead the group; the leader is {0:?}")]
+    NotLeader(Option<chat4all_raft::types::NodeId>),
 }
 
 impl ServiceError {
@@ -124,6 +129,7 @@ impl ServiceError {
             ServiceError::UnknownGroup(_) => "GROUP_NOT_FOUND",
             ServiceError::InternalTopic(_) => "INTERNAL_TOPIC",
             ServiceError::GroupNotEmpty(_) => "GROUP_NOT_EMPTY",
+            ServiceError::NotLeader(_) => "UNAVAILABLE",
         }
     }
 

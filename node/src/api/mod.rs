@@ -230,9 +230,9 @@ impl From<ServiceError> for ApiError {
             | ServiceError::GroupNotEmpty(_) => StatusCode::CONFLICT,
             ServiceError::InternalTopic(_) => StatusCode::FORBIDDEN,
             ServiceError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            ServiceError::Unavailable(_) | ServiceError::OutcomeUnknown(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ServiceError::Unavailable(_)
+            | ServiceError::OutcomeUnknown(_)
+            | ServiceError::NotLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut err = ApiError::new(status, e.code(), e.to_string());

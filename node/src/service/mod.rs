@@ -122,17 +122,25 @@ impl Service {
     /// runs the group (it answers [`Proposed::NotLeader`] if another node leads, and the
     /// request follows the hint), `remote` to forward it to the leader. `None` when the
     /// leader kept moving for `MAX_HOPS` turns.
+    ///
+    /// A request forwarded here (`hops > 0`) that finds the leader moved (this node's own
+    /// proposal refused or truncated, or the node it went on to answering so) is answered
+    /// [`ServiceError::NotLeader`] rather than passed on again: only the node the client waits
+    /// on knows whether it still waits. Passing it on from here could commit a write after
+    /// that node answered `OUTCOME_UNKNOWN` and its client moved on (a deposed leader resuming
+    /// with the request, its entry truncated), behind writes the client made since.
     async fn on_leader<T, L, LF, R, RF>(
         &self,
         meta: &PartitionMeta,
+        hops: u8,
         deadline: Instant,
         mut local: L,
-        remote: R,
+        mut remote: R,
     ) -> Result<Option<T>, ServiceError>
     where
         L: FnMut(Group) -> LF,
         LF: Future<Output = Result<Proposed<T>, ServiceError>>,
-        R: FnOnce(NodeId) -> RF,
+        R: FnMut(NodeId) -> RF,
         RF: Future<Output = Result<T, ServiceError>>,
     {
         let mut hint = None;
@@ -141,18 +149,23 @@ impl Service {
                 Some(n) if n != self.node_id => Route::Remote(n),
                 _ => self.route(meta.group, &meta.replicas, deadline).await?,
             };
-            match route {
+            let not_leader = match route {
                 Route::Local(g) => match local(g).await? {
                     Proposed::Done(r) => return Ok(Some(r)),
-                    Proposed::NotLeader(l) => {
-                        hint = l;
-                        if l.is_none() {
-                            // An election is on: give it a moment before asking again.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
+                    Proposed::NotLeader(l) => l,
                 },
-                Route::Remote(n) => return remote(n).await.map(Some),
+                Route::Remote(n) => match remote(n).await {
+                    Err(ServiceError::NotLeader(l)) => l,
+                    done => return done.map(Some),
+                },
+            };
+            if hops > 0 {
+                return Err(ServiceError::NotLeader(not_leader));
+            }
+            hint = not_leader;
+            if hint.is_none() {
+                // An election is on: give it a moment before asking again.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         Ok(None)
@@ -435,6 +448,8 @@ impl Service {
                             "controller answered {other:?}"
                         )));
                     }
+                    // Forwarded here: the forwarding node decides (see `on_leader`).
+                    Proposed::NotLeader(l) if hops > 0 => return Err(ServiceError::NotLeader(l)),
                     Proposed::NotLeader(l) => hint = l,
                 },
                 Route::Remote(n) => {
@@ -444,12 +459,17 @@ impl Service {
                     };
                     return match self
                         .forward(n, GroupId::CONTROLLER, req, hops, deadline)
-                        .await?
+                        .await
                     {
-                        ForwardResponse::Controller(r) => Ok(r),
-                        other => Err(ServiceError::Internal(format!(
+                        Ok(ForwardResponse::Controller(r)) => Ok(r),
+                        Err(ServiceError::NotLeader(l)) if hops == 0 => {
+                            hint = l;
+                            continue;
+                        }
+                        Ok(other) => Err(ServiceError::Internal(format!(
                             "unexpected forward answer {other:?}"
                         ))),
+                        Err(e) => Err(e),
                     };
                 }
             }

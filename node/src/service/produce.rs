@@ -96,7 +96,7 @@ impl Service {
                 }
             }
         };
-        if let Some(r) = self.on_leader(&meta, deadline, local, remote).await? {
+        if let Some(r) = self.on_leader(&meta, hops, deadline, local, remote).await? {
             return Ok(r);
         }
         Err(ServiceError::Unavailable(format!(
