@@ -77,6 +77,8 @@ start_cluster() {
     fi
   done
   rm -rf "${run:?}/node" && mkdir -p "$run/node" && cp "$here/cluster.toml" "$run/node/"
+  # The produce benchmark writes without credentials, as to a Kafka listener without SASL.
+  printf '\n[auth]\nlog_api = "open"\n' >>"$run/node/cluster.toml"
   for n in 1 2 3; do
     (cd "$run/node" && exec "$BIN" serve --config cluster.toml --node-id "$n" 2>"node$n.log") &
     pids+=($!)

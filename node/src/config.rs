@@ -97,8 +97,8 @@ pub struct AuthConfig {
     /// How many requests a user may make at once above the steady rate.
     #[serde(default = "default_rate_burst")]
     pub rate_limit_burst: u32,
-    /// The log API (`/v1/topics`, `/v1/producers`, `/v1/groups`): `open`, or `token` (an
-    /// `admin` token or API key on every request).
+    /// The log API (`/v1/topics`, `/v1/producers`, `/v1/groups`): `token` (an `admin` token
+    /// or API key on every request, the default) or `open`.
     #[serde(default)]
     pub log_api: LogApiAuth,
 }
@@ -107,10 +107,10 @@ pub struct AuthConfig {
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogApiAuth {
-    /// Anyone who reaches the port (the default, as a Kafka listener without SASL).
-    #[default]
+    /// Anyone who reaches the port, as a Kafka listener without SASL: for a trusted network.
     Open,
-    /// Only requests with credentials holding the `admin` scope.
+    /// Only requests with credentials holding the `admin` scope (the default).
+    #[default]
     Token,
 }
 
@@ -137,7 +137,7 @@ impl Default for AuthConfig {
             refresh_token_ttl_s: default_refresh_ttl_s(),
             rate_limit_per_s: default_rate_per_s(),
             rate_limit_burst: default_rate_burst(),
-            log_api: LogApiAuth::Open,
+            log_api: LogApiAuth::Token,
         }
     }
 }

@@ -291,7 +291,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let delivery = tokio::spawn(workers::delivery::run(service.clone(), shutdown.clone()));
     let inbound = tokio::spawn(workers::inbound::run(service.clone(), shutdown.clone()));
     let bootstrap = match (
-        std::env::var("CHAT4ALL_ADMIN_EMAIL").ok(),
+        env_set("CHAT4ALL_ADMIN_EMAIL"),
         secret_from_env("CHAT4ALL_ADMIN_PASSWORD")?,
     ) {
         (Some(email), Some(password)) => {
@@ -301,7 +301,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 svc.bootstrap_admin(email, password, token).await
             }))
         }
-        (None, None) => None,
+        (None, None) => {
+            let svc = service.clone();
+            let token = shutdown.clone();
+            let data_dir = me.data_dir.clone();
+            Some(tokio::spawn(async move {
+                svc.bootstrap_generated_admin(data_dir, token).await
+            }))
+        }
         _ => bail!(
             "set both CHAT4ALL_ADMIN_EMAIL and CHAT4ALL_ADMIN_PASSWORD (or _FILE), or neither"
         ),
@@ -358,18 +365,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// A secret from `NAME`, or from the file `NAME_FILE` names (trailing newline dropped).
 fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
-    if let Ok(v) = std::env::var(name) {
+    if let Some(v) = env_set(name) {
         return Ok(Some(v));
     }
     let file_var = format!("{name}_FILE");
-    match std::env::var(&file_var) {
-        Ok(path) => {
+    match env_set(&file_var) {
+        Some(path) => {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("{file_var}: cannot read {path}"))?;
             Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()))
         }
-        Err(_) => Ok(None),
+        None => Ok(None),
     }
+}
+
+/// An environment variable that is set and not empty (compose files pass `${X:-}` through as
+/// an empty value).
+fn env_set(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 async fn wait_for_signal() {

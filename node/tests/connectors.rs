@@ -158,8 +158,9 @@ fn conversation(v: &Value) -> String {
 }
 
 /// The high watermarks of a topic's partitions, added up.
-async fn records_in(c: &Cluster, node: u64, topic: &str) -> u64 {
-    let (s, v) = c.get(node, &format!("/v1/topics/{topic}")).await;
+async fn records_in(c: &Cluster, node: u64, admin: &str, topic: &str) -> u64 {
+    let path = format!("/v1/topics/{topic}");
+    let (s, v) = c.call_bearer(Method::GET, node, &path, admin, None).await;
     assert_eq!(s, 200, "{v}");
     v["partitions"]
         .as_array()
@@ -334,7 +335,7 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
 
     // A forged Telegram webhook is refused and stores nothing.
     let tg_hook = webhook_url(&c, 2, "telegram", "tg");
-    let before = records_in(&c, 1, "chat.inbound").await;
+    let before = records_in(&c, 1, &admin, "chat.inbound").await;
     let forged = testing::telegram_update(9000, 222, 4, "Mallory", "forged");
     let r = http
         .post(&tg_hook)
@@ -352,7 +353,7 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
         .await
         .expect("unsigned");
     assert_eq!(r.status(), 401);
-    assert_eq!(records_in(&c, 1, "chat.inbound").await, before);
+    assert_eq!(records_in(&c, 1, &admin, "chat.inbound").await, before);
 
     // A new contact writes; Telegram delivers the webhook twice. Then a second message, so
     // that when it is in, the repeat before it has been processed too.

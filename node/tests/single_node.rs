@@ -27,15 +27,50 @@ async fn no_config_serves_a_single_node_cluster_on_8080_with_data_in_dot_data() 
         }
     })
     .await;
+    // As the README's credentials section: the generated admin's password from
+    // ./data/admin-password, a token, then the log API.
+    let password_file = dir.path().join("data/admin-password");
+    let token = eventually("the first admin signs in", Duration::from_secs(30), || {
+        let (http, password_file) = (http.clone(), password_file.clone());
+        async move {
+            let password = std::fs::read_to_string(password_file).ok()?;
+            let r = http
+                .post("http://127.0.0.1:8080/v1/auth/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(
+                    serde_urlencoded::to_string([
+                        ("grant_type", "password"),
+                        ("username", "admin@chat4all.local"),
+                        ("password", password.as_str()),
+                    ])
+                    .expect("form"),
+                )
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["access_token"].as_str().map(String::from)
+        }
+    })
+    .await;
+    let topic = json!({"name": "t", "partitions": 1, "replication_factor": 1});
+    let anonymous = http
+        .post("http://127.0.0.1:8080/v1/topics")
+        .json(&topic)
+        .send()
+        .await
+        .expect("create");
     let created = http
         .post("http://127.0.0.1:8080/v1/topics")
-        .json(&json!({"name": "t", "partitions": 1, "replication_factor": 1}))
+        .bearer_auth(&token)
+        .json(&topic)
         .send()
         .await
         .expect("create");
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(ready, ());
+    assert_eq!(anonymous.status().as_u16(), 401);
     assert_eq!(created.status().as_u16(), 201);
     assert!(dir.path().join("data/db").is_dir(), "data lives in ./data");
 }

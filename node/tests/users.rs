@@ -121,6 +121,10 @@ async fn users_identities_and_audit_across_nodes() {
     );
 
     let admin = login(&c, 2, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    // With an admin in the environment, no node makes one of its own.
+    let (_, users) = call(&c, Method::GET, 1, "/v1/users", &admin, None).await;
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(1), "{users}");
+    assert_eq!(password_files(&c, 3), vec![]);
 
     // Create an agent with a password through node 1, and read it through node 3.
     let agent_body = json!({"display_name": "Ana Agent", "user_type": "AGENT",
@@ -518,15 +522,7 @@ async fn tokens_refresh_and_api_keys_and_the_directory_survives_a_full_restart()
 
     // Every node killed and restarted: users, passwords and keys are all still there, and
     // tokens issued before still verify (the signing key is part of the replicated state).
-    for id in 1..=3 {
-        c.kill(id);
-    }
-    for id in 1..=3 {
-        c.spawn(id);
-    }
-    for id in 1..=3 {
-        c.wait_ready(id).await;
-    }
+    c.restart_all().await;
     let (s, v) = call(
         &c,
         Method::GET,
@@ -654,18 +650,61 @@ async fn a_user_over_the_rate_limit_gets_429_with_retry_after() {
     assert!((1..=2).contains(&secs));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_api_can_be_kept_for_admin_tokens() {
-    let c = Cluster::start_with_env(
-        1,
-        "[auth]\nlog_api = \"token\"\n",
+/// The files holding a generated admin password, by node.
+fn password_files(c: &Cluster, nodes: u64) -> Vec<(u64, String)> {
+    (1..=nodes)
+        .filter_map(|id| {
+            let f = c.data_dir(id).join("admin-password");
+            std::fs::read_to_string(f).ok().map(|p| (id, p))
+        })
+        .collect()
+}
+
+/// A token for `email` if `password` is right (now, without waiting).
+async fn try_login(c: &Cluster, node: u64, email: &str, password: &str) -> Option<String> {
+    let (s, v) = token_form(
+        c,
+        node,
         &[
-            ("CHAT4ALL_ADMIN_EMAIL", ADMIN_EMAIL),
-            ("CHAT4ALL_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("grant_type", "password"),
+            ("username", email),
+            ("password", password),
         ],
     )
     .await;
-    let admin = login(&c, 1, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    (s == 200).then(|| v["access_token"].as_str().expect("token").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_started_without_an_admin_makes_one_and_keeps_the_log_api_for_admins() {
+    const EMAIL: &str = "admin@chat4all.local";
+    let mut c = Cluster::start_with_env(3, "", &[]).await;
+    // Every node races to make the first admin; one wins, and only its password file stays.
+    let (node, password) = eventually(
+        "one node holds the first admin's password",
+        Duration::from_secs(30),
+        || async {
+            let files = password_files(&c, 3);
+            let [(node, password)] = files.as_slice() else {
+                return None;
+            };
+            try_login(&c, 1, EMAIL, password).await?;
+            Some((*node, password.clone()))
+        },
+    )
+    .await;
+    let mode = std::fs::metadata(c.data_dir(node).join("admin-password"))
+        .expect("stat")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let admin = try_login(&c, 3, EMAIL, &password)
+        .await
+        .expect("the password works through any node");
+
+    // The log API needs an admin's token or API key by default.
     let (s, _, v) = c.call_as(Method::GET, 1, "/v1/topics", None, None).await;
     assert_eq!((s, code(&v)), (401, "UNAUTHENTICATED"));
     let (s, v) = call(
@@ -681,14 +720,29 @@ async fn the_log_api_can_be_kept_for_admin_tokens() {
     .await;
     assert_eq!(s, 201, "{v}");
     let customer = login(&c, 1, "cy@example.com", "cy-password-1").await;
-    let body = json!({"name": "t", "partitions": 1, "replication_factor": 1});
-    let (s, v) = call(&c, Method::POST, 1, "/v1/topics", &customer, Some(&body)).await;
+    let body = json!({"name": "t", "partitions": 1, "replication_factor": 3});
+    let (s, v) = call(&c, Method::POST, 2, "/v1/topics", &customer, Some(&body)).await;
     assert_eq!((s, code(&v)), (403, "INSUFFICIENT_SCOPE"));
-    let (s, v) = call(&c, Method::POST, 1, "/v1/topics", &admin, Some(&body)).await;
+    let (s, v) = call(&c, Method::POST, 2, "/v1/topics", &admin, Some(&body)).await;
     assert_eq!(s, 201, "{v}");
-    let (s, _) = call(&c, Method::GET, 1, "/v1/topics/t", &admin, None).await;
+    let (s, _) = call(&c, Method::GET, 3, "/v1/topics/t", &admin, None).await;
     assert_eq!(s, 200);
     // Operations stay open.
     let (s, _, _) = c.call_as(Method::GET, 1, "/health", None, None).await;
     assert_eq!(s, 200);
+
+    // Restarted without an admin in the environment, the cluster makes no second one.
+    c.restart_all().await;
+    let admin = login(&c, 2, EMAIL, &password).await;
+    let (s, v) = call(&c, Method::GET, 2, "/v1/users?limit=500", &admin, None).await;
+    assert_eq!(s, 200, "{v}");
+    let admins: Vec<&Value> = v["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter(|u| u["admin"] == true)
+        .collect();
+    assert_eq!(admins.len(), 1, "{v}");
+    assert_eq!(admins[0]["email"], EMAIL);
+    assert_eq!(password_files(&c, 3), vec![(node, password)]);
 }

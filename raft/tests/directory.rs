@@ -356,3 +356,65 @@ async fn a_contact_racing_itself_makes_one_user_and_channels_are_unique_by_name(
         vec![AuditAction::ChannelCreated, AuditAction::ChannelDeleted]
     );
 }
+
+#[tokio::test]
+async fn only_a_directory_that_never_had_an_admin_takes_a_first_admin() {
+    let (_d, mut sm) = open();
+    let admin = |id: &str| User {
+        admin: true,
+        ..user(id, Some(&format!("{id}@example.com")))
+    };
+    // Two nodes race to create the first admin in one apply call: the first wins.
+    let r = apply(
+        &mut sm,
+        1,
+        vec![
+            DirectoryCommand::CreateUser {
+                user: user("plain", None),
+                actor: None,
+            },
+            DirectoryCommand::CreateFirstAdmin { user: admin("n1") },
+            DirectoryCommand::CreateFirstAdmin { user: admin("n2") },
+        ],
+    )
+    .await;
+    assert!(matches!(&r[1], DirectoryResponse::User(u) if u.id == "n1" && u.admin));
+    assert_eq!(
+        r[2],
+        DirectoryResponse::AdminExists {
+            user_id: "n1".into()
+        }
+    );
+    let dir = sm.directory();
+    assert_eq!(dir.first_admin().expect("read").as_deref(), Some("n1"));
+    assert!(dir.user("n2").expect("read").is_none());
+
+    // An admin created the ordinary way (the environment's, or through the API) counts too.
+    let (_d2, mut sm2) = open();
+    let r = apply(
+        &mut sm2,
+        1,
+        vec![
+            DirectoryCommand::CreateUser {
+                user: admin("env"),
+                actor: None,
+            },
+            DirectoryCommand::CreateUser {
+                user: admin("second"),
+                actor: Some("env".into()),
+            },
+            DirectoryCommand::CreateFirstAdmin { user: admin("gen") },
+        ],
+    )
+    .await;
+    assert_eq!(
+        r[2],
+        DirectoryResponse::AdminExists {
+            user_id: "env".into()
+        }
+    );
+    assert_eq!(
+        sm2.directory().first_admin().expect("read").as_deref(),
+        Some("env")
+    );
+}

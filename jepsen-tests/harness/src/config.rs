@@ -143,6 +143,9 @@ impl ClusterFileConfig {
             "[tls]\ndir = {}\nauto_generate = true\n\n",
             toml_string(&self.certs_dir().to_string_lossy())
         ));
+        // The queue and subscribe workloads use the log API without credentials, as a Kafka
+        // client on a listener without SASL; the chat workload signs in.
+        out.push_str("[auth]\nlog_api = \"open\"\n\n");
         out.push_str(&format!(
             "[limits]\nwrite_timeout_ms = {}\n\n",
             self.write_timeout_ms
@@ -241,7 +244,15 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["limits", "nodes", "raft", "retention", "storage", "tls"]
+            [
+                "auth",
+                "limits",
+                "nodes",
+                "raft",
+                "retention",
+                "storage",
+                "tls"
+            ]
         );
         assert_eq!(parsed["storage"]["verify_on_start"].as_bool(), Some(true));
         assert_eq!(
@@ -249,6 +260,7 @@ mod tests {
             Some(5000)
         );
         assert!(parsed["storage"].get("memtable_mb").is_none());
+        assert_eq!(parsed["auth"]["log_api"].as_str(), Some("open"));
     }
 
     #[test]

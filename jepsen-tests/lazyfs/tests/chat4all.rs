@@ -209,7 +209,8 @@ fn write_config(dir: &Path, data: &Path, raft: u16, api: u16) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[tls]\ndir = \"{}\"\nauto_generate = true\n\n[limits]\nwrite_timeout_ms = 4000\n\n\
+            "[tls]\ndir = \"{}\"\nauto_generate = true\n\n[auth]\nlog_api = \"open\"\n\n\
+             [limits]\nwrite_timeout_ms = 4000\n\n\
              [[nodes]]\nid = 1\nraft_addr = \"127.0.0.1:{raft}\"\napi_addr = \"127.0.0.1:{api}\"\n\
              data_dir = \"{}\"\n",
             dir.join("certs").display(),

@@ -56,6 +56,10 @@ pub struct ProduceArgs {
     /// Free text copied into the JSON line.
     #[arg(long, default_value = "")]
     label: String,
+    /// An API key with the `admin` scope, sent as `X-API-Key` (not needed when the cluster
+    /// sets `[auth] log_api = "open"`).
+    #[arg(long, env = "CHAT4ALL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Each worker writes as its own idempotent producer (`POST /v1/producers`), with
     /// per-partition sequences; a failed request makes it start a new producer.
     #[arg(long)]
@@ -136,7 +140,14 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<Value> {
         .map(|u| u.trim_end_matches('/').to_string())
         .collect();
     disk_bytes(&a.pids).context("--pids")?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &a.api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(key).context("--api-key")?;
+        value.set_sensitive(true);
+        headers.insert("x-api-key", value);
+    }
     let http = reqwest::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(a.inflight)
         .tcp_nodelay(true)

@@ -178,18 +178,23 @@ impl LocalCluster {
     }
 }
 
-/// Starts `nodes` nodes of `binary` (default: this executable), runs `measure` on them with an
-/// HTTP client, and prints the nodes' log tails if it fails. The cluster is gone however this
-/// returns.
+/// Starts `nodes` nodes of `binary` (default: this executable) with the log API open (no
+/// credentials), runs `measure` on them with an HTTP client, and prints the nodes' log tails if
+/// it fails. The cluster is gone however this returns.
 pub async fn with_cluster<T>(
     binary: Option<&Path>,
     nodes: u64,
     measure: impl AsyncFnOnce(&mut LocalCluster, &reqwest::Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    with_cluster_env(binary, nodes, "", &[], measure).await
+    with_cluster_env(binary, nodes, OPEN_LOG_API, &[], measure).await
 }
 
-/// Like [`with_cluster`], with `extra` in the cluster file and `env` for every node.
+/// The cluster file's table for benchmarks of the log API: no credentials, as a Kafka
+/// listener without SASL.
+pub const OPEN_LOG_API: &str = "[auth]\nlog_api = \"open\"\n";
+
+/// Like [`with_cluster`], with `extra` (instead of [`OPEN_LOG_API`]) in the cluster file and
+/// `env` for every node.
 pub async fn with_cluster_env<T>(
     binary: Option<&Path>,
     nodes: u64,

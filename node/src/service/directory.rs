@@ -1,7 +1,11 @@
 //! The directory through the service: writes go to the controller leader; reads come from this
 //! node's copy, caught up with the controller first where a stale answer would be wrong.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use base64::Engine;
+use rand::RngCore;
 
 use chat4all_raft::sm::directory::{
     ApiKey, DirectoryCommand, DirectoryReader, DirectoryResponse, User, UserType,
@@ -101,18 +105,10 @@ impl Service {
             }
         };
         loop {
-            let user = User {
-                id: uuid::Uuid::now_v7().to_string(),
-                display_name: "Administrator".into(),
-                user_type: UserType::Agent,
-                email: Some(email.clone()),
-                password_hash: Some(hash.clone()),
-                metadata_json: None,
-                admin: true,
-                created_at_ms: crate::retention::now_ms(),
-                identities: Vec::new(),
+            let cmd = DirectoryCommand::CreateUser {
+                user: admin_user(&email, hash.clone()),
+                actor: None,
             };
-            let cmd = DirectoryCommand::CreateUser { user, actor: None };
             match self.directory_write(cmd).await {
                 Ok(DirectoryResponse::User(u)) => {
                     tracing::info!(user_id = %u.id, %email, "bootstrap admin created");
@@ -125,10 +121,118 @@ impl Service {
                 Ok(other) => tracing::warn!("bootstrap admin: {other:?}; retrying"),
                 Err(e) => tracing::debug!("bootstrap admin: {e}; retrying"),
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            if !pause(&shutdown).await {
+                return;
             }
         }
+    }
+
+    /// For a node started without `CHAT4ALL_ADMIN_*`: when the cluster has never had an
+    /// admin, creates [`GENERATED_ADMIN_EMAIL`] with a random password and writes that
+    /// password to [`GENERATED_ADMIN_FILE`] in `data_dir` (mode 0600), never to the log.
+    /// Every node may try; the controller lets one win, and only the winner keeps its file.
+    pub async fn bootstrap_generated_admin(&self, data_dir: PathBuf, shutdown: CancellationToken) {
+        // The usual case, on every restart: there is an admin.
+        loop {
+            match self.directory_hit_or_sync(|d| d.first_admin()).await {
+                Ok(Some(_)) => return,
+                Ok(None) => break,
+                Err(e) => tracing::debug!("first admin: {e}; retrying"),
+            }
+            if !pause(&shutdown).await {
+                return;
+            }
+        }
+        let mut secret = [0u8; 18];
+        rand::rng().fill_bytes(&mut secret);
+        let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let hash = match crate::auth::hash_password(password.clone()).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("first admin: {e}");
+                return;
+            }
+        };
+        let user = admin_user(GENERATED_ADMIN_EMAIL, hash);
+        // On disk before it can be in force: an admin whose password nobody has would leave
+        // the cluster without one for good.
+        let file = data_dir.join(GENERATED_ADMIN_FILE);
+        if let Err(e) = write_private(&file, &password) {
+            tracing::error!(file = %file.display(), "first admin: cannot write its password: {e}");
+            return;
+        }
+        loop {
+            let cmd = DirectoryCommand::CreateFirstAdmin { user: user.clone() };
+            match self.directory_write(cmd).await {
+                // Made now, or by an earlier try whose answer was lost.
+                Ok(DirectoryResponse::User(_)) => {}
+                Ok(DirectoryResponse::AdminExists { user_id }) if user_id == user.id => {}
+                Ok(DirectoryResponse::AdminExists { .. }) => {
+                    let _ = std::fs::remove_file(&file);
+                    return;
+                }
+                Ok(other) => {
+                    let _ = std::fs::remove_file(&file);
+                    tracing::error!("first admin: {other:?}");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("first admin: {e}; retrying");
+                    if !pause(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            tracing::warn!(
+                user_id = %user.id,
+                email = GENERATED_ADMIN_EMAIL,
+                password_file = %file.display(),
+                "no CHAT4ALL_ADMIN_EMAIL was set: created the first admin with a generated password, in password_file"
+            );
+            return;
+        }
+    }
+}
+
+/// The email of the admin a cluster started without `CHAT4ALL_ADMIN_*` makes for itself.
+pub const GENERATED_ADMIN_EMAIL: &str = "admin@chat4all.local";
+
+/// The file, in the data directory of the node that made that admin, with its password.
+pub const GENERATED_ADMIN_FILE: &str = "admin-password";
+
+fn admin_user(email: &str, password_hash: String) -> User {
+    User {
+        id: uuid::Uuid::now_v7().to_string(),
+        display_name: "Administrator".into(),
+        user_type: UserType::Agent,
+        email: Some(email.to_string()),
+        password_hash: Some(password_hash),
+        metadata_json: None,
+        admin: true,
+        created_at_ms: crate::retention::now_ms(),
+        identities: Vec::new(),
+    }
+}
+
+/// Writes `text` to `path`, readable by this user only, and syncs it.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+/// Half a second before the next try; false when the node is shutting down.
+async fn pause(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(Duration::from_millis(500)) => true,
     }
 }

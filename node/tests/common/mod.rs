@@ -68,13 +68,15 @@ where
 }
 
 impl Cluster {
-    /// Starts `n` nodes with `extra` appended to the generated cluster file, and waits until
-    /// every node is ready.
+    /// Starts `n` nodes for the log API's tests, with `extra` appended to the generated cluster
+    /// file, and waits until every node is ready. The log API is open there
+    /// (`[auth] log_api = "open"`), so `extra` must not have an `[auth]` table.
     pub async fn start(n: u64, extra: &str) -> Cluster {
-        Cluster::start_with_env(n, extra, &[]).await
+        Cluster::start_with_env(n, &format!("[auth]\nlog_api = \"open\"\n\n{extra}"), &[]).await
     }
 
-    /// Like [`Cluster::start`], with `env` set for every node.
+    /// Like [`Cluster::start`], with `env` set for every node, and the log API as configured
+    /// in `extra` (for `admin` tokens only by default).
     pub async fn start_with_env(n: u64, extra: &str, env: &[(&str, &str)]) -> Cluster {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -158,6 +160,20 @@ impl Cluster {
         if let Some(mut child) = self.node_mut(id).child.take() {
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
+        }
+    }
+
+    /// SIGKILLs every node, starts them all again, and waits until each is ready.
+    pub async fn restart_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        for &id in &ids {
+            self.kill(id);
+        }
+        for &id in &ids {
+            self.spawn(id);
+        }
+        for &id in &ids {
+            self.wait_ready(id).await;
         }
     }
 

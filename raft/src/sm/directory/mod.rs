@@ -233,6 +233,12 @@ pub enum DirectoryCommand {
         /// The contact's id on the platform.
         platform_user_id: String,
     },
+    /// Creates `user` (an admin) only when the directory has never had an admin: how a
+    /// cluster started without `CHAT4ALL_ADMIN_*` gets one, whichever node proposes first.
+    CreateFirstAdmin {
+        /// The admin to create.
+        user: User,
+    },
 }
 
 /// Results of directory commands.
@@ -268,6 +274,11 @@ pub enum DirectoryResponse {
     ChannelExists(Box<Channel>),
     /// No channel with that name.
     UnknownChannel,
+    /// The directory has (or had) an admin already: the first one made.
+    AdminExists {
+        /// The first admin's id.
+        user_id: String,
+    },
 }
 
 // Row key prefixes inside the controller group's range.
@@ -276,6 +287,8 @@ const EMAIL: &[u8] = b"e/";
 const IDENTITY: &[u8] = b"i/";
 const API_KEY: &[u8] = b"k/";
 const AUDIT: &[u8] = b"a/";
+/// One row, set when the first admin is created: the directory has had an admin since.
+const FIRST_ADMIN: &[u8] = b"f/admin";
 
 fn row_key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -387,6 +400,11 @@ impl DirectoryReader {
         self.get(&api_key_key(id))
     }
 
+    /// The id of the first admin ever created, if there was one.
+    pub fn first_admin(&self) -> Result<Option<String>, StorageError> {
+        self.get(&row_key(FIRST_ADMIN, &[]))
+    }
+
     /// Audit entries about `entity_id` with `seq > after`, oldest first, at most `limit`.
     pub fn audit(
         &self,
@@ -458,6 +476,9 @@ impl DirectoryCounters {
                 }
                 user.identities.clear();
                 txn.put(user_key(&user.id), &user)?;
+                if user.admin && txn.get::<String>(&row_key(FIRST_ADMIN, &[]))?.is_none() {
+                    txn.put(row_key(FIRST_ADMIN, &[]), &user.id)?;
+                }
                 let at = user.created_at_ms;
                 self.audit(txn, entry(&user.id, at, AuditAction::UserCreated, actor))?;
                 DirectoryResponse::User(user)
@@ -558,6 +579,13 @@ impl DirectoryCounters {
                 platform,
                 platform_user_id,
             } => self.ensure_contact(txn, user, platform, platform_user_id)?,
+            DirectoryCommand::CreateFirstAdmin { mut user } => {
+                if let Some(user_id) = txn.get::<String>(&row_key(FIRST_ADMIN, &[]))? {
+                    return Ok(DirectoryResponse::AdminExists { user_id });
+                }
+                user.admin = true;
+                return self.apply(txn, DirectoryCommand::CreateUser { user, actor: None });
+            }
         })
     }
 }
