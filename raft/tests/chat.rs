@@ -279,3 +279,28 @@ async fn notes_live_in_inbox_partitions_only_append_nothing_and_survive_a_snapsh
     let r = apply(&mut chat, 1, vec![note("tg/111", "x", "y")]).await;
     assert_eq!(r, vec![ChatResponse::NotChat]);
 }
+
+#[tokio::test]
+async fn an_inbox_reader_is_woken_by_its_own_users_events_only() {
+    let (_d, mut sm) = open(PartitionKind::Inbox);
+    let u1 = sm.watch_inbox("u1");
+    let mut u2 = sm.watch_inbox("u2");
+    apply(&mut sm, 1, vec![deliver(0, 1, &["u2"])]).await;
+    assert!(!u1.has_changed().expect("open"), "u1 woken by u2's event");
+    assert!(u2.has_changed().expect("open"));
+    u2.mark_unchanged();
+    // A repeat the inbox drops wakes nobody; a new event for u1 wakes u1 only.
+    apply(
+        &mut sm,
+        2,
+        vec![deliver(0, 1, &["u2"]), deliver(0, 2, &["u1"])],
+    )
+    .await;
+    assert!(u1.has_changed().expect("open"));
+    assert!(
+        !u2.has_changed().expect("open"),
+        "u2 woken by a dropped repeat"
+    );
+    // The event is readable by the time the reader is woken.
+    assert_eq!(sm.chat().inbox("u1", 0, 10).expect("read").len(), 1);
+}

@@ -362,8 +362,9 @@ async fn read_applied(g: &Group, op: ChatOp) -> Result<ChatReply, ServiceError> 
                 Some(a) => a,
                 None => chat.inbox_last_seq(&user).map_err(err)?,
             };
-            // Subscribe before the first read, so an event applied in between wakes us.
-            let mut hw = sm.watch_high_watermark();
+            // Subscribe before the first read, so an event applied in between wakes us; only
+            // this user's events do.
+            let mut hw = sm.watch_inbox(&user);
             let until = tokio::time::Instant::now()
                 + Duration::from_millis(max_wait_ms.min(super::fetch::MAX_WAIT_MS));
             loop {

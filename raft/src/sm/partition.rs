@@ -14,7 +14,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::chat::{self, ChatReader, ChatResponse};
+use super::chat::{self, ChatReader, ChatResponse, InboxWatch};
 use super::{
     AppliedMeta, RowTxn, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
     save_snapshot, snapshot_id, write_err,
@@ -89,6 +89,15 @@ struct Inner {
     kind: PartitionKind,
     state: RwLock<(PartitionState, HashMap<i64, ProducerEntry>)>,
     hw: watch::Sender<u64>,
+    /// Per-user wake-ups for inbox readers (inbox partitions only).
+    inbox_watch: InboxWatch,
+}
+
+/// What one apply call accumulates for chat commands: the row writes, and the users whose
+/// inboxes got events (to wake their readers once the batch is written).
+struct ChatApply<'a> {
+    rows: RowTxn<'a>,
+    inboxes: Vec<Vec<u8>>,
 }
 
 /// The state machine of one partition; clones share it (openraft owns one, readers the others).
@@ -148,6 +157,7 @@ impl PartitionStateMachine {
                 kind,
                 state: RwLock::new((state, producers)),
                 hw,
+                inbox_watch: InboxWatch::default(),
             }),
         })
     }
@@ -173,6 +183,12 @@ impl PartitionStateMachine {
     /// Subscribes to high-watermark changes (for long-polling fetches).
     pub fn watch_high_watermark(&self) -> watch::Receiver<u64> {
         self.inner.hw.subscribe()
+    }
+
+    /// Subscribes to `user`'s inbox in this (inbox) partition: the receiver sees a change
+    /// whenever events for that user are applied, and not for anyone else's.
+    pub fn watch_inbox(&self, user: &str) -> watch::Receiver<u64> {
+        self.inner.inbox_watch.subscribe(user.as_bytes())
     }
 
     fn lock_read(
@@ -310,7 +326,7 @@ impl PartitionStateMachine {
         batch: &mut chat4all_storage::Batch<'_>,
         state: &mut PartitionState,
         producers: &mut HashMap<i64, ProducerEntry>,
-        chat_rows: &mut RowTxn<'_>,
+        chat_apply: &mut ChatApply<'_>,
         cmd: PartitionCommand,
     ) -> Result<PartitionResponse, RaftStorageError> {
         let g = self.inner.group;
@@ -321,7 +337,13 @@ impl PartitionStateMachine {
                     PartitionKind::Inbox => true,
                     _ => return Ok(PartitionResponse::Chat(ChatResponse::NotChat)),
                 };
-                let (resp, records) = chat::apply(chat_rows, g, inbox, state.next_offset, *cmd)?;
+                let (resp, records) =
+                    chat::apply(&mut chat_apply.rows, g, inbox, state.next_offset, *cmd)?;
+                if inbox {
+                    // An inbox event's key is its user.
+                    let users = records.iter().filter_map(|r| r.key.as_ref());
+                    chat_apply.inboxes.extend(users.map(|k| k.bytes.clone()));
+                }
                 for r in records {
                     batch
                         .put(
@@ -399,7 +421,7 @@ impl PartitionStateMachine {
                         batch,
                         state,
                         producers,
-                        chat_rows,
+                        chat_apply,
                         PartitionCommand::Append(b),
                     )?);
                 }
@@ -505,6 +527,7 @@ impl PartitionStateMachine {
         *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) =
             (state, snap.producers.into_iter().collect());
         self.inner.hw.send_replace(hw);
+        self.inner.inbox_watch.notify_all();
         Ok(())
     }
 }
@@ -568,7 +591,10 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         };
         let db = self.inner.db.clone();
         let mut batch = db.batch();
-        let mut chat_rows = RowTxn::new(&db, Cf::ChatRow);
+        let mut chat_apply = ChatApply {
+            rows: RowTxn::new(&db, Cf::ChatRow),
+            inboxes: Vec::new(),
+        };
         let mut responses = Vec::new();
         for entry in entries {
             state.applied.last_applied = Some(entry.log_id);
@@ -594,7 +620,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
                         &mut batch,
                         &mut state,
                         &mut producers,
-                        &mut chat_rows,
+                        &mut chat_apply,
                         cmd,
                     )?)
                 }
@@ -605,7 +631,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             };
             responses.push(resp);
         }
-        chat_rows.write_into(&mut batch);
+        chat_apply.rows.write_into(&mut batch);
         batch
             .put(
                 Cf::GroupMeta,
@@ -621,6 +647,9 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             *old = hw;
             changed
         });
+        self.inner
+            .inbox_watch
+            .notify(chat_apply.inboxes.iter().map(Vec::as_slice));
         Ok(responses)
     }
 

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 
 mod inbox;
 mod reader;
+mod watch;
 
 pub use inbox::InboxState;
 pub use reader::{ChatReader, HistoryPage};
+pub use watch::InboxWatch;
 
 use super::RowTxn;
 use crate::types::{GroupId, RaftStorageError};
