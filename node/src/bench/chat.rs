@@ -46,6 +46,14 @@ pub struct ChatArgs {
     /// Seconds of the 167 requests/s load test (the first Chat4All ran it for 300).
     #[arg(long, default_value_t = 300)]
     load_secs: u64,
+    /// TOML added to the nodes' cluster file, for A/B runs of a setting (for example
+    /// `$'[storage]\nmemtable_mb = 8\n'`); it must not have an `[auth]` table.
+    #[arg(long, default_value = "")]
+    node_config: String,
+    /// Users with an open event stream who get no messages, spread over the nodes: what the
+    /// streams of users who are online but not chatting cost the rest.
+    #[arg(long, default_value_t = 0)]
+    idle_streams: usize,
 }
 
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
@@ -107,6 +115,40 @@ async fn post(
     Ok((s, r.json().await.unwrap_or(Value::Null)))
 }
 
+/// A user without a password and an API key for their own stream; answers the key.
+async fn idle_user(
+    http: &reqwest::Client,
+    url: &str,
+    admin: &str,
+    i: usize,
+) -> anyhow::Result<String> {
+    let body = json!({"display_name": format!("idle {i}"), "user_type": "CUSTOMER"});
+    let (s, v) = post(http, &format!("{url}/v1/users"), admin, &body).await?;
+    if s != 201 {
+        bail!("create idle user: {s} {v}");
+    }
+    let body = json!({"user_id": v["id"], "name": "stream", "scopes": ["messages:read"]});
+    let (s, v) = post(http, &format!("{url}/v1/api-keys"), admin, &body).await?;
+    if s != 201 {
+        bail!("create API key: {s} {v}");
+    }
+    Ok(v["key"].as_str().context("key")?.to_string())
+}
+
+/// Holds an event stream open and reads whatever comes (nothing, for a user nobody writes to).
+async fn idle_stream(http: reqwest::Client, url: String, key: String) {
+    let Ok(mut r) = http
+        .get(format!("{url}/v1/events"))
+        .header("x-api-key", key)
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+    else {
+        return;
+    };
+    while let Ok(Some(_)) = r.chunk().await {}
+}
+
 /// Reads a receiver's stream, recording each message's latency (from its `sent` entry).
 async fn receive(http: reqwest::Client, url: String, token: String, sent: Sent, h: Hist) {
     let Ok(mut r) = http
@@ -146,12 +188,12 @@ async fn receive(http: reqwest::Client, url: String, token: String, sent: Sent, 
 }
 
 pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
-    let extra = "[auth]\nrate_limit_per_s = 0\n";
+    let extra = format!("[auth]\nrate_limit_per_s = 0\n\n{}", args.node_config);
     let env = [
         ("CHAT4ALL_ADMIN_EMAIL", "bench@example.com"),
         ("CHAT4ALL_ADMIN_PASSWORD", "bench-password"),
     ];
-    with_cluster_env(args.binary.as_deref(), args.nodes, extra, &env, async |c, http| {
+    with_cluster_env(args.binary.as_deref(), args.nodes, &extra, &env, async |c, http| {
         let n = args.nodes;
         for id in 1..=n {
             c.wait_ready(http, id, Duration::from_secs(60)).await?;
@@ -194,6 +236,10 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
                 sender_url: url(i as u64),
             });
         }
+        for i in 0..args.idle_streams {
+            let key = idle_user(http, &url(0), &admin, i).await?;
+            receivers.push(tokio::spawn(idle_stream(http.clone(), url(i as u64), key)));
+        }
         let pairs = Arc::new(pairs);
         // Let the streams open and the router group settle before measuring.
         warm_up(http, &pairs, &sent).await?;
@@ -234,7 +280,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
         for r in receivers {
             r.abort();
         }
-        Ok(json!({"bench": "chat", "nodes": n, "pairs": args.pairs, "steps": steps,
+        Ok(json!({"bench": "chat", "nodes": n, "pairs": args.pairs,
+            "idle_streams": args.idle_streams, "node_config": args.node_config, "steps": steps,
             "best_rate_p99_under_50ms": best, "load_test": load}))
     })
     .await
