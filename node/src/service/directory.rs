@@ -161,37 +161,35 @@ impl Service {
             tracing::error!(file = %file.display(), "first admin: cannot write its password: {e}");
             return;
         }
-        loop {
+        let made = loop {
             let cmd = DirectoryCommand::CreateFirstAdmin { user: user.clone() };
             match self.directory_write(cmd).await {
-                // Made now, or by an earlier try whose answer was lost.
-                Ok(DirectoryResponse::User(_)) => {}
-                Ok(DirectoryResponse::AdminExists { user_id }) if user_id == user.id => {}
-                Ok(DirectoryResponse::AdminExists { .. }) => {
-                    let _ = std::fs::remove_file(&file);
-                    return;
-                }
+                Ok(DirectoryResponse::User(_)) => break true,
+                // Made by an earlier try whose answer was lost.
+                Ok(DirectoryResponse::AdminExists { user_id }) if user_id == user.id => break true,
+                // Another node's, or one made since the check above.
+                Ok(DirectoryResponse::AdminExists { .. }) => break false,
                 Ok(other) => {
-                    let _ = std::fs::remove_file(&file);
                     tracing::error!("first admin: {other:?}");
-                    return;
+                    break false;
                 }
-                Err(e) => {
-                    tracing::debug!("first admin: {e}; retrying");
-                    if !pause(&shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
+                Err(e) => tracing::debug!("first admin: {e}; retrying"),
             }
-            tracing::warn!(
-                user_id = %user.id,
-                email = GENERATED_ADMIN_EMAIL,
-                password_file = %file.display(),
-                "no CHAT4ALL_ADMIN_EMAIL was set: created the first admin with a generated password, in password_file"
-            );
+            // (Shutting down with the outcome unknown keeps the file: it may be in force.)
+            if !pause(&shutdown).await {
+                return;
+            }
+        };
+        if !made {
+            let _ = std::fs::remove_file(&file);
             return;
         }
+        tracing::warn!(
+            user_id = %user.id,
+            email = GENERATED_ADMIN_EMAIL,
+            password_file = %file.display(),
+            "no CHAT4ALL_ADMIN_EMAIL was set: created the first admin with a generated password, in password_file"
+        );
     }
 }
 

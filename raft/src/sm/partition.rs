@@ -647,9 +647,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             *old = hw;
             changed
         });
-        self.inner
-            .inbox_watch
-            .notify(chat_apply.inboxes.iter().map(Vec::as_slice));
+        if !chat_apply.inboxes.is_empty() {
+            self.inner
+                .inbox_watch
+                .notify(chat_apply.inboxes.iter().map(Vec::as_slice));
+        }
         Ok(responses)
     }
 
