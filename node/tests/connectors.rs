@@ -655,3 +655,43 @@ async fn an_open_circuit_stops_calls_to_its_platform_while_other_channels_carry_
     );
     assert!(metrics.contains("chat4all_connector_circuit_state{channel=\"ig\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_ca_certificates_serves_and_says_why_channels_are_unavailable() {
+    // No CA certificates for HTTPS (as in an image made FROM scratch without a bundle): the
+    // node must still start and serve, and a channel must be refused with the reason.
+    let empty = tempfile::tempdir().expect("empty certificate directory");
+    let bundle = empty.path().join("bundle.pem");
+    std::fs::write(&bundle, "").expect("empty bundle");
+    let (bundle, dir) = (bundle.to_string_lossy(), empty.path().to_string_lossy());
+    let c = Cluster::start_with_env(
+        1,
+        // Nothing leaves the machine even if a client were made.
+        "[connectors]\ntelegram_base_url = \"http://127.0.0.1:9\"\n",
+        &[
+            ("CHAT4ALL_ADMIN_EMAIL", ADMIN_EMAIL),
+            ("CHAT4ALL_ADMIN_PASSWORD", ADMIN_PASSWORD),
+            ("TEST_TG_TOKEN", TELEGRAM_BOT_TOKEN),
+            ("SSL_CERT_FILE", &bundle),
+            ("SSL_CERT_DIR", &dir),
+        ],
+    )
+    .await;
+    let (_, admin) = token(&c, 1, ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let (s, v) = c
+        .call_bearer(
+            Method::POST,
+            1,
+            "/v1/channels",
+            &admin,
+            Some(&telegram_channel("tg", &[])),
+        )
+        .await;
+    assert_eq!((s, code(&v)), (502, "PLATFORM_UNAVAILABLE"), "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("CA certificates"), "{v}");
+    let (s, v) = c
+        .call_bearer(Method::GET, 1, "/v1/channels", &admin, None)
+        .await;
+    assert_eq!((s, v["channels"].as_array().map(Vec::len)), (200, Some(0)));
+}

@@ -159,7 +159,9 @@ pub fn settings(
 /// creation time is the same.
 pub struct Channels {
     config: ConnectorsConfig,
-    http: reqwest::Client,
+    /// The platforms' HTTP client, or why there is none (no CA certificates on the system:
+    /// every channel is then unavailable, and the node serves everything else).
+    http: Result<reqwest::Client, String>,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
@@ -173,7 +175,20 @@ impl Channels {
             .timeout(config.timeout())
             .connect_timeout(config.timeout())
             .build()
-            .unwrap_or_default();
+            .map_err(|e| {
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    cause = format!("{cause}: {s}");
+                    source = s.source();
+                }
+                let why = format!(
+                    "no HTTP client for the platforms ({cause}); install the system's CA \
+                     certificates or point SSL_CERT_FILE at a bundle, and restart the node"
+                );
+                tracing::error!("{why}");
+                why
+            });
         Channels {
             config,
             http,
@@ -191,7 +206,8 @@ impl Channels {
         &self,
         settings: ChannelSettings,
     ) -> Result<Arc<dyn Connector>, ConnectorError> {
-        chat4all_connectors::connector(settings, self.http.clone())
+        let http = self.http.clone().map_err(ConnectorError::Unavailable)?;
+        chat4all_connectors::connector(settings, http)
     }
 
     /// The connector of a stored channel.
