@@ -118,7 +118,8 @@ impl Service {
         })
     }
 
-    /// Runs a request on the leader of `meta`'s group, wherever it is: `local` when this node
+    /// Runs a request on the leader of `group` (whose replicas are `replicas`; none for the
+    /// controller, which every node runs), wherever it is: `local` when this node
     /// runs the group (it answers [`Proposed::NotLeader`] if another node leads, and the
     /// request follows the hint), `remote` to forward it to the leader. `None` when the
     /// leader kept moving for `MAX_HOPS` turns.
@@ -131,7 +132,8 @@ impl Service {
     /// with the request, its entry truncated), behind writes the client made since.
     async fn on_leader<T, L, LF, R, RF>(
         &self,
-        meta: &PartitionMeta,
+        group: GroupId,
+        replicas: &[NodeId],
         hops: u8,
         deadline: Instant,
         mut local: L,
@@ -147,7 +149,7 @@ impl Service {
         for _ in 0..=MAX_HOPS {
             let route = match hint.take() {
                 Some(n) if n != self.node_id => Route::Remote(n),
-                _ => self.route(meta.group, &meta.replicas, deadline).await?,
+                _ => self.route(group, replicas, deadline).await?,
             };
             let not_leader = match route {
                 Route::Local(g) => match local(g).await? {
@@ -431,48 +433,43 @@ impl Service {
         hops: u8,
     ) -> Result<ControllerResponse, ServiceError> {
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms);
-        let mut hint: Option<NodeId> = None;
-        for _ in 0..MAX_HOPS + 2 {
-            let route = match hint.take() {
-                Some(n) if n != self.node_id => Route::Remote(n),
-                _ => self.route(GroupId::CONTROLLER, &[], deadline).await?,
-            };
-            match route {
-                Route::Local(g) => match self
-                    .propose(&g, Command::Controller(cmd.clone()), deadline)
-                    .await?
-                {
-                    Proposed::Done(CommandResponse::Controller(r)) => return Ok(r),
+        let local = |g: Group| {
+            let cmd = Command::Controller(cmd.clone());
+            async move {
+                Ok(match self.propose(&g, cmd, deadline).await? {
+                    Proposed::Done(CommandResponse::Controller(r)) => Proposed::Done(r),
                     Proposed::Done(other) => {
                         return Err(ServiceError::Internal(format!(
                             "controller answered {other:?}"
                         )));
                     }
-                    // Forwarded here: the forwarding node decides (see `on_leader`).
-                    Proposed::NotLeader(l) if hops > 0 => return Err(ServiceError::NotLeader(l)),
-                    Proposed::NotLeader(l) => hint = l,
-                },
-                Route::Remote(n) => {
-                    let req = ForwardRequest::Controller {
-                        cmd: cmd.clone(),
-                        hops: hops + 1,
-                    };
-                    return match self
-                        .forward(n, GroupId::CONTROLLER, req, hops, deadline)
-                        .await
-                    {
-                        Ok(ForwardResponse::Controller(r)) => Ok(r),
-                        Err(ServiceError::NotLeader(l)) if hops == 0 => {
-                            hint = l;
-                            continue;
-                        }
-                        Ok(other) => Err(ServiceError::Internal(format!(
-                            "unexpected forward answer {other:?}"
-                        ))),
-                        Err(e) => Err(e),
-                    };
+                    Proposed::NotLeader(l) => Proposed::NotLeader(l),
+                })
+            }
+        };
+        let remote = |n: NodeId| {
+            let req = ForwardRequest::Controller {
+                cmd: cmd.clone(),
+                hops: hops + 1,
+            };
+            async move {
+                match self
+                    .forward(n, GroupId::CONTROLLER, req, hops, deadline)
+                    .await?
+                {
+                    ForwardResponse::Controller(r) => Ok(r),
+                    other => Err(ServiceError::Internal(format!(
+                        "unexpected forward answer {other:?}"
+                    ))),
                 }
             }
+        };
+        let group = GroupId::CONTROLLER;
+        if let Some(r) = self
+            .on_leader(group, &[], hops, deadline, local, remote)
+            .await?
+        {
+            return Ok(r);
         }
         Err(ServiceError::Unavailable(
             "the controller leader keeps moving; retry".into(),

@@ -96,7 +96,10 @@ impl Service {
                 }
             }
         };
-        if let Some(r) = self.on_leader(&meta, hops, deadline, local, remote).await? {
+        if let Some(r) = self
+            .on_leader(meta.group, &meta.replicas, hops, deadline, local, remote)
+            .await?
+        {
             return Ok(r);
         }
         Err(ServiceError::Unavailable(format!(
