@@ -99,7 +99,9 @@ fn transport_error(err: reqwest::Error, kind: CallKind, what: &str) -> Connector
 }
 
 /// The error and its causes on one line (reqwest's own message alone is "error sending request").
-fn describe(err: &reqwest::Error) -> String {
+/// An error about a request may name its URL, which may hold a secret: strip it first
+/// (`without_url`).
+pub fn describe(err: &reqwest::Error) -> String {
     let mut s = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

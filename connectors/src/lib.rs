@@ -32,6 +32,7 @@ pub mod whatsapp;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use call::describe as describe_http_error;
 pub use error::ConnectorError;
 
 /// A messaging platform.

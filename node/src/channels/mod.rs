@@ -176,15 +176,10 @@ impl Channels {
             .connect_timeout(config.timeout())
             .build()
             .map_err(|e| {
-                let mut cause = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    cause = format!("{cause}: {s}");
-                    source = s.source();
-                }
                 let why = format!(
-                    "no HTTP client for the platforms ({cause}); install the system's CA \
-                     certificates or point SSL_CERT_FILE at a bundle, and restart the node"
+                    "no HTTP client for the platforms ({}); install the system's CA \
+                     certificates or point SSL_CERT_FILE at a bundle, and restart the node",
+                    chat4all_connectors::describe_http_error(&e)
                 );
                 tracing::error!("{why}");
                 why

@@ -59,8 +59,9 @@ impl InboxWatch {
         }
     }
 
-    /// How many users are tracked now (for tests).
-    pub fn tracked(&self) -> usize {
+    /// How many users are tracked now.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.users
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -317,6 +317,10 @@ fn identity_key(platform: Platform, platform_user_id: &str) -> Vec<u8> {
     )
 }
 
+fn first_admin_key() -> Vec<u8> {
+    row_key(FIRST_ADMIN, &[])
+}
+
 fn api_key_key(id: &str) -> Vec<u8> {
     row_key(API_KEY, &[id.as_bytes()])
 }
@@ -402,7 +406,7 @@ impl DirectoryReader {
 
     /// The id of the first admin ever created, if there was one.
     pub fn first_admin(&self) -> Result<Option<String>, StorageError> {
-        self.get(&row_key(FIRST_ADMIN, &[]))
+        self.get(&first_admin_key())
     }
 
     /// Audit entries about `entity_id` with `seq > after`, oldest first, at most `limit`.
@@ -476,8 +480,8 @@ impl DirectoryCounters {
                 }
                 user.identities.clear();
                 txn.put(user_key(&user.id), &user)?;
-                if user.admin && txn.get::<String>(&row_key(FIRST_ADMIN, &[]))?.is_none() {
-                    txn.put(row_key(FIRST_ADMIN, &[]), &user.id)?;
+                if user.admin && txn.get::<String>(&first_admin_key())?.is_none() {
+                    txn.put(first_admin_key(), &user.id)?;
                 }
                 let at = user.created_at_ms;
                 self.audit(txn, entry(&user.id, at, AuditAction::UserCreated, actor))?;
@@ -580,7 +584,7 @@ impl DirectoryCounters {
                 platform_user_id,
             } => self.ensure_contact(txn, user, platform, platform_user_id)?,
             DirectoryCommand::CreateFirstAdmin { mut user } => {
-                if let Some(user_id) = txn.get::<String>(&row_key(FIRST_ADMIN, &[]))? {
+                if let Some(user_id) = txn.get::<String>(&first_admin_key())? {
                     return Ok(DirectoryResponse::AdminExists { user_id });
                 }
                 user.admin = true;
