@@ -303,14 +303,26 @@ impl Consumer {
         self.commit_partitions(|_| true).await
     }
 
-    async fn commit_partitions(&mut self, which: impl Fn(&Tp) -> bool) -> Result<(), ServiceError> {
-        let now = now_ms();
-        let offsets: Vec<(Tp, Committed)> = self
-            .positions
+    /// The position of every owned partition (the offset after the last record polled), to
+    /// commit later with [`Consumer::commit_positions`].
+    pub fn positions(&self) -> Vec<(Tp, u64)> {
+        self.positions
             .iter()
-            .filter(|(tp, _)| which(tp))
             .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p)))
-            .filter(|(tp, p)| self.committed.get(tp) != Some(p))
+            .collect()
+    }
+
+    /// Commits positions taken earlier by [`Consumer::positions`], for a caller whose records
+    /// are handled only some time after they were polled: those of partitions this member
+    /// still owns and that moved since the last commit.
+    pub async fn commit_positions(
+        &mut self,
+        positions: Vec<(Tp, u64)>,
+    ) -> Result<(), ServiceError> {
+        let now = now_ms();
+        let offsets: Vec<(Tp, Committed)> = positions
+            .into_iter()
+            .filter(|(tp, p)| self.positions.contains_key(tp) && self.committed.get(tp) != Some(p))
             .map(|(tp, offset)| {
                 (
                     tp,
@@ -323,6 +335,12 @@ impl Consumer {
             })
             .collect();
         self.send_commit(offsets).await
+    }
+
+    async fn commit_partitions(&mut self, which: impl Fn(&Tp) -> bool) -> Result<(), ServiceError> {
+        let mut positions = self.positions();
+        positions.retain(|(tp, _)| which(tp));
+        self.commit_positions(positions).await
     }
 
     /// Commits `next` (the offset after the last record handled) as the position of one

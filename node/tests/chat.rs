@@ -69,6 +69,14 @@ async fn users(c: &Cluster, names: &[&str]) -> Vec<User> {
     out
 }
 
+/// Creates the direct conversation of `who` and `with` through node 1; its id.
+async fn direct(c: &Cluster, who: &User, with: &User) -> String {
+    let body = json!({"type": "direct", "participants": [with.id]});
+    let (s, conv) = call(c, Method::POST, 1, "/v1/conversations", who, Some(&body)).await;
+    assert_eq!(s, 201, "{conv}");
+    conv["id"].as_str().expect("id").to_string()
+}
+
 /// The history as `(message_id, content)`, oldest first, read by `who` through `node`,
 /// paging newest-first with `before` cursors.
 async fn history(c: &Cluster, node: u64, conv: &str, who: &User) -> Vec<(String, String)> {
@@ -475,17 +483,7 @@ async fn messages_accepted_survive_the_kill_of_their_partition_leader() {
     let mut c = cluster().await;
     let u = users(&c, &["dora", "eve"]).await;
     let (dora, eve) = (&u[0], &u[1]);
-    let (s, conv) = call(
-        &c,
-        Method::POST,
-        1,
-        "/v1/conversations",
-        dora,
-        Some(&json!({"type": "direct", "participants": [eve.id]})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let conv_id = conv["id"].as_str().expect("id").to_string();
+    let conv_id = direct(&c, dora, eve).await;
     let path = format!("/v1/conversations/{conv_id}/messages");
 
     let mut accepted: Vec<String> = Vec::new();
@@ -549,17 +547,7 @@ async fn a_receiver_on_another_node_gets_every_event_once_in_order_across_a_kill
     let mut c = cluster().await;
     let u = users(&c, &["fay", "gus"]).await;
     let (fay, gus) = (&u[0], &u[1]);
-    let (s, conv) = call(
-        &c,
-        Method::POST,
-        1,
-        "/v1/conversations",
-        fay,
-        Some(&json!({"type": "direct", "participants": [gus.id]})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let conv_id = conv["id"].as_str().expect("id").to_string();
+    let conv_id = direct(&c, fay, gus).await;
     let path = format!("/v1/conversations/{conv_id}/messages");
 
     // Gus listens on node 3 before anything is sent.
@@ -665,17 +653,7 @@ async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
     let c = cluster().await;
     let u = users(&c, &["hal", "ivy"]).await;
     let (hal, ivy) = (&u[0], &u[1]);
-    let (s, conv) = call(
-        &c,
-        Method::POST,
-        1,
-        "/v1/conversations",
-        hal,
-        Some(&json!({"type": "direct", "participants": [ivy.id]})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let conv_id = conv["id"].as_str().expect("id").to_string();
+    let conv_id = direct(&c, hal, ivy).await;
 
     // Ivy listens over a WebSocket on node 2, with the token in the query (as a browser must).
     let ws_url = format!(
@@ -762,4 +740,97 @@ async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
         )
         .await;
     assert_eq!((s, code(&v)), (400, "INVALID_CURSOR"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_sees_each_message_sent_once_on_its_stream() {
+    let c = cluster().await;
+    let u = users(&c, &["jo", "kim"]).await;
+    let (jo, kim) = (&u[0], &u[1]);
+    let conv_id = direct(&c, jo, kim).await;
+    let path = format!("/v1/conversations/{conv_id}/messages");
+    // Jo listens on node 2 and sends through node 1: six at once (the router marks what a
+    // tick delivered in one write), then one more once those six read SENT.
+    let mut stream = EventStream::open(&c, 2, &jo.token, None)
+        .await
+        .expect("stream opens");
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        if i == 6 {
+            for id in &ids {
+                eventually("SENT", Duration::from_secs(30), || async {
+                    let path = format!("/v1/messages/{id}/status");
+                    let (s, v) = call(&c, Method::GET, 3, &path, jo, None).await;
+                    (s == 200 && v["current_status"] == "SENT").then_some(())
+                })
+                .await;
+            }
+        }
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            1,
+            &path,
+            jo,
+            Some(&json!({"content": format!("s{i}")})),
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+        ids.push(v["message_id"].as_str().expect("id").to_string());
+    }
+    // Jo's stream: each message, and once in the inboxes its SENT, once each. The last
+    // message's SENT comes after any repeat of the others' (one conversation: one order).
+    let mut events: Vec<Sse> = Vec::new();
+    let last_sent = |events: &[Sse]| {
+        events
+            .iter()
+            .any(|e| e.kind == "status" && e.data["message_id"] == ids[6].as_str())
+    };
+    while !last_sent(&events) {
+        let e = stream
+            .next(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("the stream stopped after {events:?}"));
+        events.push(e);
+    }
+    let of = |kind: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.data["message_id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(of("message"), ids);
+    let mut sent = of("status");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.kind == "status")
+            .all(|e| e.data["status"] == "SENT"),
+        "{events:?}"
+    );
+    sent.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sent, want, "one SENT per message");
+    // Each message's status history says the same.
+    for id in &ids {
+        let (s, v) = call(
+            &c,
+            Method::GET,
+            3,
+            &format!("/v1/messages/{id}/status"),
+            jo,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let history: Vec<&str> = v["status_history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .map(|h| h["status"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(history, ["PENDING", "SENT"], "{v}");
+    }
 }

@@ -2,7 +2,8 @@
 //! and delivers each event to the inboxes of the users the apply stamped on it
 //! ([`RECIPIENTS_HEADER`]), and each message to the `chat.deliveries` queue of every recipient
 //! with an identity on a configured channel. A message with no external recipient is then
-//! marked SENT (itself an event, which is routed in turn) while delivery goes on; one with
+//! marked SENT (itself an event, which is routed in turn) while delivery goes on, at the next
+//! [`TICK`], in one write per partition with the others delivered in that tick; one with
 //! external recipients is marked SENT by the delivery worker when a platform accepts it.
 //! Both kinds of delivery are decided in the target partition's apply, which drops an event
 //! it already has, so a router that restarts and reads an event again adds nothing: each
@@ -22,6 +23,7 @@ use crate::channels::{DELIVERIES_TOPIC, USER_HEADER, delivery_key};
 use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC, set_status};
 use crate::consumer::{Consumed, Consumer};
 use crate::error::ServiceError;
+use crate::groups::model::Tp;
 use crate::retention::now_ms;
 use crate::service::Service;
 
@@ -31,6 +33,8 @@ pub const GROUP: &str = "router";
 const BACKOFF: Duration = Duration::from_millis(250);
 /// Records per poll.
 const MAX_RECORDS: u32 = 200;
+/// How long a poll waits for records when nothing is left to do at the next tick.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Runs the router until `shutdown`, then leaves the group.
 pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
@@ -66,9 +70,10 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     );
     tracing::info!("router started");
     let mut pending = Pending {
-        marks: Vec::new(),
-        last_commit: Instant::now(),
-        uncommitted: false,
+        marks: BTreeMap::new(),
+        moved: false,
+        proposed: None,
+        last_tick: Instant::now(),
     };
     loop {
         let step = tokio::select! {
@@ -86,54 +91,93 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     let _ = tokio::time::timeout(Duration::from_secs(2), consumer.close()).await;
 }
 
-/// How often the positions are committed. Delivery does not wait for commits (a replicated
-/// write each): the inboxes drop what a restarted router delivers again, so committing
-/// less often only means more repeats after a crash, never a lost or doubled event.
-const COMMIT_EVERY: Duration = Duration::from_millis(200);
+/// How often the SENT marks of the messages delivered meanwhile are proposed, and the
+/// positions before them committed. Delivery waits for neither (each is a replicated write):
+/// one mark entry per partition per tick instead of one per poll costs at most this long
+/// before a message reads SENT, and the inboxes drop what a restarted router delivers
+/// again, so committing less often only means more repeats after a crash, never a lost or
+/// doubled event.
+const TICK: Duration = Duration::from_millis(200);
 
-/// Work started but not waited for: SENT marks, and positions not committed yet.
+/// Work started but not waited for.
 struct Pending {
-    marks: Vec<tokio::task::JoinHandle<Result<(), ServiceError>>>,
-    last_commit: Instant,
-    uncommitted: bool,
+    /// SENT marks of messages delivered since the last tick, by `chat.messages` partition.
+    marks: BTreeMap<u32, Vec<ChatCommand>>,
+    /// Whether anything was delivered since the last tick.
+    moved: bool,
+    /// The marks proposed at the last tick, and the positions after the messages they mark:
+    /// committed at the next tick, once the marks are in (a message is not counted as
+    /// routed before its SENT mark is).
+    proposed: Option<(MarkTask, Vec<(Tp, u64)>)>,
+    last_tick: Instant,
 }
 
-/// One poll: every event delivered, in order; the SENT marks go on meanwhile, and every
-/// `COMMIT_EVERY` they are waited for and the positions committed.
+type MarkTask = tokio::task::JoinHandle<Result<(), ServiceError>>;
+
+/// One poll: every event delivered, in order, and its SENT marks kept for the next tick.
+/// At a tick, the last tick's marks are waited for (they had a whole tick to finish) and
+/// the positions they cover committed, and the marks since are proposed.
 async fn step(
     service: &Arc<Service>,
     consumer: &mut Consumer,
     pending: &mut Pending,
 ) -> Result<(), ServiceError> {
-    let records = consumer.poll(MAX_RECORDS, Duration::from_secs(1)).await?;
+    // Wait no longer than the next tick while there is something to do at it.
+    let idle = pending.marks.is_empty() && !pending.moved && pending.proposed.is_none();
+    let wait = if idle {
+        IDLE_POLL
+    } else {
+        TICK.saturating_sub(pending.last_tick.elapsed())
+    };
+    let records = consumer.poll(MAX_RECORDS, wait).await?;
     if !records.is_empty() {
         match deliver(service, &records).await {
             Ok(marks) => {
-                let svc = service.clone();
-                pending.marks.push(tokio::spawn(mark_all(svc, marks)));
-                pending.uncommitted = true;
+                for (p, mut cmds) in marks {
+                    pending.marks.entry(p).or_default().append(&mut cmds);
+                }
+                pending.moved = true;
             }
             Err(e) => {
                 // Read them again rather than skip them; the inboxes drop what they have.
-                consumer.rewind();
+                rewind(consumer, pending);
                 return Err(e);
             }
         }
     }
-    if pending.uncommitted && pending.last_commit.elapsed() >= COMMIT_EVERY {
-        // A message is not counted as routed before its SENT mark is in.
-        for h in pending.marks.drain(..) {
-            match h.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!("router: a SENT mark failed: {e}"),
-                Err(e) => tracing::debug!("router: a SENT mark task failed: {e}"),
-            }
+    if pending.last_tick.elapsed() < TICK {
+        return Ok(());
+    }
+    pending.last_tick = Instant::now();
+    if let Some((task, positions)) = pending.proposed.take() {
+        let marked = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServiceError::Internal(format!(
+                "the SENT mark task failed: {e}"
+            ))),
+        };
+        if let Err(e) = marked {
+            // Deliver those messages again (the inboxes drop them) to mark them again.
+            rewind(consumer, pending);
+            return Err(e);
         }
-        consumer.commit().await?;
-        pending.last_commit = Instant::now();
-        pending.uncommitted = false;
+        consumer.commit_positions(positions).await?;
+    }
+    if std::mem::take(&mut pending.moved) {
+        let marks = std::mem::take(&mut pending.marks);
+        let task = tokio::spawn(mark_all(service.clone(), marks));
+        pending.proposed = Some((task, consumer.positions()));
     }
     Ok(())
+}
+
+/// Goes back to the last committed positions; what was delivered since is delivered, and
+/// marked, again.
+fn rewind(consumer: &mut Consumer, pending: &mut Pending) {
+    consumer.rewind();
+    pending.marks.clear();
+    pending.moved = false;
+    pending.proposed = None;
 }
 
 /// Marks delivered messages SENT: one batch per `chat.messages` partition, all at once.
