@@ -149,41 +149,51 @@ async fn idle_stream(http: reqwest::Client, url: String, key: String) {
     while let Ok(Some(_)) = r.chunk().await {}
 }
 
-/// Reads a receiver's stream, recording each message's latency (from its `sent` entry).
+/// Reads a receiver's stream, recording each message's latency (from its `sent` entry). A
+/// stream that ends or breaks (its node lost its partition's leader, say) is reopened after
+/// the last event seen, as a client does; runs until aborted.
 async fn receive(http: reqwest::Client, url: String, token: String, sent: Sent, h: Hist) {
-    let Ok(mut r) = http
-        .get(format!("{url}/v1/events"))
-        .header("authorization", format!("Bearer {token}"))
-        .timeout(Duration::from_secs(3600))
-        .send()
-        .await
-    else {
-        return;
-    };
-    let mut buf = String::new();
-    while let Ok(Some(chunk)) = r.chunk().await {
-        let now = Instant::now();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-                continue;
-            };
-            let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
-            if v["type"] != "message" {
-                continue;
-            }
-            let Some(id) = v["message_id"].as_str() else {
-                continue;
-            };
-            if let Some(t0) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
-                let us = now.duration_since(t0).as_micros() as u64;
-                let _ = h
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(us.max(1));
+    let mut last_id: Option<String> = None;
+    loop {
+        let mut req = http
+            .get(format!("{url}/v1/events"))
+            .header("authorization", format!("Bearer {token}"))
+            .timeout(Duration::from_secs(3600));
+        if let Some(id) = &last_id {
+            req = req.header("last-event-id", id.as_str());
+        }
+        if let Ok(mut r) = req.send().await.and_then(|r| r.error_for_status()) {
+            let mut buf = String::new();
+            while let Ok(Some(chunk)) = r.chunk().await {
+                let now = Instant::now();
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id:")) {
+                        last_id = Some(id.trim().to_string());
+                    }
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                    if v["type"] != "message" {
+                        continue;
+                    }
+                    let Some(id) = v["message_id"].as_str() else {
+                        continue;
+                    };
+                    if let Some(t0) = sent.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+                        let us = now.duration_since(t0).as_micros() as u64;
+                        let _ = h
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .record(us.max(1));
+                    }
+                }
             }
         }
+        // Not a timing: a pause so a node that refuses streams is not asked in a busy loop.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
