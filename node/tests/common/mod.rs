@@ -2,6 +2,7 @@
 //! temp dir, talking real QUIC with mutual TLS, storing in real RocksDB; killed with SIGKILL.
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod sse;
 
 use std::net::{TcpListener, UdpSocket};
