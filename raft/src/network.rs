@@ -120,7 +120,10 @@ enum ClientError {
 }
 
 impl ClientError {
-    /// Errors after which the peer should be treated as unreachable (openraft backs off).
+    /// Errors after which the peer should be treated as unreachable (openraft backs off for
+    /// 500 ms). Not [`TransportError::NotSent`]: a handshake or stream that is merely slower
+    /// than one heartbeat's deadline says the peer is busy or far, and backing off from it
+    /// would stop that group's heartbeats for long enough to depose a live leader.
     fn unreachable(&self) -> bool {
         match self {
             ClientError::Transport(t) => {

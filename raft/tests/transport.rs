@@ -300,6 +300,120 @@ async fn a_peer_killed_and_restarted_answers_by_the_second_call() -> anyhow::Res
     Ok(())
 }
 
+/// A slow answer from a live peer is a timeout, but its connection, which every Raft group to
+/// that peer shares, stays: the peer's QUIC stack acknowledged the request. (When one timeout
+/// dropped the connection, a loaded node's slow AppendEntries answer cost every group a new
+/// handshake, and their heartbeats stalled into elections.)
+#[tokio::test]
+async fn a_slow_answer_keeps_the_connection() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    generate_cluster_certs(dir.path(), &[1, 2])?;
+    let (a, _) = node(dir.path(), 1, any_port()).await?;
+    let (b, echo_b) = node(dir.path(), 2, any_port()).await?;
+    let to_b = b.local_addr()?;
+    let vote = |i: u8| {
+        a.call(
+            to_b,
+            header(RpcKind::Vote),
+            Bytes::from(vec![i]),
+            Duration::from_secs(5),
+        )
+    };
+    vote(1).await?;
+    let err = a
+        .call(
+            to_b,
+            header(RpcKind::Forward),
+            Bytes::from_static(b"never answered"),
+            Duration::from_millis(300),
+        )
+        .await
+        .err();
+    assert!(matches!(err, Some(TransportError::Timeout)), "{err:?}");
+    vote(2).await?;
+    assert_eq!(echo_b.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        a.handshakes(),
+        1,
+        "the connection was dropped after a slow answer"
+    );
+    Ok(())
+}
+
+/// Forwards datagrams between one client and `server`, each `delay` late: a link whose round
+/// trip is twice `delay`. Returns the address the client sends to.
+async fn delaying_link(server: SocketAddr, delay: Duration) -> anyhow::Result<SocketAddr> {
+    let socket = Arc::new(tokio::net::UdpSocket::bind(any_port()).await?);
+    let addr = socket.local_addr()?;
+    tokio::spawn(async move {
+        let mut client = None;
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let to = if from == server {
+                match client {
+                    Some(c) => c,
+                    None => continue,
+                }
+            } else {
+                client = Some(from);
+                server
+            };
+            let (socket, datagram) = (socket.clone(), buf[..n].to_vec());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = socket.send_to(&datagram, to).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Over a link with a 60 ms round trip, a handshake and one request take longer than a 100 ms
+/// deadline (Raft's heartbeat deadline), a request alone does not. The handshake that the first
+/// callers gave up on still completes and the later ones use it. (When every call started its
+/// own handshake and dropped it at its deadline, none completed: such a peer, or a loaded one,
+/// stayed unreachable.) A call whose deadline passes before its request is sent is "not sent":
+/// not delivered, and no sign that the peer is down.
+#[tokio::test]
+async fn a_handshake_outlives_the_calls_that_gave_up_on_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    generate_cluster_certs(dir.path(), &[1, 2])?;
+    let (a, _) = node(dir.path(), 1, any_port()).await?;
+    let (b, echo_b) = node(dir.path(), 2, any_port()).await?;
+    let far_b = delaying_link(b.local_addr()?, Duration::from_millis(30)).await?;
+
+    let call = |deadline_ms: u64| {
+        a.call(
+            far_b,
+            header(RpcKind::Vote),
+            Bytes::from_static(b"x"),
+            Duration::from_millis(deadline_ms),
+        )
+    };
+    let err = call(20).await.err();
+    assert!(
+        matches!(err, Some(TransportError::NotSent(_))),
+        "a call that ends during the handshake: {err:?}"
+    );
+    assert!(err.as_ref().is_some_and(TransportError::not_delivered));
+    let mut results = Vec::new();
+    for _ in 0..10 {
+        let r = call(100).await;
+        let ok = r.is_ok();
+        results.push(r.map(|_| ()));
+        if ok {
+            break;
+        }
+    }
+    assert!(
+        results.last().is_some_and(Result::is_ok),
+        "never answered over a 60 ms link with 100 ms deadlines: {results:?}"
+    );
+    assert_eq!(a.handshakes(), 1, "{results:?}");
+    assert!(echo_b.calls.load(Ordering::SeqCst) >= 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_both_ways() -> anyhow::Result<()> {
     let ours = tempfile::tempdir()?;

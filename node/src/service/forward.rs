@@ -207,6 +207,9 @@ impl Service {
             Err(TransportError::Connect(e)) => Err(ServiceError::Unavailable(format!(
                 "node {to} unreachable: {e}"
             ))),
+            Err(TransportError::NotSent(e)) => Err(ServiceError::Unavailable(format!(
+                "node {to} was not reached in time (the request was not sent): {e}"
+            ))),
             Err(e) if writes => Err(ServiceError::OutcomeUnknown(format!(
                 "forward to node {to}: {e}"
             ))),

@@ -7,20 +7,27 @@
 //! response stream: status u8 (0 ok, 1 refused) │ body (ok) or UTF-8 reason (refused) FIN
 //! ```
 //!
-//! Error classes matter to callers: [`TransportError::Connect`] means the request surely did
-//! not reach the peer's handler (it was never completely sent), every other failure after
-//! sending leaves the outcome unknown.
+//! Error classes matter to callers: [`TransportError::Connect`] and [`TransportError::NotSent`]
+//! mean the request surely did not reach the peer's handler (it was never completely sent; a
+//! request cut off mid-write is reset, not delivered truncated), every other failure after
+//! sending leaves the outcome unknown. `Connect` also says the peer could not be reached,
+//! `NotSent` only that the deadline came first.
+//!
+//! One connection per peer carries every Raft group's traffic, so losing it is expensive: a
+//! handshake, once started, runs to its end whoever waits for it, and a connection is dropped
+//! after a timeout only if the peer's QUIC stack did not even acknowledge the request.
 
 mod server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint};
 use serde::{Deserialize, Serialize};
@@ -113,6 +120,12 @@ pub enum TransportError {
     /// The request was not delivered: no connection, or it broke before the request was sent.
     #[error("connect: {0}")]
     Connect(String),
+    /// The deadline passed before the request was sent: the connection's handshake or the
+    /// stream's flow control was still pending (a busy or distant peer, or one still being
+    /// reached). Not delivered, but the peer is not known to be down: unlike
+    /// [`TransportError::Connect`], no reason to back off.
+    #[error("not sent: {0}")]
+    NotSent(String),
     /// The stream broke after the request was sent: the peer may have handled it.
     #[error("stream: {0}")]
     Stream(String),
@@ -144,6 +157,7 @@ impl TransportError {
         match self {
             TransportError::Setup(_) => "TRANSPORT_SETUP",
             TransportError::Connect(_) => "PEER_UNREACHABLE",
+            TransportError::NotSent(_) => "NOT_SENT",
             TransportError::Stream(_) => "STREAM_BROKEN",
             TransportError::Timeout => "TIMEOUT",
             TransportError::Refused(_) => "PEER_REFUSED",
@@ -158,18 +172,48 @@ impl TransportError {
     pub fn not_delivered(&self) -> bool {
         matches!(
             self,
-            TransportError::Connect(_) | TransportError::Closed | TransportError::TooLarge { .. }
+            TransportError::Connect(_)
+                | TransportError::NotSent(_)
+                | TransportError::Closed
+                | TransportError::TooLarge { .. }
         )
     }
 }
 
-/// One connection slot per peer; the async mutex makes concurrent callers share one handshake.
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+/// A handshake in progress, which every caller that needs the peer meanwhile awaits.
+type Handshake = Shared<BoxFuture<'static, Result<Connection, String>>>;
+
+/// What a node has towards one peer.
+#[derive(Clone)]
+enum Link {
+    Up(Connection),
+    Connecting(Handshake),
+}
+
+/// A request that has been sent: on which connection, when, and whether the peer's QUIC stack
+/// has acknowledged all of it.
+struct Sent {
+    conn: Connection,
+    at: Instant,
+    acked: AtomicBool,
+}
+
+impl Sent {
+    /// Whether the peer has not acknowledged the request over a window in which a live peer
+    /// would have: three round trips plus its acknowledgement delay (25 ms). QUIC acknowledges
+    /// below the application, so a busy peer still does; only a dead, paused or replaced
+    /// process stays silent.
+    fn peer_silent(&self) -> bool {
+        let window = self.conn.rtt() * 3 + Duration::from_millis(25);
+        !self.acked.load(Ordering::Acquire) && self.at.elapsed() > window
+    }
+}
 
 /// A node's QUIC endpoint: serves peers' requests and sends its own.
 pub struct Transport {
     endpoint: Endpoint,
-    peers: Mutex<HashMap<SocketAddr, Slot>>,
+    peers: Arc<Mutex<HashMap<SocketAddr, Link>>>,
+    handshakes: AtomicU64,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 }
@@ -246,7 +290,8 @@ impl Transport {
         endpoint.set_default_client_config(client);
         let transport = Arc::new(Transport {
             endpoint: endpoint.clone(),
-            peers: Mutex::new(HashMap::new()),
+            peers: Arc::default(),
+            handshakes: AtomicU64::new(0),
             max_message_bytes: config.max_message_bytes,
             shutdown: shutdown.clone(),
         });
@@ -283,25 +328,28 @@ impl Transport {
                 max: self.max_message_bytes,
             });
         }
-        let sent = AtomicBool::new(false);
-        let used = OnceLock::new();
-        match tokio::time::timeout(deadline, self.exchange(addr, header, body, &sent, &used)).await
-        {
+        let sent = OnceLock::new();
+        match tokio::time::timeout(deadline, self.exchange(addr, header, body, &sent)).await {
             Ok(result) => result,
-            Err(_) if sent.load(Ordering::Acquire) => {
-                // No answer on a connection may mean its peer process is gone (SIGKILLed and
-                // restarted, or paused) while the connection still looks open: QUIC notices only
-                // at the idle timeout (3 s), and during that time every request on it would
-                // time out too. The next request opens a fresh connection instead, which reaches
-                // a restarted peer at once; requests still in flight keep the old one alive.
-                if let Some(conn) = used.get() {
-                    self.forget(addr, conn);
+            Err(_) => match sent.get() {
+                Some(sent) => {
+                    // No answer on a connection may mean its peer process is gone (SIGKILLed
+                    // and restarted, or paused) while the connection still looks open: QUIC
+                    // notices only at the idle timeout (3 s), and every request on it would
+                    // time out meanwhile. If the peer has acknowledged nothing since, the next
+                    // request opens a fresh connection, which reaches a restarted peer at once
+                    // (requests in flight keep the old one alive). A peer that acknowledges is
+                    // alive but slow: its connection, which every Raft group shares, is kept, or
+                    // one slow answer under load would cost every group a new handshake.
+                    if sent.peer_silent() {
+                        self.forget(addr, &sent.conn);
+                    }
+                    Err(TransportError::Timeout)
                 }
-                Err(TransportError::Timeout)
-            }
-            Err(_) => Err(TransportError::Connect(format!(
-                "{addr}: not sent within {deadline:?}"
-            ))),
+                None => Err(TransportError::NotSent(format!(
+                    "{addr}: not sent within {deadline:?}"
+                ))),
+            },
         }
     }
 
@@ -310,8 +358,7 @@ impl Transport {
         addr: SocketAddr,
         header: RpcHeader,
         body: Bytes,
-        sent: &AtomicBool,
-        used: &OnceLock<Connection>,
+        sent: &OnceLock<Sent>,
     ) -> Result<Bytes, TransportError> {
         let header = bincode::serde::encode_to_vec(header, bincode::config::standard())
             .map_err(|e| TransportError::Connect(format!("encode header: {e}")))?;
@@ -323,13 +370,10 @@ impl Transport {
         // A cached connection may have died since it was used: one retry on a fresh one, which is
         // safe because nothing was sent on the dead one.
         let mut attempt = 0;
-        let (mut send, mut recv) = loop {
+        let (conn, send, mut recv) = loop {
             let conn = self.connection(addr).await?;
             match conn.open_bi().await {
-                Ok(streams) => {
-                    let _ = used.set(conn);
-                    break streams;
-                }
+                Ok((send, recv)) => break (conn, send, recv),
                 Err(e) => {
                     self.forget(addr, &conn);
                     attempt += 1;
@@ -339,18 +383,50 @@ impl Transport {
                 }
             }
         };
+        let mut request = Request {
+            stream: send,
+            finished: false,
+        };
         let unsent =
             |e: &dyn std::fmt::Display| TransportError::Connect(format!("{addr}: send: {e}"));
-        send.write_all(&head).await.map_err(|e| unsent(&e))?;
-        send.write_chunk(body).await.map_err(|e| unsent(&e))?;
-        // From here on the peer may receive the whole request.
-        sent.store(true, Ordering::Release);
-        send.finish()
-            .map_err(|e| TransportError::Stream(format!("{addr}: finish: {e}")))?;
-        let response = recv
-            .read_to_end(self.max_message_bytes.saturating_add(1))
+        request
+            .stream
+            .write_all(&head)
             .await
-            .map_err(|e| TransportError::Stream(format!("{addr}: read response: {e}")))?;
+            .map_err(|e| unsent(&e))?;
+        request
+            .stream
+            .write_chunk(body)
+            .await
+            .map_err(|e| unsent(&e))?;
+        request
+            .stream
+            .finish()
+            .map_err(|e| TransportError::Stream(format!("{addr}: finish: {e}")))?;
+        request.finished = true;
+        // From here on the peer may receive the whole request.
+        let sent = sent.get_or_init(|| Sent {
+            conn,
+            at: Instant::now(),
+            acked: AtomicBool::new(false),
+        });
+        let response = recv.read_to_end(self.max_message_bytes.saturating_add(1));
+        // Resolves with `None` once the peer has acknowledged every byte of the request.
+        let acknowledged = request.stream.stopped();
+        tokio::pin!(response, acknowledged);
+        let mut watching = true;
+        let response = loop {
+            tokio::select! {
+                r = &mut response => break r,
+                a = &mut acknowledged, if watching => {
+                    watching = false;
+                    if matches!(a, Ok(None)) {
+                        sent.acked.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+        .map_err(|e| TransportError::Stream(format!("{addr}: read response: {e}")))?;
         match response.split_first() {
             Some((0, rest)) => Ok(Bytes::copy_from_slice(rest)),
             Some((_, reason)) => Err(TransportError::Refused(
@@ -360,41 +436,54 @@ impl Transport {
         }
     }
 
-    /// The live connection to `addr`, connecting if there is none.
+    /// The live connection to `addr`: the cached one, the handshake already under way, or a
+    /// new handshake.
+    ///
+    /// A handshake runs to its end even when every caller's deadline passes first, and later
+    /// callers join it. Under load, or over a link whose round trip is a good part of a Raft
+    /// heartbeat's deadline (100 ms), a handshake can take longer than one call may wait; when
+    /// each call started its own and dropped it at its deadline, none ever finished, and the
+    /// peer looked unreachable for as long as the load lasted.
     async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
-        let slot = {
+        let handshake = {
             let mut peers = self.peers.lock().map_err(|_| TransportError::Closed)?;
-            peers.entry(addr).or_default().clone()
+            match peers.get(&addr) {
+                Some(Link::Up(conn)) if conn.close_reason().is_none() => return Ok(conn.clone()),
+                Some(Link::Connecting(handshake)) => handshake.clone(),
+                _ => {
+                    if self.shutdown.is_cancelled() {
+                        return Err(TransportError::Closed);
+                    }
+                    let connecting = self
+                        .endpoint
+                        .connect(addr, NODE_SERVER_NAME)
+                        .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+                    self.handshakes.fetch_add(1, Ordering::Relaxed);
+                    let handshake: Handshake =
+                        async move { connecting.await.map_err(|e| e.to_string()) }
+                            .boxed()
+                            .shared();
+                    peers.insert(addr, Link::Connecting(handshake.clone()));
+                    tokio::spawn(settle(self.peers.clone(), addr, handshake.clone()));
+                    handshake
+                }
+            }
         };
-        let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref()
-            && conn.close_reason().is_none()
-        {
-            return Ok(conn.clone());
-        }
-        if self.shutdown.is_cancelled() {
-            return Err(TransportError::Closed);
-        }
-        let connecting = self
-            .endpoint
-            .connect(addr, NODE_SERVER_NAME)
-            .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
-        let conn = connecting
+        handshake
             .await
-            .map_err(|e| TransportError::Connect(format!("{addr}: handshake: {e}")))?;
-        *guard = Some(conn.clone());
-        Ok(conn)
+            .map_err(|e| TransportError::Connect(format!("{addr}: handshake: {e}")))
+    }
+
+    /// How many handshakes this node has started as a client (each new connection to a peer).
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
     }
 
     fn forget(&self, addr: SocketAddr, dead: &Connection) {
-        let slot = self.peers.lock().ok().and_then(|p| p.get(&addr).cloned());
-        if let Some(slot) = slot
-            && let Ok(mut guard) = slot.try_lock()
-            && guard
-                .as_ref()
-                .is_some_and(|c| c.stable_id() == dead.stable_id())
+        if let Ok(mut peers) = self.peers.lock()
+            && matches!(peers.get(&addr), Some(Link::Up(c)) if c.stable_id() == dead.stable_id())
         {
-            *guard = None;
+            peers.remove(&addr);
         }
     }
 
@@ -403,5 +492,42 @@ impl Transport {
         self.shutdown.cancel();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Drives a handshake to its end and caches its connection (or forgets the failed attempt),
+/// unless the peer's link has been replaced meanwhile.
+async fn settle(
+    peers: Arc<Mutex<HashMap<SocketAddr, Link>>>,
+    addr: SocketAddr,
+    handshake: Handshake,
+) {
+    let result = handshake.clone().await;
+    let Ok(mut peers) = peers.lock() else {
+        return;
+    };
+    if !matches!(peers.get(&addr), Some(Link::Connecting(h)) if h.ptr_eq(&handshake)) {
+        return;
+    }
+    match result {
+        Ok(conn) => peers.insert(addr, Link::Up(conn)),
+        Err(_) => peers.remove(&addr),
+    };
+}
+
+/// A request being written. quinn finishes a send stream that is dropped unfinished, which
+/// would hand the peer a truncated request when a call's deadline passes mid-write; this resets
+/// it instead, so that an unsent request is surely not delivered. (Only while unfinished: a
+/// reset after `finish` would abandon a request already on its way.)
+struct Request {
+    stream: quinn::SendStream,
+    finished: bool,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.stream.reset(quinn::VarInt::from_u32(0));
+        }
     }
 }
