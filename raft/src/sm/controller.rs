@@ -176,7 +176,7 @@ impl RaftSnapshotBuilder<TypeConfig> for ControllerSnapshotBuilder {
         let snap = self.snapshot.take().ok_or_else(|| {
             super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
         })?;
-        save_snapshot(&self.db, GroupId::CONTROLLER, &snap)?;
+        save_snapshot(&self.db, GroupId::CONTROLLER, &snap, true)?;
         Ok(Snapshot {
             meta: snap.meta,
             snapshot: Box::new(Cursor::new(snap.data)),
@@ -288,6 +288,7 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
                 meta: meta.clone(),
                 data,
             },
+            true,
         )
     }
 

@@ -21,7 +21,8 @@ use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError};
 pub(crate) const TAG_APPLIED: u8 = 1;
 pub(crate) const TAG_SNAPSHOT: u8 = 2;
 
-/// A built snapshot as stored: its meta and its encoded data.
+/// A built snapshot as stored: its meta and its encoded data (empty for a partition, whose
+/// snapshot is its live state; see [`partition::PartitionSnapshotBuilder`]).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct StoredSnapshot {
     pub meta: SnapshotMeta<NodeId, NodeInfo>,
@@ -58,12 +59,12 @@ pub(crate) fn load_snapshot(
         .map_err(read_err)
 }
 
-/// Stores `snapshot` as the current snapshot of `group` (synced: openraft may purge the log
-/// entries it covers as soon as this returns).
+/// Stores `snapshot` as the current snapshot of `group`; `sync` fsyncs it first.
 pub(crate) fn save_snapshot(
     db: &Db,
     group: GroupId,
     snapshot: &StoredSnapshot,
+    sync: bool,
 ) -> Result<(), RaftStorageError> {
     let mut b = db.batch();
     b.put(
@@ -72,7 +73,7 @@ pub(crate) fn save_snapshot(
         snapshot,
     )
     .map_err(write_err)?;
-    db.write(b, true).map_err(write_err)
+    db.write(b, sync).map_err(write_err)
 }
 
 /// A snapshot id unique per group and log position.

@@ -106,11 +106,24 @@ pub struct PartitionStateMachine {
     inner: Arc<Inner>,
 }
 
-/// Builds a snapshot captured when openraft asked for the builder.
+/// Builds a snapshot: marks the point that openraft asked for the builder at.
+///
+/// A partition's state is already in RocksDB, applied in log order, so "building" a snapshot
+/// copies nothing: it records the snapshot's meta (`last_applied` and membership when asked).
+/// Copying the whole partition instead, as this did before, cost time in proportion to the
+/// partition's size on a runtime worker every 20,000 entries; under sustained load several
+/// groups reached that point together and the node stopped answering heartbeats for hundreds
+/// of milliseconds, which started elections. The data a follower needs is read when one needs
+/// it ([`RaftStateMachine::get_current_snapshot`]).
+///
+/// Durability: openraft purges the log up to (a little before) the snapshot once this returns.
+/// The marker and that purge are written after the applies they rely on, to the same RocksDB
+/// write-ahead log, which recovers a prefix of what was written: the purge cannot survive a
+/// crash that loses the applies before it. So neither needs an fsync of its own.
 pub struct PartitionSnapshotBuilder {
     db: Db,
     group: GroupId,
-    snapshot: Option<StoredSnapshot>,
+    meta: Option<SnapshotMeta<NodeId, NodeInfo>>,
 }
 
 fn producer_key(group: GroupId, id: i64) -> [u8; keys::GROUP_U64_KEY_LEN] {
@@ -485,6 +498,58 @@ impl PartitionStateMachine {
         }
     }
 
+    /// The snapshot meta of the state applied so far.
+    fn current_meta(&self) -> SnapshotMeta<NodeId, NodeInfo> {
+        let s = self.lock_read();
+        SnapshotMeta {
+            last_log_id: s.0.applied.last_applied,
+            last_membership: s.0.applied.membership.clone(),
+            snapshot_id: snapshot_id(self.inner.group, &s.0.applied.last_applied),
+        }
+    }
+
+    /// The whole partition as a follower installs it: its state, producers, records and chat
+    /// rows. Reads and encodes every retained record, so it is only done when a follower needs
+    /// a snapshot (and once per group at start, where openraft asks for the current one).
+    fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
+        let (state, producers) = {
+            let s = self.lock_read();
+            (s.0.clone(), s.1.clone())
+        };
+        let g = self.inner.group;
+        let records: Vec<(u64, StoredRecord)> = self
+            .inner
+            .db
+            .scan(
+                Cf::OffsetRecord,
+                &keys::group_u64(g.0, state.log_start_offset),
+                &keys::group_u64(g.0, state.next_offset),
+                usize::MAX,
+            )
+            .map_err(read_err)?
+            .into_iter()
+            .filter_map(|(k, r)| keys::decode_group_u64(&k).map(|(_, o)| (o, r)))
+            .collect();
+        let chat_rows = if matches!(self.inner.kind, PartitionKind::Chat | PartitionKind::Inbox) {
+            let (start, end) = chat::range(g);
+            self.inner
+                .db
+                .scan_raw(Cf::ChatRow, &start, &end)
+                .map_err(read_err)?
+        } else {
+            Vec::new()
+        };
+        encode(&PartitionSnapshot {
+            state,
+            producers: producers.into_iter().collect(),
+            records,
+            chat_rows: chat_rows
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        })
+    }
+
     fn install(
         &self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
@@ -557,15 +622,25 @@ pub fn is_tombstone(r: &StoredRecord) -> bool {
     r.value.format == chat4all_storage::PayloadFormat::Json && r.value.bytes == b"null"
 }
 
+/// What a partition stores for its current snapshot: the meta, no data.
+fn marker(meta: &SnapshotMeta<NodeId, NodeInfo>) -> StoredSnapshot {
+    StoredSnapshot {
+        meta: meta.clone(),
+        data: Vec::new(),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let snap = self.snapshot.take().ok_or_else(|| {
+        let meta = self.meta.take().ok_or_else(|| {
             super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
         })?;
-        save_snapshot(&self.db, self.group, &snap)?;
+        save_snapshot(&self.db, self.group, &marker(&meta), false)?;
+        // openraft takes only the meta of a built snapshot; a follower gets the data from
+        // `get_current_snapshot`.
         Ok(Snapshot {
-            meta: snap.meta,
-            snapshot: Box::new(Cursor::new(snap.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -656,58 +731,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Captured here, where openraft calls us in order with `apply`, so the records, the
-        // producer state and the applied id are one consistent point (building later, in the
-        // spawned builder, would race with applies and retention).
-        let (state, producers) = {
-            let s = self.lock_read();
-            (s.0.clone(), s.1.clone())
-        };
-        let g = self.inner.group;
-        let records = self
-            .inner
-            .db
-            .scan(
-                Cf::OffsetRecord,
-                &keys::group_u64(g.0, state.log_start_offset),
-                &keys::group_u64(g.0, state.next_offset),
-                usize::MAX,
-            )
-            .map(|rows| {
-                rows.into_iter()
-                    .filter_map(|(k, r)| keys::decode_group_u64(&k).map(|(_, o)| (o, r)))
-                    .collect()
-            });
-        let chat_rows = if matches!(self.inner.kind, PartitionKind::Chat | PartitionKind::Inbox) {
-            let (start, end) = chat::range(g);
-            self.inner.db.scan_raw(Cf::ChatRow, &start, &end)
-        } else {
-            Ok(Vec::new())
-        };
-        let snapshot = records.ok().zip(chat_rows.ok()).and_then(
-            |(records, chat_rows): (Vec<(u64, StoredRecord)>, _)| {
-                let meta = SnapshotMeta {
-                    last_log_id: state.applied.last_applied,
-                    last_membership: state.applied.membership.clone(),
-                    snapshot_id: snapshot_id(g, &state.applied.last_applied),
-                };
-                let data = encode(&PartitionSnapshot {
-                    state,
-                    producers: producers.into_iter().collect(),
-                    records,
-                    chat_rows: chat_rows
-                        .into_iter()
-                        .map(|(k, v)| (k.into(), v.into()))
-                        .collect(),
-                })
-                .ok()?;
-                Some(StoredSnapshot { meta, data })
-            },
-        );
+        let meta = self.current_meta();
         PartitionSnapshotBuilder {
             db: self.inner.db.clone(),
-            group: g,
-            snapshot,
+            group: self.inner.group,
+            meta: Some(meta),
         }
     }
 
@@ -720,27 +748,25 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         meta: &SnapshotMeta<NodeId, NodeInfo>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
-        let data = snapshot.into_inner();
-        let snap: PartitionSnapshot = decode(&data)?;
+        let snap: PartitionSnapshot = decode(&snapshot.into_inner())?;
         self.install(meta, snap)?;
-        save_snapshot(
-            &self.inner.db,
-            self.inner.group,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-        )
+        save_snapshot(&self.inner.db, self.inner.group, &marker(meta), false)
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        Ok(
-            load_snapshot(&self.inner.db, self.inner.group)?.map(|s| Snapshot {
-                meta: s.meta,
-                snapshot: Box::new(Cursor::new(s.data)),
-            }),
-        )
+        // Called in order with `apply`, so the state read here is one consistent point: the
+        // snapshot is the partition as of now, under this point's meta (which may be later
+        // than the last one built; any applied point is a valid snapshot).
+        if load_snapshot(&self.inner.db, self.inner.group)?.is_none() {
+            return Ok(None);
+        }
+        let meta = self.current_meta();
+        let data = self.encode_state()?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

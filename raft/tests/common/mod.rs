@@ -14,17 +14,24 @@ pub fn open(kind: PartitionKind) -> (tempfile::TempDir, PartitionStateMachine) {
     (dir, sm)
 }
 
-/// A fresh `kind` partition with `sm`'s snapshot installed.
+/// A fresh `kind` partition with `sm`'s snapshot installed, the way openraft ships one: built
+/// (which marks the point), then read as the current snapshot and sent.
 pub async fn replica_of(
     sm: &mut PartitionStateMachine,
     kind: PartitionKind,
 ) -> (tempfile::TempDir, PartitionStateMachine) {
-    let snap = sm
+    let built = sm
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .expect("snapshot");
+    let snap = sm
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot once one is built");
+    assert_eq!(snap.meta, built.meta, "nothing was applied in between");
     let (dir, mut replica) = open(kind);
     replica
         .install_snapshot(&snap.meta, snap.snapshot)
