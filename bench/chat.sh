@@ -11,9 +11,14 @@
 # rates: answer latency, SC-012, and the time until they are messages), with the peer at
 # INFLIGHT=10 (a webhook's answer waits for one replicated fsynced write, as a PubAck does).
 #
+# For chat, a second run on a fresh cluster then holds each of HOLD_RATES for HOLD consecutive
+# steps of HOLD_STEP_SECS (`--hold`): its best_rate_p99_under_50ms is the highest rate whose
+# every step passed, the sustained rate (short steps hide what a cluster cannot sustain).
+#
 # Knobs (environment): CHAT4ALL_BIN, KIND=chat|webhooks, RATES=100,150,200,250,500,1000,1500
-# (webhooks: 100,250,500,1000) STEP_SECS=10 LOAD_SECS=300 PAIRS=20, NATS=1, NATS_DIR,
-# QUIET_MAX=20 QUIET_WAIT=300 (as bench/run.sh).
+# (webhooks: 100,250,500,1000) STEP_SECS=10 LOAD_SECS=300 PAIRS=20, HOLD_RATES=250,500,700,1000
+# HOLD=3 (0: no sustained run) HOLD_STEP_SECS=20, NATS=1, NATS_DIR, QUIET_MAX=20
+# QUIET_WAIT=300 (as bench/run.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CHAT4ALL_BIN:-/var/cache/chat4all/target/release/chat4all}
@@ -59,6 +64,16 @@ trap 'exit 130' INT TERM
 bg=$(wait_quiet)
 log "$KIND bench (machine ${bg}% busy before)"
 "$BIN" "${run_bench[@]}" | tee -a "$out"
+
+HOLD=${HOLD:-3}
+if [ "$KIND" = chat ] && [ "$HOLD" -gt 0 ]; then
+  HOLD_RATES=${HOLD_RATES:-250,500,700,1000}
+  HOLD_STEP_SECS=${HOLD_STEP_SECS:-20}
+  bg=$(wait_quiet)
+  log "sustained chat bench: $HOLD x ${HOLD_STEP_SECS}s at each of $HOLD_RATES msg/s (machine ${bg}% busy before)"
+  "$BIN" bench chat --nodes 3 --pairs "$PAIRS" --rates "$HOLD_RATES" --hold "$HOLD" \
+    --step-secs "$HOLD_STEP_SECS" --load-secs 0 | tee -a "$out"
+fi
 
 if [ "$NATS" = 1 ]; then
   NATS_BIN=$("$NATS_DIR/get-nats.sh" | tail -1)

@@ -43,6 +43,11 @@ pub struct ChatArgs {
     /// Seconds per rate step.
     #[arg(long, default_value_t = 10)]
     step_secs: u64,
+    /// Steps per rate, one after another on the same cluster: a rate counts as held (for
+    /// `best_rate_p99_under_50ms`) only if every one of its steps passed. A short step can hide
+    /// what a cluster cannot sustain.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    hold: u32,
     /// Seconds of the 167 requests/s load test (the first Chat4All ran it for 300).
     #[arg(long, default_value_t = 300)]
     load_secs: u64,
@@ -257,44 +262,78 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<Value> {
         let mut steps = Vec::new();
         let mut best: Option<u32> = None;
         for &rate in &args.rates {
-            *h.lock().unwrap_or_else(|p| p.into_inner()) = hist()?;
-            let (cpu_before, started) = (cpu_secs(&c.pids()), Instant::now());
-            let (sent_n, errors) = send_at(http, &pairs, &sent, rate, args.step_secs).await;
-            // Wait (bounded) for what is still on its way.
-            let drain = Instant::now();
-            while !sent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
-                && drain.elapsed() < Duration::from_secs(10)
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut held = true;
+            for _ in 0..args.hold {
+                let step = run_step(http, c, &pairs, &sent, &h, rate, args.step_secs).await?;
+                held &= step.ok;
+                steps.push(step.json);
             }
-            // CPU the nodes used per message sent (while sending and draining), and on average.
-            let cpu = cpu_secs(&c.pids()).zip(cpu_before).map(|(b, a)| b - a);
-            let cpu_ms_per_msg = cpu.map(|s| round2(s * 1000.0 / sent_n.max(1) as f64));
-            let cpu_cores = cpu.map(|s| round2(s / started.elapsed().as_secs_f64()));
-            let lost = sent.lock().unwrap_or_else(|p| p.into_inner()).drain().count();
-            let hh = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let p99 = ms(&hh, 99.0);
-            let achieved = round2(sent_n as f64 / args.step_secs as f64);
-            eprintln!("rate {rate}/s: sent {sent_n}, errors {errors:?}, not received {lost}, p50 {} ms, p99 {p99} ms, node CPU {cpu_ms_per_msg:?} ms/message", ms(&hh, 50.0));
-            let n_errors: u64 = errors.values().sum();
-            let ok = p99 < 50.0 && n_errors == 0 && lost == 0 && achieved >= 0.95 * f64::from(rate);
             // The highest rate that held, whatever the rates around it did.
-            if ok {
+            if held {
                 best = best.max(Some(rate));
             }
-            steps.push(json!({"rate": rate, "achieved": achieved, "sent": sent_n, "errors": errors,
-                "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0),
-                "node_cpu_ms_per_msg": cpu_ms_per_msg, "node_cpu_cores": cpu_cores}));
         }
         let load = load_test(http, &pairs, args.load_secs).await?;
         for r in receivers {
             r.abort();
         }
-        Ok(json!({"bench": "chat", "nodes": n, "pairs": args.pairs,
-            "idle_streams": args.idle_streams, "node_config": args.node_config, "steps": steps,
+        Ok(json!({"bench": "chat", "nodes": n, "pairs": args.pairs, "hold": args.hold,
+            "step_secs": args.step_secs, "idle_streams": args.idle_streams, "node_config": args.node_config, "steps": steps,
             "best_rate_p99_under_50ms": best, "load_test": load}))
     })
     .await
+}
+
+/// One step's result: whether it passed (p99 under 50 ms, no error, nothing lost, the rate
+/// achieved) and its JSON.
+struct Step {
+    ok: bool,
+    json: serde_json::Value,
+}
+
+/// Sends at `rate` for `secs` and measures the step.
+async fn run_step(
+    http: &reqwest::Client,
+    c: &super::spawn::LocalCluster,
+    pairs: &Arc<Vec<Pair>>,
+    sent: &Sent,
+    h: &Hist,
+    rate: u32,
+    secs: u64,
+) -> anyhow::Result<Step> {
+    *h.lock().unwrap_or_else(|p| p.into_inner()) = hist()?;
+    let (cpu_before, started) = (cpu_secs(&c.pids()), Instant::now());
+    let (sent_n, errors) = send_at(http, pairs, sent, rate, secs).await;
+    // Wait (bounded) for what is still on its way.
+    let drain = Instant::now();
+    while !sent.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        && drain.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // CPU the nodes used per message sent (while sending and draining), and on average.
+    let cpu = cpu_secs(&c.pids()).zip(cpu_before).map(|(b, a)| b - a);
+    let cpu_ms_per_msg = cpu.map(|s| round2(s * 1000.0 / sent_n.max(1) as f64));
+    let cpu_cores = cpu.map(|s| round2(s / started.elapsed().as_secs_f64()));
+    let lost = sent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .count();
+    let hh = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let p99 = ms(&hh, 99.0);
+    let achieved = round2(sent_n as f64 / secs as f64);
+    eprintln!(
+        "rate {rate}/s: sent {sent_n}, errors {errors:?}, not received {lost}, p50 {} ms, p99 {p99} ms, node CPU {cpu_ms_per_msg:?} ms/message",
+        ms(&hh, 50.0)
+    );
+    let n_errors: u64 = errors.values().sum();
+    Ok(Step {
+        ok: p99 < 50.0 && n_errors == 0 && lost == 0 && achieved >= 0.95 * f64::from(rate),
+        json: json!({"rate": rate, "achieved": achieved, "sent": sent_n, "errors": errors,
+            "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0),
+            "node_cpu_ms_per_msg": cpu_ms_per_msg, "node_cpu_cores": cpu_cores}),
+    })
 }
 
 /// CPU time (user and system, every thread) the processes `pids` used so far, in seconds;
