@@ -187,8 +187,16 @@ type Handshake = Shared<BoxFuture<'static, Result<Connection, String>>>;
 #[derive(Clone)]
 enum Link {
     Up(Connection),
-    Connecting(Handshake),
+    /// A handshake and when it started.
+    Connecting(Handshake, Instant),
 }
+
+/// How long callers wait on one handshake before a new one starts. A peer that was not yet
+/// listening (restarting) drops the first packets, and QUIC sends them again only after its
+/// first round-trip estimate (333 ms) and then backs off: up to seconds. A fresh handshake
+/// reaches it at once. Long enough that a handshake on a loaded machine finishes (each call's
+/// deadline, 100 ms for a heartbeat, is not).
+const HANDSHAKE_PATIENCE: Duration = Duration::from_millis(500);
 
 /// A request that has been sent: on which connection, when, and whether the peer's QUIC stack
 /// has acknowledged all of it.
@@ -231,6 +239,10 @@ fn quic_transport_config() -> Arc<quinn::TransportConfig> {
     // A SIGKILLed peer is noticed within 3 s; keep-alives keep healthy idle links open.
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(3_000).into()));
     t.keep_alive_interval(Some(Duration::from_millis(1_000)));
+    // The first round-trip estimate of a new connection (QUIC's default, 333 ms, is for the
+    // Internet). Lost handshake packets are sent again after about three of them: a peer that
+    // was not listening yet (all nodes restarting at once) was reached only a second later.
+    t.initial_rtt(Duration::from_millis(20));
     // Every in-flight produce forwarded to a leader is a stream of its own.
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4_096));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
@@ -440,7 +452,7 @@ impl Transport {
     /// new handshake.
     ///
     /// A handshake runs to its end even when every caller's deadline passes first, and later
-    /// callers join it. Under load, or over a link whose round trip is a good part of a Raft
+    /// callers join it (for [`HANDSHAKE_PATIENCE`]; then they start a fresh one). Under load, or over a link whose round trip is a good part of a Raft
     /// heartbeat's deadline (100 ms), a handshake can take longer than one call may wait; when
     /// each call started its own and dropped it at its deadline, none ever finished, and the
     /// peer looked unreachable for as long as the load lasted.
@@ -449,7 +461,11 @@ impl Transport {
             let mut peers = self.peers.lock().map_err(|_| TransportError::Closed)?;
             match peers.get(&addr) {
                 Some(Link::Up(conn)) if conn.close_reason().is_none() => return Ok(conn.clone()),
-                Some(Link::Connecting(handshake)) => handshake.clone(),
+                Some(Link::Connecting(handshake, started))
+                    if started.elapsed() < HANDSHAKE_PATIENCE =>
+                {
+                    handshake.clone()
+                }
                 _ => {
                     if self.shutdown.is_cancelled() {
                         return Err(TransportError::Closed);
@@ -463,7 +479,7 @@ impl Transport {
                         async move { connecting.await.map_err(|e| e.to_string()) }
                             .boxed()
                             .shared();
-                    peers.insert(addr, Link::Connecting(handshake.clone()));
+                    peers.insert(addr, Link::Connecting(handshake.clone(), Instant::now()));
                     tokio::spawn(settle(self.peers.clone(), addr, handshake.clone()));
                     handshake
                 }
@@ -506,7 +522,7 @@ async fn settle(
     let Ok(mut peers) = peers.lock() else {
         return;
     };
-    if !matches!(peers.get(&addr), Some(Link::Connecting(h)) if h.ptr_eq(&handshake)) {
+    if !matches!(peers.get(&addr), Some(Link::Connecting(h, _)) if h.ptr_eq(&handshake)) {
         return;
     }
     match result {
