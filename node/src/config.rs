@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chat4all_raft::groups::RaftTiming;
+use chat4all_raft::groups::RaftSettings;
 use chat4all_raft::types::{NodeId, NodeInfo};
 use serde::Deserialize;
 
@@ -24,7 +24,7 @@ pub struct ClusterConfig {
     /// Background work.
     #[serde(default)]
     pub retention: RetentionConfig,
-    /// Raft timing.
+    /// Raft timing and log compaction.
     #[serde(default)]
     pub raft: RaftConfig,
     /// The node's RocksDB.
@@ -300,7 +300,7 @@ pub struct RetentionConfig {
     pub check_interval_ms: u64,
 }
 
-/// Raft timing of every group (the defaults suit a LAN or one machine).
+/// Raft timing and log compaction of every group (the defaults suit a LAN or one machine).
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RaftConfig {
@@ -314,6 +314,13 @@ pub struct RaftConfig {
     /// leader is replaced after about max + rand(min..max).
     #[serde(default = "default_election_max_ms")]
     pub election_timeout_max_ms: u64,
+    /// A group is snapshotted every this many log entries (a partition's snapshot is its live
+    /// state: taking one writes a marker) and its log purged up to it.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_entries: u64,
+    /// Log entries kept before a snapshot's point for followers a little behind.
+    #[serde(default = "default_log_kept")]
+    pub log_kept_after_snapshot: u64,
 }
 
 impl Default for RaftConfig {
@@ -322,29 +329,39 @@ impl Default for RaftConfig {
             heartbeat_ms: default_heartbeat_ms(),
             election_timeout_min_ms: default_election_min_ms(),
             election_timeout_max_ms: default_election_max_ms(),
+            snapshot_every_entries: default_snapshot_every(),
+            log_kept_after_snapshot: default_log_kept(),
         }
     }
 }
 
 impl RaftConfig {
-    /// The timing the Raft groups take.
-    pub fn timing(&self) -> RaftTiming {
-        RaftTiming {
+    /// The settings the Raft groups take.
+    pub fn settings(&self) -> RaftSettings {
+        RaftSettings {
             heartbeat_ms: self.heartbeat_ms,
             election_min_ms: self.election_timeout_min_ms,
             election_max_ms: self.election_timeout_max_ms,
+            snapshot_every: self.snapshot_every_entries,
+            log_kept_after_snapshot: self.log_kept_after_snapshot,
         }
     }
 }
 
 fn default_heartbeat_ms() -> u64 {
-    RaftTiming::default().heartbeat_ms
+    RaftSettings::default().heartbeat_ms
 }
 fn default_election_min_ms() -> u64 {
-    RaftTiming::default().election_min_ms
+    RaftSettings::default().election_min_ms
 }
 fn default_election_max_ms() -> u64 {
-    RaftTiming::default().election_max_ms
+    RaftSettings::default().election_max_ms
+}
+fn default_snapshot_every() -> u64 {
+    RaftSettings::default().snapshot_every
+}
+fn default_log_kept() -> u64 {
+    RaftSettings::default().log_kept_after_snapshot
 }
 
 fn default_max_record_bytes() -> usize {
@@ -475,6 +492,11 @@ impl ClusterConfig {
         {
             return Err(ConfigError::Invalid(
                 "raft timing must satisfy 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+            ));
+        }
+        if r.snapshot_every_entries == 0 {
+            return Err(ConfigError::Invalid(
+                "[raft] snapshot_every_entries must be at least 1".into(),
             ));
         }
         if let Some(mb) = self.storage.memtable_mb
@@ -613,6 +635,10 @@ mod tests {
         c.storage.memtable_mb = Some(0);
         let err = c.validate().expect_err("an empty memtable");
         assert!(err.to_string().contains("memtable_mb"), "{err}");
+        let mut c = ClusterConfig::single_node();
+        c.raft.snapshot_every_entries = 0;
+        let err = c.validate().expect_err("a snapshot every 0 entries");
+        assert!(err.to_string().contains("snapshot_every_entries"), "{err}");
     }
 
     #[test]

@@ -218,7 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let groups = Groups::new(
         node_id,
         db.clone(),
-        raft_config(config.raft.timing())?,
+        raft_config(config.raft.settings())?,
         Some(metrics.clone()),
     );
     let transport = if config.nodes.len() > 1 {

@@ -191,18 +191,24 @@ async fn initialize_group(raft: &Raft, members: BTreeMap<NodeId, NodeInfo>) -> R
     }
 }
 
-/// Raft timing shared by every group, in ms.
+/// Raft timing (in ms) and log compaction shared by every group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RaftTiming {
+pub struct RaftSettings {
     /// How often a leader sends heartbeats.
     pub heartbeat_ms: u64,
     /// Election timeouts are drawn from `election_min_ms..election_max_ms` once per group.
     pub election_min_ms: u64,
     /// See `election_min_ms`; also the length of a follower's leader lease.
     pub election_max_ms: u64,
+    /// A group is snapshotted every this many log entries, and its log purged up to the
+    /// snapshot, less `log_kept_after_snapshot` entries.
+    pub snapshot_every: u64,
+    /// Entries kept before a snapshot's point, so that a follower a little behind catches up
+    /// from the log instead of a whole snapshot.
+    pub log_kept_after_snapshot: u64,
 }
 
-impl Default for RaftTiming {
+impl Default for RaftSettings {
     /// openraft 0.9 gives a follower that has heard from a leader a lease of
     /// `election_max_ms`: it refuses votes until the lease expires and stands for election only
     /// after lease + its own timeout. A killed leader is therefore replaced after
@@ -214,25 +220,27 @@ impl Default for RaftTiming {
     /// leaders that are alive. Note that openraft gives each AppendEntries RPC one heartbeat
     /// interval to complete, fsync included.
     fn default() -> Self {
-        RaftTiming {
+        RaftSettings {
             heartbeat_ms: 100,
             election_min_ms: 200,
             election_max_ms: 400,
+            snapshot_every: 20_000,
+            log_kept_after_snapshot: 2_000,
         }
     }
 }
 
 /// The openraft configuration of every group.
-pub fn raft_config(timing: RaftTiming) -> Result<openraft::Config, Error> {
+pub fn raft_config(settings: RaftSettings) -> Result<openraft::Config, Error> {
     let config = openraft::Config {
         cluster_name: "chat4all".into(),
-        heartbeat_interval: timing.heartbeat_ms,
-        election_timeout_min: timing.election_min_ms,
-        election_timeout_max: timing.election_max_ms,
+        heartbeat_interval: settings.heartbeat_ms,
+        election_timeout_min: settings.election_min_ms,
+        election_timeout_max: settings.election_max_ms,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 512,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-        max_in_snapshot_log_to_keep: 2_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+        max_in_snapshot_log_to_keep: settings.log_kept_after_snapshot,
         ..Default::default()
     };
     Ok(config.validate()?)

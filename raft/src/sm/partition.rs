@@ -588,6 +588,12 @@ impl PartitionStateMachine {
         b.put(Cf::GroupMeta, &keys::group_tag(g, TAG_APPLIED), &state)
             .map_err(write_err)?;
         db.write(b, true).map_err(write_err)?;
+        tracing::info!(
+            group = %self.inner.group,
+            last_log_id = ?meta.last_log_id,
+            records = snap.records.len(),
+            "installed a snapshot"
+        );
         let hw = state.next_offset;
         *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) =
             (state, snap.producers.into_iter().collect());

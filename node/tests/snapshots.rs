@@ -1,0 +1,72 @@
+//! Snapshots between real `chat4all` processes: a replica that missed more than the leader's
+//! log still holds is brought up to date by a snapshot sent over QUIC, and then serves every
+//! record as leader.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, eventually};
+use serde_json::json;
+
+/// Snapshots every 50 entries and no log kept before them, so that 300 writes while node 3 is
+/// down leave the others without the entries it misses: only a snapshot can bring it back.
+/// Building one writes a marker; the data is the leader's partition as it is when node 3 asks.
+#[tokio::test]
+async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_leads_with_every_record() {
+    let mut c = Cluster::start(
+        3,
+        "[raft]\nsnapshot_every_entries = 50\nlog_kept_after_snapshot = 0\n",
+    )
+    .await;
+    c.create_topic(1, "snap", 1, 3, json!({})).await;
+    c.kill(3);
+    for i in 0..300 {
+        let body = json!({"records": [{"value": format!("v{i}"), "partition": 0}]});
+        let (s, v) = c
+            .post_until_available(1 + i % 2, "/v1/topics/snap/records", &body)
+            .await;
+        assert_eq!(s, 200, "write {i}: {v}");
+    }
+
+    c.spawn(3);
+    c.wait_ready(3).await;
+    c.wait_applied_alike("snap", 0, Duration::from_secs(30))
+        .await;
+    assert!(
+        c.log(3).contains("installed a snapshot"),
+        "node 3 caught up without a snapshot; its log:\n{}",
+        c.log(3)
+    );
+
+    // Move the leadership to node 3: SIGKILL whoever else leads, and restart it (a restarted
+    // node holds off elections for a while, so the next one is likely node 3).
+    for _ in 0..10 {
+        let leader = c.leader(3, "snap", 0).await;
+        if leader == 3 {
+            break;
+        }
+        c.kill(leader);
+        eventually(
+            "a new leader of snap/0",
+            Duration::from_secs(30),
+            || async {
+                let (s, v) = c.get(3, "/v1/topics/snap").await;
+                let l = v["partitions"][0]["leader"].as_u64()?;
+                (s == 200 && l != leader).then_some(())
+            },
+        )
+        .await;
+        c.spawn(leader);
+        c.wait_ready(leader).await;
+    }
+    assert_eq!(
+        c.leader(3, "snap", 0).await,
+        3,
+        "node 3 never became the leader"
+    );
+    let records = c.read_all(3, "snap", 0).await;
+    let expected: Vec<(u64, serde_json::Value)> =
+        (0..300).map(|i| (i, json!(format!("v{i}")))).collect();
+    assert_eq!(records, expected);
+}
