@@ -173,6 +173,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_tracing(args.log_format);
     let metrics = Metrics::new()?;
     tracing::info!(node_id, api = %me.api_addr, raft = %me.raft_addr, data = %me.data_dir.display(), "starting");
+    tokio::spawn(crate::metrics::watch_runtime(metrics.clone()));
 
     // Storage.
     std::fs::create_dir_all(&me.data_dir)

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub fetch_latency: Histogram,
     /// `chat4all_storage_fsync_seconds`.
     pub fsync: Histogram,
+    /// `chat4all_runtime_stall_seconds`: how late the async runtime runs a timer that should
+    /// fire every 100 ms ([`watch_runtime`]).
+    pub runtime_stall: Histogram,
     /// `chat4all_forward_requests_total{kind}`.
     pub forwarded: IntCounterVec,
     /// `chat4all_fetch_waiting`: long polls parked on this node, waiting for records.
@@ -166,6 +169,11 @@ impl Metrics {
                 "chat4all_storage_fsync_seconds",
                 "Duration of synchronous (fsynced) RocksDB writes",
             )?,
+            runtime_stall: histogram(
+                "chat4all_runtime_stall_seconds",
+                "How late the node's async runtime runs a 100 ms timer: time its workers were \
+                 busy or blocked (Raft heartbeats and QUIC acknowledgements wait as long)",
+            )?,
             forwarded: counter(
                 "chat4all_forward_requests_total",
                 "Requests forwarded to another node, by kind",
@@ -270,5 +278,26 @@ impl Metrics {
 impl FsyncObserver for Metrics {
     fn observe_fsync(&self, seconds: f64) {
         self.fsync.observe(seconds);
+    }
+}
+
+/// Measures, for ever, how late the async runtime runs a timer due every 100 ms, into
+/// `chat4all_runtime_stall_seconds`, and warns when it is half a second late. Raft heartbeats,
+/// QUIC acknowledgements and every request wait as long; a stall longer than a follower's lease
+/// (400 ms by default) costs elections. (One found this way: whole-partition snapshots built
+/// on a runtime worker.)
+pub async fn watch_runtime(metrics: Arc<Metrics>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    loop {
+        let due = tokio::time::Instant::now() + EVERY;
+        tokio::time::sleep_until(due).await;
+        let late = tokio::time::Instant::now().saturating_duration_since(due);
+        metrics.runtime_stall.observe(late.as_secs_f64());
+        if late >= std::time::Duration::from_millis(500) {
+            tracing::warn!(
+                late_ms = late.as_millis() as u64,
+                "the async runtime ran a timer late: its workers were busy or blocked"
+            );
+        }
     }
 }

@@ -364,4 +364,20 @@ async fn health_ready_and_metrics_report_the_node() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
+    // The runtime's 100 ms timer is measured from the start on.
+    eventually(
+        "a runtime tick measured",
+        Duration::from_secs(10),
+        || async {
+            let text = c.metrics(1).await;
+            let ticks: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("chat4all_runtime_stall_seconds_count "))?
+                .trim()
+                .parse()
+                .ok()?;
+            (ticks >= 1.0).then_some(())
+        },
+    )
+    .await;
 }
