@@ -70,3 +70,64 @@ async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_leads_wi
         (0..300).map(|i| (i, json!(format!("v{i}")))).collect();
     assert_eq!(records, expected);
 }
+
+/// The controller's snapshot too is read from its live state when a follower needs it: node 3,
+/// down while 60 topics are created (more than the 50 entries between snapshots, none kept
+/// before them), learns them from a controller snapshot and lists every one.
+#[tokio::test]
+async fn a_node_that_missed_the_purged_metadata_log_learns_it_from_a_controller_snapshot() {
+    let mut c = Cluster::start(
+        3,
+        "[raft]\nsnapshot_every_entries = 50\nlog_kept_after_snapshot = 0\n",
+    )
+    .await;
+    c.kill(3);
+    for i in 0..60 {
+        let body = json!({"name": format!("t{i}"), "partitions": 1, "replication_factor": 1});
+        // Node 3 may have led the controller: a creation it held is of unknown outcome, and
+        // sent again it is either made or found made.
+        eventually(
+            &format!("topic t{i} created"),
+            Duration::from_secs(30),
+            || {
+                let (body, c) = (&body, &c);
+                async move {
+                    let (s, v) = c.post(1 + i % 2, "/v1/topics", body).await;
+                    match (s, v["error"]["code"].as_str().unwrap_or("")) {
+                        (201, _) | (409, "TOPIC_EXISTS") => Some(()),
+                        (503, "UNAVAILABLE" | "OUTCOME_UNKNOWN") => None,
+                        _ => panic!("topic t{i}: {s} {v}"),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let mut expected: Vec<String> = (0..60).map(|i| format!("t{i}")).collect();
+    expected.sort();
+
+    c.spawn(3);
+    // Ready does not wait for the metadata: node 3 knows the leader of every partition it
+    // knows of, and it knows none yet. It lists topics from its own copy.
+    c.wait_ready(3).await;
+    eventually(
+        "node 3 lists the 60 topics",
+        Duration::from_secs(30),
+        || async {
+            let (s, v) = c.get(3, "/v1/topics").await;
+            let mut names: Vec<String> = v["topics"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            (s == 200 && names == expected).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        c.log(3).contains("installed a controller snapshot"),
+        "node 3 caught up without a controller snapshot; its log:\n{}",
+        c.log(3)
+    );
+}

@@ -200,12 +200,19 @@ async fn a_snapshot_carries_the_directory_and_replaces_what_a_replica_held() {
         ],
     )
     .await;
-    let snap = leader
+    // As openraft ships one: built (which marks the point), then read as the current one.
+    let built = leader
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .expect("snapshot");
+    let snap = leader
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("a snapshot once one is built");
+    assert_eq!(snap.meta, built.meta);
 
     // The replica holds a user the leader's history does not have: the snapshot replaces it.
     let (_d2, mut replica) = open();

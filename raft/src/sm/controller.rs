@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::directory::{self, DirectoryCounters, DirectoryReader};
 use super::{
-    AppliedMeta, RowTxn, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
+    AppliedMeta, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker, read_err,
     save_snapshot, snapshot_id, write_err,
 };
 use crate::types::{
@@ -113,10 +113,12 @@ pub struct ControllerStateMachine {
     tx: watch::Sender<Arc<ControllerState>>,
 }
 
-/// Builds the controller snapshot captured at `get_snapshot_builder`.
+/// Marks the controller's snapshot point; like a partition's, the controller's snapshot is its
+/// live state (the metadata and the directory rows in RocksDB), read when a follower needs it
+/// (see [`super::partition::PartitionSnapshotBuilder`]). The directory grows with the users.
 pub struct ControllerSnapshotBuilder {
     db: Db,
-    snapshot: Option<StoredSnapshot>,
+    meta: Option<SnapshotMeta<NodeId, NodeInfo>>,
 }
 
 impl ControllerStateMachine {
@@ -155,6 +157,16 @@ impl ControllerStateMachine {
         self.tx.subscribe()
     }
 
+    /// The snapshot meta of the state applied so far.
+    fn current_meta(&self) -> SnapshotMeta<NodeId, NodeInfo> {
+        let state = self.state();
+        SnapshotMeta {
+            last_log_id: state.applied.last_applied,
+            last_membership: state.applied.membership.clone(),
+            snapshot_id: snapshot_id(GroupId::CONTROLLER, &state.applied.last_applied),
+        }
+    }
+
     /// Persists `state` (with the directory writes in `b`) and publishes it.
     fn replace(&self, mut b: Batch<'_>, state: ControllerState) -> Result<(), RaftStorageError> {
         b.put(
@@ -173,13 +185,13 @@ impl ControllerStateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for ControllerSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let snap = self.snapshot.take().ok_or_else(|| {
+        let meta = self.meta.take().ok_or_else(|| {
             super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
         })?;
-        save_snapshot(&self.db, GroupId::CONTROLLER, &snap, true)?;
+        save_snapshot(&self.db, GroupId::CONTROLLER, &marker(&meta), false)?;
         Ok(Snapshot {
-            meta: snap.meta,
-            snapshot: Box::new(Cursor::new(snap.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -226,33 +238,9 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let state = self.state();
-        let meta = SnapshotMeta {
-            last_log_id: state.applied.last_applied,
-            last_membership: state.applied.membership.clone(),
-            snapshot_id: snapshot_id(GroupId::CONTROLLER, &state.applied.last_applied),
-        };
-        // openraft calls this between applies, so the directory rows read here are exactly
-        // those of `state`.
-        let (start, end) = directory::range();
-        let snapshot = self
-            .db
-            .scan_raw(Cf::DirectoryRow, &start, &end)
-            .ok()
-            .and_then(|rows| {
-                encode(&ControllerSnapshotData {
-                    state: (*state).clone(),
-                    directory: rows
-                        .into_iter()
-                        .map(|(k, v)| (k.into(), v.into()))
-                        .collect(),
-                })
-                .ok()
-            })
-            .map(|data| StoredSnapshot { meta, data });
         ControllerSnapshotBuilder {
             db: self.db.clone(),
-            snapshot,
+            meta: Some(self.current_meta()),
         }
     }
 
@@ -280,26 +268,41 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
         for (k, v) in &directory {
             b.put_raw(Cf::DirectoryRow, k, v);
         }
+        let topics = state.topics.len();
         self.replace(b, state)?;
-        save_snapshot(
-            &self.db,
-            GroupId::CONTROLLER,
-            &StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            },
-            true,
-        )
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            topics,
+            directory_rows = directory.len(),
+            "installed a controller snapshot"
+        );
+        // Synced: it makes the installed state durable too (written before it).
+        save_snapshot(&self.db, GroupId::CONTROLLER, &marker(meta), true)
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        Ok(
-            load_snapshot(&self.db, GroupId::CONTROLLER)?.map(|s| Snapshot {
-                meta: s.meta,
-                snapshot: Box::new(Cursor::new(s.data)),
-            }),
-        )
+        // Called in order with `apply`: the state read here is one point, under its meta.
+        if load_snapshot(&self.db, GroupId::CONTROLLER)?.is_none() {
+            return Ok(None);
+        }
+        let state = self.state();
+        let (start, end) = directory::range();
+        let rows = self
+            .db
+            .scan_raw(Cf::DirectoryRow, &start, &end)
+            .map_err(read_err)?;
+        let data = encode(&ControllerSnapshotData {
+            state: (*state).clone(),
+            directory: rows
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        })?;
+        Ok(Some(Snapshot {
+            meta: self.current_meta(),
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

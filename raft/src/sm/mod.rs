@@ -21,8 +21,8 @@ use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError};
 pub(crate) const TAG_APPLIED: u8 = 1;
 pub(crate) const TAG_SNAPSHOT: u8 = 2;
 
-/// A built snapshot as stored: its meta and its encoded data (empty for a partition, whose
-/// snapshot is its live state; see [`partition::PartitionSnapshotBuilder`]).
+/// A stored snapshot: its meta and, from older versions, its encoded data (now always empty:
+/// a state machine's snapshot is its live state; see [`partition::PartitionSnapshotBuilder`]).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct StoredSnapshot {
     pub meta: SnapshotMeta<NodeId, NodeInfo>,
@@ -74,6 +74,15 @@ pub(crate) fn save_snapshot(
     )
     .map_err(write_err)?;
     db.write(b, sync).map_err(write_err)
+}
+
+/// What a state machine whose snapshot is its live state stores as its current snapshot: the
+/// meta, no data (see [`partition::PartitionSnapshotBuilder`]).
+pub(crate) fn marker(meta: &SnapshotMeta<NodeId, NodeInfo>) -> StoredSnapshot {
+    StoredSnapshot {
+        meta: meta.clone(),
+        data: Vec::new(),
+    }
 }
 
 /// A snapshot id unique per group and log position.

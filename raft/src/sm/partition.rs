@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::chat::{self, ChatReader, ChatResponse, InboxWatch};
 use super::{
-    AppliedMeta, RowTxn, StoredSnapshot, TAG_APPLIED, decode, encode, load_snapshot, read_err,
+    AppliedMeta, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker, read_err,
     save_snapshot, snapshot_id, write_err,
 };
 use crate::producer_state::{self, Decision, ProducerEntry};
@@ -626,14 +626,6 @@ fn index_key(
 /// Whether a record deletes its key from a compacted partition.
 pub fn is_tombstone(r: &StoredRecord) -> bool {
     r.value.format == chat4all_storage::PayloadFormat::Json && r.value.bytes == b"null"
-}
-
-/// What a partition stores for its current snapshot: the meta, no data.
-fn marker(meta: &SnapshotMeta<NodeId, NodeInfo>) -> StoredSnapshot {
-    StoredSnapshot {
-        meta: meta.clone(),
-        data: Vec::new(),
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
