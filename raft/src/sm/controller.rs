@@ -10,16 +10,14 @@ use std::sync::{Arc, RwLock};
 
 use chat4all_storage::{Batch, Cf, Db, keys};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
-};
+use openraft::{EntryPayload, LogId, OptionalSend, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::directory::{self, DirectoryCounters, DirectoryReader};
 use super::{
-    AppliedMeta, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker, read_err,
-    save_snapshot, snapshot_id, write_err,
+    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker,
+    read_err, save_snapshot, snapshot_meta, write_err,
 };
 use crate::types::{
     Command, CommandResponse, ControllerCommand, ControllerResponse, Entry, GroupId, NodeId,
@@ -113,14 +111,6 @@ pub struct ControllerStateMachine {
     tx: watch::Sender<Arc<ControllerState>>,
 }
 
-/// Marks the controller's snapshot point; like a partition's, the controller's snapshot is its
-/// live state (the metadata and the directory rows in RocksDB), read when a follower needs it
-/// (see [`super::partition::PartitionSnapshotBuilder`]). The directory grows with the users.
-pub struct ControllerSnapshotBuilder {
-    db: Db,
-    meta: Option<SnapshotMeta<NodeId, NodeInfo>>,
-}
-
 impl ControllerStateMachine {
     /// Opens the controller state, recovering what was applied before a restart.
     pub fn open(db: Db) -> Result<ControllerStateMachine, RaftStorageError> {
@@ -157,16 +147,6 @@ impl ControllerStateMachine {
         self.tx.subscribe()
     }
 
-    /// The snapshot meta of the state applied so far.
-    fn current_meta(&self) -> SnapshotMeta<NodeId, NodeInfo> {
-        let state = self.state();
-        SnapshotMeta {
-            last_log_id: state.applied.last_applied,
-            last_membership: state.applied.membership.clone(),
-            snapshot_id: snapshot_id(GroupId::CONTROLLER, &state.applied.last_applied),
-        }
-    }
-
     /// Persists `state` (with the directory writes in `b`) and publishes it.
     fn replace(&self, mut b: Batch<'_>, state: ControllerState) -> Result<(), RaftStorageError> {
         b.put(
@@ -183,21 +163,8 @@ impl ControllerStateMachine {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for ControllerSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let meta = self.meta.take().ok_or_else(|| {
-            super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
-        })?;
-        save_snapshot(&self.db, GroupId::CONTROLLER, &marker(&meta), false)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
-        })
-    }
-}
-
 impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
-    type SnapshotBuilder = ControllerSnapshotBuilder;
+    type SnapshotBuilder = MarkerSnapshotBuilder;
 
     async fn applied_state(
         &mut self,
@@ -238,10 +205,9 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        ControllerSnapshotBuilder {
-            db: self.db.clone(),
-            meta: Some(self.current_meta()),
-        }
+        // The controller's snapshot is its live state too: the metadata and the directory rows
+        // (which grow with the users), read when a follower needs them.
+        MarkerSnapshotBuilder::new(self.db.clone(), GroupId::CONTROLLER, &self.state().applied)
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
@@ -301,7 +267,7 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
                 .collect(),
         })?;
         Ok(Some(Snapshot {
-            meta: self.current_meta(),
+            meta: snapshot_meta(GroupId::CONTROLLER, &state.applied),
             snapshot: Box::new(Cursor::new(data)),
         }))
     }

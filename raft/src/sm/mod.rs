@@ -12,17 +12,18 @@ pub mod partition;
 use std::collections::BTreeMap;
 
 use chat4all_storage::{Batch, Cf, Db, StorageError, keys};
+use openraft::storage::{RaftSnapshotBuilder, Snapshot};
 use openraft::{LogId, SnapshotMeta, StorageIOError, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError};
+use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError, TypeConfig};
 
 pub(crate) const TAG_APPLIED: u8 = 1;
 pub(crate) const TAG_SNAPSHOT: u8 = 2;
 
 /// A stored snapshot: its meta and, from older versions, its encoded data (now always empty:
-/// a state machine's snapshot is its live state; see [`partition::PartitionSnapshotBuilder`]).
+/// a state machine's snapshot is its live state; see [`MarkerSnapshotBuilder`]).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct StoredSnapshot {
     pub meta: SnapshotMeta<NodeId, NodeInfo>,
@@ -77,7 +78,7 @@ pub(crate) fn save_snapshot(
 }
 
 /// What a state machine whose snapshot is its live state stores as its current snapshot: the
-/// meta, no data (see [`partition::PartitionSnapshotBuilder`]).
+/// meta, no data (see [`MarkerSnapshotBuilder`]).
 pub(crate) fn marker(meta: &SnapshotMeta<NodeId, NodeInfo>) -> StoredSnapshot {
     StoredSnapshot {
         meta: meta.clone(),
@@ -85,8 +86,67 @@ pub(crate) fn marker(meta: &SnapshotMeta<NodeId, NodeInfo>) -> StoredSnapshot {
     }
 }
 
+/// The snapshot meta of `group` at the applied point `applied`.
+pub(crate) fn snapshot_meta(
+    group: GroupId,
+    applied: &AppliedMeta,
+) -> SnapshotMeta<NodeId, NodeInfo> {
+    SnapshotMeta {
+        last_log_id: applied.last_applied,
+        last_membership: applied.membership.clone(),
+        snapshot_id: snapshot_id(group, &applied.last_applied),
+    }
+}
+
+/// Builds a snapshot of a partition or the controller: marks the point that openraft asked
+/// for the builder at.
+///
+/// A state machine's state is already in RocksDB, applied in log order, so "building" a
+/// snapshot copies nothing: it records the snapshot's meta (`last_applied` and membership when
+/// asked). Copying the whole partition instead, as this did before, cost time in proportion to
+/// the partition's size on a runtime worker every 20,000 entries; under sustained load several
+/// groups reached that point together and the node stopped answering heartbeats for hundreds
+/// of milliseconds, which started elections. The data a follower needs is read when one needs
+/// it (each state machine's `get_current_snapshot`).
+///
+/// Durability: openraft purges the log up to (a little before) the snapshot once this returns.
+/// The marker and that purge are written after the applies they rely on, to the same RocksDB
+/// write-ahead log, which recovers a prefix of what was written: the purge cannot survive a
+/// crash that loses the applies before it. So neither needs an fsync of its own.
+pub struct MarkerSnapshotBuilder {
+    db: Db,
+    group: GroupId,
+    meta: Option<SnapshotMeta<NodeId, NodeInfo>>,
+}
+
+impl MarkerSnapshotBuilder {
+    pub(crate) fn new(db: Db, group: GroupId, applied: &AppliedMeta) -> MarkerSnapshotBuilder {
+        MarkerSnapshotBuilder {
+            db,
+            group,
+            meta: Some(snapshot_meta(group, applied)),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MarkerSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let meta = self
+            .meta
+            .take()
+            .ok_or_else(|| snapshot_err(std::io::Error::other("snapshot builder used twice")))?;
+        save_snapshot(&self.db, self.group, &marker(&meta), false)?;
+        // openraft takes only the meta of a built snapshot; a follower gets the data from
+        // `get_current_snapshot`.
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(std::io::Cursor::new(Vec::new())),
+        })
+    }
+}
+
 /// A snapshot id unique per group and log position.
-pub(crate) fn snapshot_id(group: GroupId, last: &Option<LogId<NodeId>>) -> String {
+fn snapshot_id(group: GroupId, last: &Option<LogId<NodeId>>) -> String {
     match last {
         Some(l) => format!(
             "{group}-{}-{}-{}",

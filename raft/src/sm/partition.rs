@@ -8,16 +8,14 @@ use std::sync::{Arc, RwLock};
 
 use chat4all_storage::{Cf, Db, StoredRecord, keys};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{
-    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
-};
+use openraft::{EntryPayload, LogId, OptionalSend, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::chat::{self, ChatReader, ChatResponse, InboxWatch};
 use super::{
-    AppliedMeta, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker, read_err,
-    save_snapshot, snapshot_id, write_err,
+    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker,
+    read_err, save_snapshot, snapshot_meta, write_err,
 };
 use crate::producer_state::{self, Decision, ProducerEntry};
 use crate::types::{
@@ -104,26 +102,6 @@ struct ChatApply<'a> {
 #[derive(Clone)]
 pub struct PartitionStateMachine {
     inner: Arc<Inner>,
-}
-
-/// Builds a snapshot: marks the point that openraft asked for the builder at.
-///
-/// A partition's state is already in RocksDB, applied in log order, so "building" a snapshot
-/// copies nothing: it records the snapshot's meta (`last_applied` and membership when asked).
-/// Copying the whole partition instead, as this did before, cost time in proportion to the
-/// partition's size on a runtime worker every 20,000 entries; under sustained load several
-/// groups reached that point together and the node stopped answering heartbeats for hundreds
-/// of milliseconds, which started elections. The data a follower needs is read when one needs
-/// it ([`RaftStateMachine::get_current_snapshot`]).
-///
-/// Durability: openraft purges the log up to (a little before) the snapshot once this returns.
-/// The marker and that purge are written after the applies they rely on, to the same RocksDB
-/// write-ahead log, which recovers a prefix of what was written: the purge cannot survive a
-/// crash that loses the applies before it. So neither needs an fsync of its own.
-pub struct PartitionSnapshotBuilder {
-    db: Db,
-    group: GroupId,
-    meta: Option<SnapshotMeta<NodeId, NodeInfo>>,
 }
 
 fn producer_key(group: GroupId, id: i64) -> [u8; keys::GROUP_U64_KEY_LEN] {
@@ -498,25 +476,17 @@ impl PartitionStateMachine {
         }
     }
 
-    /// The snapshot meta of the state applied so far.
-    fn current_meta(&self) -> SnapshotMeta<NodeId, NodeInfo> {
-        let s = self.lock_read();
-        SnapshotMeta {
-            last_log_id: s.0.applied.last_applied,
-            last_membership: s.0.applied.membership.clone(),
-            snapshot_id: snapshot_id(self.inner.group, &s.0.applied.last_applied),
-        }
-    }
-
-    /// The whole partition as a follower installs it: its state, producers, records and chat
-    /// rows. Reads and encodes every retained record, so it is only done when a follower needs
-    /// a snapshot (and once per group at start, where openraft asks for the current one).
-    fn encode_state(&self) -> Result<Vec<u8>, RaftStorageError> {
+    /// The whole partition as a follower installs it, with its meta: its state, producers,
+    /// records and chat rows. Reads and encodes every retained record, so it is only done when
+    /// a follower needs a snapshot (and once per group at start, where openraft asks for the
+    /// current one).
+    fn current_snapshot(&self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
         let (state, producers) = {
             let s = self.lock_read();
             (s.0.clone(), s.1.clone())
         };
         let g = self.inner.group;
+        let meta = snapshot_meta(g, &state.applied);
         let records: Vec<(u64, StoredRecord)> = self
             .inner
             .db
@@ -539,7 +509,7 @@ impl PartitionStateMachine {
         } else {
             Vec::new()
         };
-        encode(&PartitionSnapshot {
+        let data = encode(&PartitionSnapshot {
             state,
             producers: producers.into_iter().collect(),
             records,
@@ -547,6 +517,10 @@ impl PartitionStateMachine {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+        })?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 
@@ -628,23 +602,8 @@ pub fn is_tombstone(r: &StoredRecord) -> bool {
     r.value.format == chat4all_storage::PayloadFormat::Json && r.value.bytes == b"null"
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for PartitionSnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let meta = self.meta.take().ok_or_else(|| {
-            super::snapshot_err(std::io::Error::other("snapshot builder used twice"))
-        })?;
-        save_snapshot(&self.db, self.group, &marker(&meta), false)?;
-        // openraft takes only the meta of a built snapshot; a follower gets the data from
-        // `get_current_snapshot`.
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(Vec::new())),
-        })
-    }
-}
-
 impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
-    type SnapshotBuilder = PartitionSnapshotBuilder;
+    type SnapshotBuilder = MarkerSnapshotBuilder;
 
     async fn applied_state(
         &mut self,
@@ -729,12 +688,11 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let meta = self.current_meta();
-        PartitionSnapshotBuilder {
-            db: self.inner.db.clone(),
-            group: self.inner.group,
-            meta: Some(meta),
-        }
+        MarkerSnapshotBuilder::new(
+            self.inner.db.clone(),
+            self.inner.group,
+            &self.lock_read().0.applied,
+        )
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
@@ -760,11 +718,6 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         if load_snapshot(&self.inner.db, self.inner.group)?.is_none() {
             return Ok(None);
         }
-        let meta = self.current_meta();
-        let data = self.encode_state()?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        self.current_snapshot().map(Some)
     }
 }
