@@ -394,7 +394,7 @@ async fn a_minority_side_cannot_elect_or_commit() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A follower cut off while the leader snapshots and purges its log catches up from the
+/// A follower cut off while the other two snapshot and purge their logs catches up from a
 /// snapshot, then from the log after it. Building a snapshot only marks the point; the data
 /// is read from the leader's live state when the follower needs it. Every replica ends with the
 /// same dense offsets, and the follower's records came through a snapshot.
@@ -412,26 +412,33 @@ async fn a_follower_behind_a_purged_log_catches_up_from_a_snapshot() -> anyhow::
     for i in 0..40 {
         append_on_leader(&nodes, &rest, &[&format!("b{i}")], None).await?;
     }
-    let raft = group(&nodes[leader(&nodes, &rest).await?])?.raft;
-    raft.trigger().snapshot().await?;
-    eventually("the leader built a snapshot", || {
-        raft.metrics().borrow().snapshot.is_some()
-    })
-    .await?;
-    let upto = raft
-        .metrics()
-        .borrow()
-        .snapshot
-        .map(|s| s.index)
-        .unwrap_or_default();
-    raft.trigger().purge_log(upto).await?;
-    eventually("the leader purged its log", || {
-        raft.metrics()
+    // Both nodes that kept up snapshot and purge: whichever of them leads after the healing
+    // (the returning node's candidacies can move the leadership), it no longer has the log
+    // the follower misses.
+    let mut upto = u64::MAX;
+    for &i in &rest {
+        let raft = group(&nodes[i])?.raft;
+        raft.trigger().snapshot().await?;
+        eventually("a snapshot built", || {
+            raft.metrics().borrow().snapshot.is_some()
+        })
+        .await?;
+        let at = raft
+            .metrics()
             .borrow()
-            .purged
-            .is_some_and(|p| p.index >= upto)
-    })
-    .await?;
+            .snapshot
+            .map(|s| s.index)
+            .unwrap_or_default();
+        raft.trigger().purge_log(at).await?;
+        eventually("the log purged", || {
+            raft.metrics()
+                .borrow()
+                .purged
+                .is_some_and(|p| p.index >= at)
+        })
+        .await?;
+        upto = upto.min(at);
+    }
     for i in 0..5 {
         append_on_leader(&nodes, &rest, &[&format!("c{i}")], None).await?;
     }
@@ -447,11 +454,17 @@ async fn a_follower_behind_a_purged_log_catches_up_from_a_snapshot() -> anyhow::
         .map(|(o, s)| (o as u64, s))
         .collect();
     assert_eq!(v, expected);
-    let m = group(&nodes[behind])?.raft.metrics().borrow().clone();
-    assert!(
-        m.snapshot.is_some_and(|s| s.index >= upto),
-        "the follower caught up without a snapshot: {:?}",
-        m.snapshot
-    );
+    let follower = group(&nodes[behind])?.raft;
+    eventually(
+        "the follower reports the snapshot it caught up from",
+        || {
+            follower
+                .metrics()
+                .borrow()
+                .snapshot
+                .is_some_and(|s| s.index >= upto)
+        },
+    )
+    .await?;
     Ok(())
 }
