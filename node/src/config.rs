@@ -321,6 +321,9 @@ pub struct RaftConfig {
     /// Log entries kept before a snapshot's point for followers a little behind.
     #[serde(default = "default_log_kept")]
     pub log_kept_after_snapshot: u64,
+    /// Bytes of rows per message when a snapshot is sent to a follower (1 KiB to 64 MiB).
+    #[serde(default = "default_snapshot_chunk_bytes")]
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -331,6 +334,7 @@ impl Default for RaftConfig {
             election_timeout_max_ms: default_election_max_ms(),
             snapshot_every_entries: default_snapshot_every(),
             log_kept_after_snapshot: default_log_kept(),
+            snapshot_chunk_bytes: default_snapshot_chunk_bytes(),
         }
     }
 }
@@ -344,6 +348,7 @@ impl RaftConfig {
             election_max_ms: self.election_timeout_max_ms,
             snapshot_every: self.snapshot_every_entries,
             log_kept_after_snapshot: self.log_kept_after_snapshot,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }
 }
@@ -362,6 +367,9 @@ fn default_snapshot_every() -> u64 {
 }
 fn default_log_kept() -> u64 {
     RaftSettings::default().log_kept_after_snapshot
+}
+fn default_snapshot_chunk_bytes() -> u64 {
+    RaftSettings::default().snapshot_chunk_bytes
 }
 
 fn default_max_record_bytes() -> usize {
@@ -498,6 +506,12 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid(
                 "[raft] snapshot_every_entries must be at least 1".into(),
             ));
+        }
+        if !(1 << 10..=64 << 20).contains(&r.snapshot_chunk_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "[raft] snapshot_chunk_bytes must be between 1024 and 67108864 (64 MiB), not {}",
+                r.snapshot_chunk_bytes
+            )));
         }
         if let Some(mb) = self.storage.memtable_mb
             && !(1..=4096).contains(&mb)
@@ -639,6 +653,10 @@ mod tests {
         c.raft.snapshot_every_entries = 0;
         let err = c.validate().expect_err("a snapshot every 0 entries");
         assert!(err.to_string().contains("snapshot_every_entries"), "{err}");
+        let mut c = ClusterConfig::single_node();
+        c.raft.snapshot_chunk_bytes = 100 << 20;
+        let err = c.validate().expect_err("chunks over the limit");
+        assert!(err.to_string().contains("snapshot_chunk_bytes"), "{err}");
     }
 
     #[test]

@@ -11,12 +11,13 @@ use serde_json::json;
 
 /// Snapshots every 50 entries and no log kept before them, so that 300 writes while node 3 is
 /// down leave the others without the entries it misses: only a snapshot can bring it back.
-/// Building one writes a marker; the data is the leader's partition as it is when node 3 asks.
+/// Building one writes a marker; the data is the leader's partition as it is when node 3 asks,
+/// sent in chunks of 1 KiB (many of them: the records take about 10 KiB).
 #[tokio::test]
 async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_leads_with_every_record() {
     let mut c = Cluster::start(
         3,
-        "[raft]\nsnapshot_every_entries = 50\nlog_kept_after_snapshot = 0\n",
+        "[raft]\nsnapshot_every_entries = 50\nlog_kept_after_snapshot = 0\nsnapshot_chunk_bytes = 1024\n",
     )
     .await;
     c.create_topic(1, "snap", 1, 3, json!({})).await;
@@ -33,10 +34,26 @@ async fn a_replica_behind_the_purged_log_catches_up_from_a_snapshot_and_leads_wi
     c.wait_ready(3).await;
     c.wait_applied_alike("snap", 0, Duration::from_secs(30))
         .await;
+    let log = c.log(3);
+    let chunks: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("installed a snapshot"))
+        .filter_map(|l| {
+            l.split("chunks=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
     assert!(
-        c.log(3).contains("installed a snapshot"),
-        "node 3 caught up without a snapshot; its log:\n{}",
-        c.log(3)
+        !chunks.is_empty(),
+        "node 3 caught up without a snapshot; its log:\n{log}"
+    );
+    assert!(
+        chunks.iter().any(|&n| n > 1),
+        "every snapshot came in one chunk ({chunks:?}); its log:\n{log}"
     );
 
     // Move the leadership to node 3: SIGKILL whoever else leads, and restart it (a restarted

@@ -11,13 +11,14 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::Snapshot;
 use openraft::error::{InitializeError, RaftError};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest};
 
 use crate::Error;
 use crate::log_store::{FsyncObserver, LogStore, WalSyncer};
-use crate::network::{GroupNetwork, RaftReply, SnapshotRequest, decode, encode};
+use crate::network::{GroupNetwork, RaftReply, decode, encode};
 use crate::sm::controller::ControllerStateMachine;
 use crate::sm::partition::{PartitionKind, PartitionStateMachine};
+use crate::snapshot::{ChunkRequest, Inbound, SnapshotData};
 use crate::transport::{RpcClient, RpcHandler, RpcHeader, RpcKind};
 use crate::types::{GroupId, NodeId, NodeInfo, Raft, TypeConfig};
 
@@ -174,6 +175,8 @@ pub struct Groups {
     groups: RwLock<HashMap<GroupId, Group>>,
     forward: OnceLock<Arc<dyn ForwardHandler>>,
     syncer: Arc<WalSyncer>,
+    /// Snapshots being received from leaders.
+    inbound: Arc<Inbound>,
 }
 
 /// When a replica of a new group initializes it (and so campaigns).
@@ -206,6 +209,8 @@ pub struct RaftSettings {
     /// Entries kept before a snapshot's point, so that a follower a little behind catches up
     /// from the log instead of a whole snapshot.
     pub log_kept_after_snapshot: u64,
+    /// Bytes of rows per message when a snapshot is sent to a follower.
+    pub snapshot_chunk_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -226,6 +231,7 @@ impl Default for RaftSettings {
             election_max_ms: 400,
             snapshot_every: 20_000,
             log_kept_after_snapshot: 2_000,
+            snapshot_chunk_bytes: crate::snapshot::DEFAULT_CHUNK_BYTES as u64,
         }
     }
 }
@@ -241,6 +247,7 @@ pub fn raft_config(settings: RaftSettings) -> Result<openraft::Config, Error> {
         max_payload_entries: 512,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
         max_in_snapshot_log_to_keep: settings.log_kept_after_snapshot,
+        snapshot_max_chunk_size: settings.snapshot_chunk_bytes,
         ..Default::default()
     };
     Ok(config.validate()?)
@@ -255,7 +262,9 @@ impl Groups {
         observer: Option<Arc<dyn FsyncObserver>>,
     ) -> Arc<Groups> {
         let syncer = WalSyncer::start(db.clone(), observer);
+        let inbound = Arc::new(Inbound::new(&db));
         Arc::new(Groups {
+            inbound,
             node_id,
             db,
             transport: OnceLock::new(),
@@ -447,22 +456,46 @@ impl Groups {
                 Ok(req) => reply(result(group.raft.vote(req).await)),
                 Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
             },
-            RpcKind::FullSnapshot => match decode::<SnapshotRequest>(&body) {
-                Ok(req) => {
-                    let snapshot = Snapshot {
-                        meta: req.meta,
-                        snapshot: Box::new(std::io::Cursor::new(req.data)),
-                    };
-                    let res = group.raft.install_full_snapshot(req.vote, snapshot).await;
-                    if res.is_ok() {
-                        group.heard_from_leader();
-                    }
-                    reply(result(res))
-                }
+            RpcKind::SnapshotChunk => match decode::<ChunkRequest>(&body) {
+                Ok(req) => self.receive_snapshot_chunk(&group, req).await,
                 Err(e) => reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
             },
             RpcKind::Forward => reply::<(), ()>(RaftReply::UnknownGroup),
         }
+    }
+}
+
+impl Groups {
+    /// Stages one snapshot chunk from a leader; with the last one, installs the snapshot.
+    /// Chunks from a leader older than the vote this replica holds are refused with that vote
+    /// (the sender steps down when it sees it).
+    async fn receive_snapshot_chunk(&self, group: &Group, req: ChunkRequest) -> Bytes {
+        let vote = group.raft.metrics().borrow().vote;
+        if req.vote < vote {
+            return reply::<_, ()>(RaftReply::Ok(SnapshotResponse { vote }));
+        }
+        let (inbound, id) = (self.inbound.clone(), group.id);
+        let staged =
+            tokio::task::spawn_blocking(move || inbound.receive(id, &req).map(|path| (req, path)))
+                .await;
+        let (req, path) = match staged {
+            Ok(Ok(staged)) => staged,
+            Ok(Err(msg)) => return reply::<(), ()>(RaftReply::BadRequest(msg)),
+            Err(e) => return reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
+        };
+        group.heard_from_leader();
+        let Some(path) = path else {
+            return reply::<_, ()>(RaftReply::Ok(SnapshotResponse { vote }));
+        };
+        let snapshot = Snapshot {
+            meta: req.meta,
+            snapshot: Box::new(SnapshotData::Received(path.clone())),
+        };
+        let res = group.raft.install_full_snapshot(req.vote, snapshot).await;
+        if res.is_ok() {
+            self.inbound.discard(&path);
+        }
+        reply(result(res))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod log_store;
 pub mod network;
 pub mod producer_state;
 pub mod sm;
+pub mod snapshot;
 pub mod transport;
 pub mod types;
 

@@ -18,6 +18,8 @@ use openraft::{OptionalSend, Snapshot, SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::sm::snapshot_err;
+use crate::snapshot::{self, SnapshotData};
 use crate::transport::{PROTOCOL_VERSION, RpcClient, RpcHeader, RpcKind, TransportError};
 use crate::types::{GroupId, NodeId, NodeInfo, TypeConfig};
 
@@ -32,18 +34,6 @@ pub enum RaftReply<T, E> {
     UnknownGroup,
     /// The request could not be decoded.
     BadRequest(String),
-}
-
-/// A full snapshot as sent to a follower.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct SnapshotRequest {
-    /// The leader's vote.
-    pub vote: Vote<NodeId>,
-    /// What the snapshot covers.
-    pub meta: SnapshotMeta<NodeId, NodeInfo>,
-    /// The state machine's encoded snapshot.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Bytes, bincode::error::EncodeError> {
@@ -205,24 +195,90 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let req = SnapshotRequest {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot.into_inner(),
+        let SnapshotData::Source(source) = *snapshot.snapshot else {
+            return Err(StreamingError::StorageError(snapshot_err(
+                std::io::Error::other("asked to send a snapshot that has no data"),
+            )));
         };
-        let call = self.call::<_, SnapshotResponse<NodeId>, Fatal<NodeId>>(
-            RpcKind::FullSnapshot,
-            &req,
-            option.hard_ttl(),
-        );
+        let chunk_bytes = option
+            .snapshot_chunk_size()
+            .unwrap_or(snapshot::DEFAULT_CHUNK_BYTES);
+        let send =
+            self.stream_snapshot(vote, snapshot.meta, source, chunk_bytes, option.hard_ttl());
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            res = call => match res {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(fatal)) => Err(StreamingError::RemoteError(RemoteError::new(self.target, fatal))),
-                Err(e) if e.unreachable() => Err(StreamingError::Unreachable(Unreachable::new(&e))),
-                Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
-            },
+            res = send => res,
+        }
+    }
+}
+
+/// How fast a follower is assumed to install a snapshot at least (bytes/s), for the deadline
+/// of the last chunk, whose answer waits for the install: every row is written to RocksDB.
+const INSTALL_BYTES_PER_SEC: u64 = 16 << 20;
+
+impl GroupClient {
+    /// Sends a snapshot chunk by chunk, each chunk read off the runtime and answered before
+    /// the next is read, so a transfer holds one chunk in memory on either side.
+    async fn stream_snapshot(
+        &self,
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, NodeInfo>,
+        source: Arc<snapshot::SnapshotSource>,
+        chunk_bytes: usize,
+        deadline: Duration,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let mut reader = source.reader(chunk_bytes);
+        let mut sent = 0u64;
+        let mut seq = 0;
+        loop {
+            let (back, next) = tokio::task::spawn_blocking(move || {
+                let next = reader.next_chunk();
+                (reader, next)
+            })
+            .await
+            .map_err(|e| StreamingError::StorageError(snapshot_err(e)))?;
+            reader = back;
+            let Some((data, done)) = next? else {
+                return Err(StreamingError::StorageError(snapshot_err(
+                    std::io::Error::other("a snapshot ended without its last chunk"),
+                )));
+            };
+            sent += data.len() as u64;
+            let deadline = if done {
+                deadline + Duration::from_secs(sent / INSTALL_BYTES_PER_SEC)
+            } else {
+                deadline
+            };
+            let req = snapshot::ChunkRequest {
+                vote,
+                meta: meta.clone(),
+                seq,
+                done,
+                data,
+            };
+            match self
+                .call::<_, SnapshotResponse<NodeId>, Fatal<NodeId>>(
+                    RpcKind::SnapshotChunk,
+                    &req,
+                    deadline,
+                )
+                .await
+            {
+                // Before the last chunk, a follower answers with its vote: a higher one ends
+                // the transfer (openraft then steps this leader down).
+                Ok(Ok(resp)) if done || resp.vote > vote => return Ok(resp),
+                Ok(Ok(_)) => seq += 1,
+                Ok(Err(fatal)) => {
+                    return Err(StreamingError::RemoteError(RemoteError::new(
+                        self.target,
+                        fatal,
+                    )));
+                }
+                Err(e) if e.unreachable() => {
+                    return Err(StreamingError::Unreachable(Unreachable::new(&e)));
+                }
+                Err(e) => return Err(StreamingError::Network(NetworkError::new(&e))),
+            }
         }
     }
 }

@@ -3,7 +3,6 @@
 //! adding enum variants at the end, so entries written by an older binary still decode.
 
 use std::fmt;
-use std::io::Cursor;
 
 use crate::sm::chat::{ChatCommand, ChatResponse};
 use crate::sm::directory::{DirectoryCommand, DirectoryResponse};
@@ -50,7 +49,7 @@ openraft::declare_raft_types!(
         R = CommandResponse,
         NodeId = NodeId,
         Node = NodeInfo,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot::SnapshotData,
 );
 
 /// A log entry of any group.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chat4all_raft::groups::{Group, GroupState, Groups, GroupsHandler, raft_config};
+use chat4all_raft::groups::{Group, GroupState, Groups, GroupsHandler, RaftSettings, raft_config};
 use chat4all_raft::transport::{RpcClient, RpcHandler, RpcHeader, TransportError};
 use chat4all_raft::types::{
     AppendBatch, Command, CommandResponse, GroupId, NodeId, NodeInfo, PartitionCommand,
@@ -123,7 +123,12 @@ async fn cluster(net: &Arc<MemNet>) -> anyhow::Result<Vec<Node>> {
     for id in 1..=3 {
         let dir = tempfile::tempdir()?;
         let db = Db::open(&DbConfig::new(dir.path().join("db")))?;
-        let groups = Groups::new(id, db, raft_config(Default::default())?, None);
+        // Small snapshot chunks, so that a snapshot crosses in many messages.
+        let settings = RaftSettings {
+            snapshot_chunk_bytes: 256,
+            ..RaftSettings::default()
+        };
+        let groups = Groups::new(id, db, raft_config(settings)?, None);
         groups.set_transport(Arc::new(MemClient {
             me: addr(id),
             net: net.clone(),

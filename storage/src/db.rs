@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::StorageError;
+use crate::view::View;
 
 /// The column families, named `<key>_<value>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +47,26 @@ impl Cf {
         Cf::DirectoryRow,
         Cf::ChatRow,
     ];
+
+    /// A stable one-byte code for the column family, for formats that name one (a snapshot's
+    /// rows). Never reuse a code.
+    pub fn code(self) -> u8 {
+        match self {
+            Cf::LogEntry => 1,
+            Cf::GroupRaftState => 2,
+            Cf::GroupMeta => 3,
+            Cf::OffsetRecord => 4,
+            Cf::ProducerState => 5,
+            Cf::KeyOffset => 6,
+            Cf::DirectoryRow => 7,
+            Cf::ChatRow => 8,
+        }
+    }
+
+    /// The column family of a [`Cf::code`].
+    pub fn from_code(code: u8) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.code() == code)
+    }
 
     /// The column family's name on disk.
     pub fn name(self) -> &'static str {
@@ -295,6 +316,11 @@ impl Db {
         end: &[u8],
     ) -> Result<Option<(Vec<u8>, T)>, StorageError> {
         Ok(self.scan_rev(cf, start, end, 1)?.pop())
+    }
+
+    /// A point-in-time view of the whole database (see [`View`]).
+    pub fn view(&self) -> View {
+        View::new(self.inner.clone())
     }
 
     /// Starts an atomic batch of writes.

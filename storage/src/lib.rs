@@ -20,7 +20,9 @@ mod db;
 mod error;
 pub mod keys;
 mod record;
+mod view;
 
-pub use db::{Batch, Cf, Db, DbConfig, Verified};
+pub use db::{Batch, Cf, Db, DbConfig, RawRow, Verified};
 pub use error::StorageError;
 pub use record::{Payload, PayloadFormat, StoredRecord};
+pub use view::View;

@@ -5,7 +5,6 @@
 //! one batch per apply and travel together in snapshots.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
 use chat4all_storage::{Batch, Cf, Db, keys};
@@ -16,9 +15,10 @@ use tokio::sync::watch;
 
 use super::directory::{self, DirectoryCounters, DirectoryReader};
 use super::{
-    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker,
-    read_err, save_snapshot, snapshot_meta, write_err,
+    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot,
+    read_err, snapshot_err, snapshot_meta, write_err,
 };
+use crate::snapshot::{Finish, InstallTarget, RowRange, SnapshotData, SnapshotSource};
 use crate::types::{
     Command, CommandResponse, ControllerCommand, ControllerResponse, Entry, GroupId, NodeId,
     NodeInfo, PartitionMeta, RaftStorageError, TopicMeta, TypeConfig,
@@ -39,13 +39,6 @@ pub struct ControllerState {
     pub producer_epochs: BTreeMap<i64, i16>,
     /// The directory's counters and token key (its rows are in RocksDB).
     pub directory: DirectoryCounters,
-}
-
-/// A controller snapshot: the in-memory state and the directory's rows.
-#[derive(Serialize, Deserialize)]
-struct ControllerSnapshotData {
-    state: ControllerState,
-    directory: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
 impl ControllerState {
@@ -103,6 +96,49 @@ impl ControllerState {
     }
 }
 
+/// The rows a controller snapshot carries besides its state: the directory's.
+fn snapshot_ranges() -> Vec<RowRange> {
+    let (start, end) = directory::range();
+    vec![RowRange {
+        cf: Cf::DirectoryRow,
+        start: start.to_vec(),
+        end: end.to_vec(),
+    }]
+}
+
+/// How the controller installs a snapshot: the directory rows, then its state from the
+/// header (a [`ControllerState`]) under the snapshot's meta.
+fn install_target<'a>(db: &'a Db, ranges: &'a [RowRange]) -> InstallTarget<'a, impl Finish + 'a> {
+    InstallTarget {
+        db,
+        group: GroupId::CONTROLLER,
+        ranges,
+        finish: |b: &mut Batch<'_>, header: &[u8], meta: &SnapshotMeta<NodeId, NodeInfo>| {
+            let mut state: ControllerState = decode(header)?;
+            state.applied = AppliedMeta {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            b.put(
+                Cf::GroupMeta,
+                &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
+                &state,
+            )
+            .map_err(write_err)
+        },
+    }
+}
+
+fn load(db: &Db) -> Result<ControllerState, RaftStorageError> {
+    Ok(db
+        .get(
+            Cf::GroupMeta,
+            &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
+        )
+        .map_err(read_err)?
+        .unwrap_or_default())
+}
+
 /// The controller's state machine; clones share it.
 #[derive(Clone)]
 pub struct ControllerStateMachine {
@@ -114,13 +150,14 @@ pub struct ControllerStateMachine {
 impl ControllerStateMachine {
     /// Opens the controller state, recovering what was applied before a restart.
     pub fn open(db: Db) -> Result<ControllerStateMachine, RaftStorageError> {
-        let state: ControllerState = db
-            .get(
-                Cf::GroupMeta,
-                &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
-            )
-            .map_err(read_err)?
-            .unwrap_or_default();
+        let ranges = snapshot_ranges();
+        if let Some(done) = crate::snapshot::resume_install(&mut install_target(&db, &ranges))? {
+            tracing::info!(
+                rows = done.rows,
+                "resumed and finished a controller snapshot install"
+            );
+        }
+        let state = load(&db)?;
         let state = Arc::new(state);
         let (tx, _) = watch::channel(state.clone());
         Ok(ControllerStateMachine {
@@ -210,65 +247,49 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
         MarkerSnapshotBuilder::new(self.db.clone(), GroupId::CONTROLLER, &self.state().applied)
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, RaftStorageError> {
+        // Only openraft's chunked install API uses this (see the partition's).
+        Ok(Box::new(SnapshotData::Empty))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), RaftStorageError> {
-        let data = snapshot.into_inner();
-        let ControllerSnapshotData {
-            mut state,
-            directory,
-        } = decode(&data)?;
-        state.applied = AppliedMeta {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        let mut b = self.db.batch();
-        let (start, end) = directory::range();
-        b.delete_range(Cf::DirectoryRow, &start, &end);
-        for (k, v) in &directory {
-            b.put_raw(Cf::DirectoryRow, k, v);
-        }
-        let topics = state.topics.len();
-        self.replace(b, state)?;
+        let (db, m) = (self.db.clone(), meta.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let ranges = snapshot_ranges();
+            install_target(&db, &ranges).install(&m, *snapshot)
+        })
+        .await
+        .map_err(snapshot_err)??;
+        let state = Arc::new(load(&self.db)?);
         tracing::info!(
             last_log_id = ?meta.last_log_id,
-            topics,
-            directory_rows = directory.len(),
+            topics = state.topics.len(),
+            directory_rows = done.rows,
+            chunks = done.chunks,
             "installed a controller snapshot"
         );
-        // Synced: it makes the installed state durable too (written before it).
-        save_snapshot(&self.db, GroupId::CONTROLLER, &marker(meta), true)
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
+        self.tx.send_replace(state);
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        // Called in order with `apply`: the state read here is one point, under its meta.
+        // Called in order with `apply`: the state read here and the view taken right after are
+        // one point, under its meta.
         if load_snapshot(&self.db, GroupId::CONTROLLER)?.is_none() {
             return Ok(None);
         }
         let state = self.state();
-        let (start, end) = directory::range();
-        let rows = self
-            .db
-            .scan_raw(Cf::DirectoryRow, &start, &end)
-            .map_err(read_err)?;
-        let data = encode(&ControllerSnapshotData {
-            state: (*state).clone(),
-            directory: rows
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        })?;
+        let source = SnapshotSource::new(&self.db, encode(&*state)?, snapshot_ranges());
         Ok(Some(Snapshot {
             meta: snapshot_meta(GroupId::CONTROLLER, &state.applied),
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotData::Source(Arc::new(source))),
         }))
     }
 }

@@ -17,10 +17,13 @@ use openraft::{LogId, SnapshotMeta, StorageIOError, StoredMembership};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::SnapshotData;
 use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError, TypeConfig};
 
 pub(crate) const TAG_APPLIED: u8 = 1;
 pub(crate) const TAG_SNAPSHOT: u8 = 2;
+/// A snapshot install in progress (see [`crate::snapshot`]).
+pub(crate) const TAG_INSTALLING: u8 = 3;
 
 /// A stored snapshot: its meta and, from older versions, its encoded data (now always empty:
 /// a state machine's snapshot is its live state; see [`MarkerSnapshotBuilder`]).
@@ -140,7 +143,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MarkerSnapshotBuilder {
         // `get_current_snapshot`.
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(std::io::Cursor::new(Vec::new())),
+            snapshot: Box::new(SnapshotData::Empty),
         })
     }
 }

@@ -3,10 +3,9 @@
 //! replica assigns the same ones; an offset is never reused because the log only moves forward.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
-use chat4all_storage::{Cf, Db, StoredRecord, keys};
+use chat4all_storage::{Batch, Cf, Db, StoredRecord, keys};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, LogId, OptionalSend, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
@@ -14,10 +13,11 @@ use tokio::sync::watch;
 
 use super::chat::{self, ChatReader, ChatResponse, InboxWatch};
 use super::{
-    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot, marker,
-    read_err, save_snapshot, snapshot_meta, write_err,
+    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot,
+    read_err, snapshot_err, snapshot_meta, write_err,
 };
 use crate::producer_state::{self, Decision, ProducerEntry};
+use crate::snapshot::{Finish, InstallTarget, Installed, RowRange, SnapshotData, SnapshotSource};
 use crate::types::{
     AppendBatch, Command, CommandResponse, Entry, GroupId, NodeId, NodeInfo, PartitionCommand,
     PartitionResponse, RaftStorageError, TypeConfig,
@@ -34,16 +34,6 @@ pub struct PartitionState {
     pub next_offset: u64,
     /// Bytes of the records in `[log_start_offset, next_offset)`, for size retention.
     pub total_bytes: u64,
-}
-
-/// Everything a snapshot carries.
-#[derive(Serialize, Deserialize)]
-struct PartitionSnapshot {
-    state: PartitionState,
-    producers: Vec<(i64, ProducerEntry)>,
-    records: Vec<(u64, StoredRecord)>,
-    /// A chat partition's rows (conversations, message states, indexes); empty otherwise.
-    chat_rows: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
 }
 
 /// What a partition keeps besides its log; a property of the topic, the same on every replica.
@@ -108,6 +98,74 @@ fn producer_key(group: GroupId, id: i64) -> [u8; keys::GROUP_U64_KEY_LEN] {
     keys::group_i64(group.0, id)
 }
 
+/// The rows a partition's snapshot carries, and that installing one replaces: every row of
+/// the group in each column family a partition writes.
+fn snapshot_ranges(group: GroupId) -> Vec<RowRange> {
+    [
+        Cf::OffsetRecord,
+        Cf::ProducerState,
+        Cf::KeyOffset,
+        Cf::ChatRow,
+    ]
+    .into_iter()
+    .map(|cf| RowRange::group(cf, group))
+    .collect()
+}
+
+/// How a partition installs a snapshot: its rows, then its state from the header (a
+/// [`PartitionState`]) under the snapshot's meta.
+fn install_target<'a>(
+    db: &'a Db,
+    group: GroupId,
+    ranges: &'a [RowRange],
+) -> InstallTarget<'a, impl Finish + 'a> {
+    InstallTarget {
+        db,
+        group,
+        ranges,
+        finish: move |b: &mut Batch<'_>, header: &[u8], meta: &SnapshotMeta<NodeId, NodeInfo>| {
+            let mut state: PartitionState = decode(header)?;
+            state.applied = AppliedMeta {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+            b.put(
+                Cf::GroupMeta,
+                &keys::group_tag(group.0, TAG_APPLIED),
+                &state,
+            )
+            .map_err(write_err)
+        },
+    }
+}
+
+/// A partition's applied state and producers as stored.
+fn load(
+    db: &Db,
+    group: GroupId,
+) -> Result<(PartitionState, HashMap<i64, ProducerEntry>), RaftStorageError> {
+    let state: PartitionState = db
+        .get(Cf::GroupMeta, &keys::group_tag(group.0, TAG_APPLIED))
+        .map_err(read_err)?
+        .unwrap_or_default();
+    let end = keys::group_end(group.0)
+        .map(|k| k.to_vec())
+        .unwrap_or_else(|| vec![0xff; 17]);
+    let rows: Vec<(Vec<u8>, ProducerEntry)> = db
+        .scan(
+            Cf::ProducerState,
+            &keys::group_start(group.0),
+            &end,
+            usize::MAX,
+        )
+        .map_err(read_err)?;
+    let producers = rows
+        .into_iter()
+        .filter_map(|(k, v)| keys::decode_group_i64(&k).map(|(_, id)| (id, v)))
+        .collect();
+    Ok((state, producers))
+}
+
 impl PartitionStateMachine {
     /// Opens the partition state of `group`, recovering what was applied before a restart.
     pub fn open(db: Db, group: GroupId) -> Result<PartitionStateMachine, RaftStorageError> {
@@ -121,25 +179,13 @@ impl PartitionStateMachine {
         group: GroupId,
         kind: PartitionKind,
     ) -> Result<PartitionStateMachine, RaftStorageError> {
-        let state: PartitionState = db
-            .get(Cf::GroupMeta, &keys::group_tag(group.0, TAG_APPLIED))
-            .map_err(read_err)?
-            .unwrap_or_default();
-        let end = keys::group_end(group.0)
-            .map(|k| k.to_vec())
-            .unwrap_or_else(|| vec![0xff; 17]);
-        let rows: Vec<(Vec<u8>, ProducerEntry)> = db
-            .scan(
-                Cf::ProducerState,
-                &keys::group_start(group.0),
-                &end,
-                usize::MAX,
-            )
-            .map_err(read_err)?;
-        let producers = rows
-            .into_iter()
-            .filter_map(|(k, v)| keys::decode_group_i64(&k).map(|(_, id)| (id, v)))
-            .collect();
+        let ranges = snapshot_ranges(group);
+        if let Some(done) =
+            crate::snapshot::resume_install(&mut install_target(&db, group, &ranges))?
+        {
+            tracing::info!(%group, chunks = done.chunks, rows = done.rows, "resumed and finished a snapshot install");
+        }
+        let (state, producers) = load(&db, group)?;
         let (hw, _) = watch::channel(state.next_offset);
         Ok(PartitionStateMachine {
             inner: Arc::new(Inner {
@@ -476,101 +522,45 @@ impl PartitionStateMachine {
         }
     }
 
-    /// The whole partition as a follower installs it, with its meta: its state, producers,
-    /// records and chat rows. Reads and encodes every retained record, so it is only done when
-    /// a follower needs a snapshot (and once per group at start, where openraft asks for the
-    /// current one).
+    /// The partition as a follower installs it, with its meta: its state now, and a view of
+    /// its rows (records, producers, compacted keys, chat rows) at this point, read chunk by
+    /// chunk while it is sent. Cheap: nothing is read until a chunk is.
     fn current_snapshot(&self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let (state, producers) = {
-            let s = self.lock_read();
-            (s.0.clone(), s.1.clone())
-        };
+        let state = self.lock_read().0.clone();
         let g = self.inner.group;
         let meta = snapshot_meta(g, &state.applied);
-        let records: Vec<(u64, StoredRecord)> = self
-            .inner
-            .db
-            .scan(
-                Cf::OffsetRecord,
-                &keys::group_u64(g.0, state.log_start_offset),
-                &keys::group_u64(g.0, state.next_offset),
-                usize::MAX,
-            )
-            .map_err(read_err)?
-            .into_iter()
-            .filter_map(|(k, r)| keys::decode_group_u64(&k).map(|(_, o)| (o, r)))
-            .collect();
-        let chat_rows = if matches!(self.inner.kind, PartitionKind::Chat | PartitionKind::Inbox) {
-            let (start, end) = chat::range(g);
-            self.inner
-                .db
-                .scan_raw(Cf::ChatRow, &start, &end)
-                .map_err(read_err)?
-        } else {
-            Vec::new()
-        };
-        let data = encode(&PartitionSnapshot {
-            state,
-            producers: producers.into_iter().collect(),
-            records,
-            chat_rows: chat_rows
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        })?;
+        let source = SnapshotSource::new(&self.inner.db, encode(&state)?, snapshot_ranges(g));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotData::Source(Arc::new(source))),
         })
     }
 
-    fn install(
+    /// Replaces the partition with a snapshot's, off the runtime (it writes every row).
+    async fn install(
         &self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snap: PartitionSnapshot,
+        data: SnapshotData,
     ) -> Result<(), RaftStorageError> {
-        let db = &self.inner.db;
-        let g = self.inner.group.0;
-        let end = keys::group_end(g)
-            .map(|k| k.to_vec())
-            .unwrap_or_else(|| vec![0xff; 17]);
-        let mut b = db.batch();
-        b.delete_range(Cf::OffsetRecord, &keys::group_start(g), &end);
-        b.delete_range(Cf::ProducerState, &keys::group_start(g), &end);
-        b.delete_range(Cf::KeyOffset, &keys::group_start(g), &end);
-        b.delete_range(Cf::ChatRow, &keys::group_start(g), &end);
-        for (k, v) in &snap.chat_rows {
-            b.put_raw(Cf::ChatRow, k, v);
-        }
-        for (off, r) in &snap.records {
-            b.put(Cf::OffsetRecord, &keys::group_u64(g, *off), r)
-                .map_err(write_err)?;
-            if self.inner.kind == PartitionKind::Compacted {
-                // The view is a function of the records, so it is rebuilt, not shipped.
-                index_key(&mut b, g, *off, r)?;
-            }
-        }
-        for (id, p) in &snap.producers {
-            b.put(Cf::ProducerState, &producer_key(self.inner.group, *id), p)
-                .map_err(write_err)?;
-        }
-        let mut state = snap.state;
-        state.applied = AppliedMeta {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        b.put(Cf::GroupMeta, &keys::group_tag(g, TAG_APPLIED), &state)
-            .map_err(write_err)?;
-        db.write(b, true).map_err(write_err)?;
+        let (db, group, m) = (self.inner.db.clone(), self.inner.group, meta.clone());
+        let done: Installed = tokio::task::spawn_blocking(move || {
+            let ranges = snapshot_ranges(group);
+            install_target(&db, group, &ranges).install(&m, data)
+        })
+        .await
+        .map_err(snapshot_err)??;
+        let (state, producers) = load(&self.inner.db, group)?;
         tracing::info!(
-            group = %self.inner.group,
+            %group,
             last_log_id = ?meta.last_log_id,
-            records = snap.records.len(),
+            records = state.next_offset - state.log_start_offset,
+            chunks = done.chunks,
+            rows = done.rows,
+            bytes = done.bytes,
             "installed a snapshot"
         );
         let hw = state.next_offset;
-        *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) =
-            (state, snap.producers.into_iter().collect());
+        *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = (state, producers);
         self.inner.hw.send_replace(hw);
         self.inner.inbox_watch.notify_all();
         Ok(())
@@ -695,18 +685,18 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         )
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, RaftStorageError> {
+        // Only openraft's chunked install API uses this; snapshots arrive whole (staged by
+        // `crate::snapshot::Inbound`) through `install_full_snapshot`.
+        Ok(Box::new(SnapshotData::Empty))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), RaftStorageError> {
-        let snap: PartitionSnapshot = decode(&snapshot.into_inner())?;
-        self.install(meta, snap)?;
-        save_snapshot(&self.inner.db, self.inner.group, &marker(meta), false)
+        self.install(meta, *snapshot).await
     }
 
     async fn get_current_snapshot(
@@ -719,5 +709,125 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             return Ok(None);
         }
         self.current_snapshot().map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chat4all_storage::{DbConfig, Payload, PayloadFormat};
+    use openraft::storage::RaftSnapshotBuilder;
+    use openraft::{CommittedLeaderId, Entry};
+
+    use super::*;
+    use crate::types::ProducerBatch;
+
+    const G: GroupId = GroupId(5);
+
+    fn append(index: u64, producer: Option<ProducerBatch>, value: String) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Partition(PartitionCommand::Append(
+                AppendBatch {
+                    producer,
+                    records: vec![StoredRecord {
+                        timestamp_ms: index as i64,
+                        key: None,
+                        value: Payload {
+                            format: PayloadFormat::Text,
+                            bytes: value.into_bytes(),
+                        },
+                        headers: Vec::new(),
+                    }],
+                },
+            ))),
+        }
+    }
+
+    fn records(sm: &PartitionStateMachine) -> Vec<(u64, StoredRecord)> {
+        sm.read(0, usize::MAX, u64::MAX)
+            .expect("read")
+            .expect("in range")
+            .records
+    }
+
+    /// A replica killed part-way through installing a snapshot (after 3 of its many chunks)
+    /// opens to the snapshot's whole state, not to a mix of its old rows and some new ones:
+    /// the install resumes from the staged file, which is then removed.
+    #[tokio::test]
+    async fn an_install_cut_short_by_a_crash_is_finished_when_the_replica_opens() {
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let leader_db = Db::open(&DbConfig::new(leader_dir.path())).expect("open");
+        let mut leader = PartitionStateMachine::open(leader_db, G).expect("open sm");
+        let entries: Vec<_> = (1..=200)
+            .map(|i| {
+                let producer = (i % 2 == 0).then_some(ProducerBatch {
+                    id: 7,
+                    epoch: 0,
+                    base_sequence: (i / 2 - 1) as i32,
+                });
+                append(
+                    i,
+                    producer,
+                    format!("leader record {i} {}", "x".repeat(100)),
+                )
+            })
+            .collect();
+        leader.apply(entries).await.expect("apply");
+        leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+        let snap = leader
+            .get_current_snapshot()
+            .await
+            .expect("current")
+            .expect("built");
+        let SnapshotData::Source(source) = *snap.snapshot else {
+            panic!("a current snapshot is read from the live state");
+        };
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Db::open(&DbConfig::new(dir.path())).expect("open");
+            let mut stale = PartitionStateMachine::open(db.clone(), G).expect("open sm");
+            let old: Vec<_> = (1..=30)
+                .map(|i| append(i, None, format!("stale {i}")))
+                .collect();
+            stale.apply(old).await.expect("apply");
+            drop(stale);
+            let ranges = snapshot_ranges(G);
+            crate::snapshot::interrupt_install(
+                &mut install_target(&db, G, &ranges),
+                &snap.meta,
+                &source,
+                1024,
+                3,
+            )
+            .expect("a partial install");
+            let partial = db
+                .scan_raw(Cf::OffsetRecord, &keys::group_start(G.0), &[0xff; 8])
+                .expect("scan");
+            assert!(
+                !partial.is_empty() && partial.len() < 200,
+                "the crash left part of the records: {}",
+                partial.len()
+            );
+        }
+
+        let db = Db::open(&DbConfig::new(dir.path())).expect("reopen");
+        let replica = PartitionStateMachine::open(db.clone(), G).expect("open sm");
+        assert_eq!(replica.state(), leader.state());
+        assert_eq!(records(&replica), records(&leader));
+        assert_eq!(replica.lock_read().1, leader.lock_read().1, "producers");
+        assert_eq!(
+            load_snapshot(&db, G).expect("marker").map(|s| s.meta),
+            Some(snap.meta),
+        );
+        let left = std::fs::read_dir(crate::snapshot::staging_dir(&db))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "the staged file is removed once installed");
     }
 }

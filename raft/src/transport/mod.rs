@@ -36,9 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::{self, NODE_SERVER_NAME, TlsFiles};
 
 /// Bumped whenever the framing or a message shape changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The largest request or response accepted (a full partition snapshot travels in one message).
+/// The largest request or response accepted (an AppendEntries of up to 512 entries; a
+/// snapshot travels in chunks of `[raft] snapshot_chunk_bytes`).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Headers are small; anything larger is garbage.
@@ -51,8 +52,8 @@ pub enum RpcKind {
     AppendEntries,
     /// Raft RequestVote.
     Vote,
-    /// Raft InstallSnapshot, the whole snapshot in one message.
-    FullSnapshot,
+    /// One chunk of a Raft snapshot (see [`crate::snapshot`]).
+    SnapshotChunk,
     /// A client request forwarded to the node that can serve it.
     Forward,
 }
