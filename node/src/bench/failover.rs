@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::spawn::{LocalCluster, with_cluster};
-use super::{leaders, leaders_once};
+use super::{leaders_once, one_partition_topic};
 
 const TOPIC: &str = "failover";
 
@@ -82,22 +82,7 @@ async fn measure(
     http: &reqwest::Client,
     a: &FailoverArgs,
 ) -> anyhow::Result<Vec<f64>> {
-    for id in 1..=a.nodes {
-        cluster
-            .wait_ready(http, id, Duration::from_secs(60))
-            .await?;
-    }
-    let body = json!({"name": TOPIC, "partitions": 1, "replication_factor": a.nodes});
-    let r = http
-        .post(format!("{}/v1/topics", cluster.url(1)))
-        .json(&body)
-        .send()
-        .await
-        .context("create topic")?;
-    if r.status().as_u16() != 201 {
-        bail!("create topic: {}", r.text().await.unwrap_or_default());
-    }
-    leaders(http, cluster.url(1), TOPIC, Duration::from_secs(30)).await?;
+    one_partition_topic(cluster, http, TOPIC).await?;
     let value = rand::random_iter::<u8>()
         .map(|b| char::from(b'a' + b % 26))
         .take(a.size)

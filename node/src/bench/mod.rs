@@ -9,6 +9,8 @@
 //!   nodes, and times how long until the survivors own the dead member's partitions.
 //! - `chat`: spawns its own cluster and measures chat messages from send to receipt on
 //!   another node's event stream, at stepped rates, then the first Chat4All's load test.
+//! - `snapshot`: spawns its own cluster, writes a large partition while one node is down, and
+//!   times the node's catch-up from a streamed snapshot, sampling every node's memory.
 //! - `webhooks`: spawns its own cluster with a Telegram channel and measures how fast signed
 //!   webhooks are answered at stepped rates, and how long until they are messages.
 //!
@@ -18,6 +20,7 @@ mod chat;
 mod failover;
 mod produce;
 mod rebalance;
+mod snapshot;
 mod spawn;
 mod webhooks;
 
@@ -37,6 +40,8 @@ pub enum BenchCommand {
     Rebalance(rebalance::RebalanceArgs),
     /// Chat send-to-receive latency at stepped rates, and the first Chat4All's load test.
     Chat(chat::ChatArgs),
+    /// Time and memory for a replica to catch up from a snapshot of a large partition.
+    Snapshot(snapshot::SnapshotArgs),
     /// Platform webhook answer latency at stepped rates, and how long processing takes.
     Webhooks(webhooks::WebhooksArgs),
 }
@@ -52,6 +57,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Failover(args) => failover::run(args).await,
             BenchCommand::Rebalance(args) => rebalance::run(args).await,
             BenchCommand::Chat(args) => chat::run(args).await,
+            BenchCommand::Snapshot(args) => snapshot::run(args).await,
             BenchCommand::Webhooks(args) => webhooks::run(args).await,
         }
     };
@@ -118,6 +124,33 @@ async fn leaders(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until every node of `cluster` is ready, then creates `topic` with one partition
+/// replicated on every node and waits until it has a leader.
+async fn one_partition_topic(
+    cluster: &mut spawn::LocalCluster,
+    http: &reqwest::Client,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let nodes = cluster.live();
+    for &id in &nodes {
+        cluster
+            .wait_ready(http, id, Duration::from_secs(60))
+            .await?;
+    }
+    let body = json!({"name": topic, "partitions": 1, "replication_factor": nodes.len()});
+    let r = http
+        .post(format!("{}/v1/topics", cluster.url(1)))
+        .json(&body)
+        .send()
+        .await
+        .context("create topic")?;
+    if r.status().as_u16() != 201 {
+        bail!("create topic: {}", r.text().await.unwrap_or_default());
+    }
+    leaders(http, cluster.url(1), topic, Duration::from_secs(30)).await?;
+    Ok(())
 }
 
 /// One look at `GET /v1/topics/{topic}`: the leaders by partition if every one is known.

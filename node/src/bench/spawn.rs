@@ -99,6 +99,16 @@ impl LocalCluster {
             .collect()
     }
 
+    /// The process id of node `id`, if it is running.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.slot(id)?.1.as_ref().map(Child::id)
+    }
+
+    /// What node `id` has logged so far (its stderr, across restarts).
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).unwrap_or_default()
+    }
+
     /// Node ids whose process is running.
     pub fn live(&self) -> Vec<u64> {
         (1..=self.nodes.len() as u64)
@@ -167,8 +177,7 @@ impl LocalCluster {
     /// Copies the last `lines` lines of every node's log to stderr (before the directory goes).
     pub fn print_log_tails(&self, lines: usize) {
         for id in 1..=self.nodes.len() {
-            let log =
-                std::fs::read_to_string(self.dir.join(format!("node{id}.log"))).unwrap_or_default();
+            let log = self.log(id as u64);
             let tail: Vec<&str> = log.lines().rev().take(lines).collect();
             eprintln!("---- node {id} log (last {lines} lines) ----");
             for l in tail.into_iter().rev() {
