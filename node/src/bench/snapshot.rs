@@ -2,11 +2,12 @@
 //! holds takes to catch up from a streamed snapshot, and how much memory the nodes use while
 //! it does.
 //!
-//! It spawns three nodes that snapshot every 100 entries and keep no log before a snapshot,
+//! It spawns three nodes that snapshot every 20 entries and keep no log before a snapshot,
 //! makes a one-partition topic of replication factor 3, SIGKILLs node 3, writes `--mb`
 //! megabytes to the partition, restarts node 3, and times from the restart until node 3 has
 //! applied what the others have. Meanwhile it samples every node's resident memory
-//! (`/proc/<pid>/status` `VmRSS`) every 100 ms. Node 3's log says how the snapshot came
+//! (`/proc/<pid>/status` `VmRSS`) every 100 ms, and node 3's high-water mark (`VmHWM`) at the
+//! end. Node 3's log says how the snapshot came
 //! (chunks, rows, bytes).
 
 use std::path::PathBuf;
@@ -54,9 +55,8 @@ pub async fn run(a: SnapshotArgs) -> anyhow::Result<Value> {
     if a.size == 0 || a.batch == 0 || a.inflight == 0 {
         bail!("--size, --batch and --inflight must be positive");
     }
-    let mut extra = format!(
-        "{OPEN_LOG_API}[raft]\nsnapshot_every_entries = 100\nlog_kept_after_snapshot = 0\n"
-    );
+    let mut extra =
+        format!("{OPEN_LOG_API}[raft]\nsnapshot_every_entries = 20\nlog_kept_after_snapshot = 0\n");
     if let Some(c) = a.chunk_bytes {
         extra.push_str(&format!("snapshot_chunk_bytes = {c}\n"));
     }
@@ -103,6 +103,8 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let catchup = start.elapsed();
+    // Node 3 started for the catch-up: its high-water mark is its peak during it.
+    let behind_hwm = status_kib(cluster, BEHIND, "VmHWM:");
     let install = installed(&cluster.log(BEHIND))
         .with_context(|| format!("node {BEHIND} caught up without installing a snapshot"))?;
     let mib = |kib: u64| round2(kib as f64 / 1024.0);
@@ -119,6 +121,7 @@ async fn measure(
         "catchup_mb_per_s": round2(acked as f64 / 1e6 / catchup.as_secs_f64()),
         "rss_mib_before": {"node1": mib(rss_before[0]), "node2": mib(rss_before[1])},
         "rss_mib_peak_during": {"node1": mib(peak[0]), "node2": mib(peak[1]), "node3": mib(peak[2])},
+        "node3_hwm_mib": mib(behind_hwm),
     }))
 }
 
@@ -200,6 +203,11 @@ async fn apply_index(http: &reqwest::Client, url: &str) -> Option<u64> {
 
 /// Resident memory of node `id` in KiB (0 if it is not running).
 fn rss_kib(cluster: &LocalCluster, id: u64) -> u64 {
+    status_kib(cluster, id, "VmRSS:")
+}
+
+/// A memory field of node `id`'s `/proc/<pid>/status` in KiB (0 if it is not running).
+fn status_kib(cluster: &LocalCluster, id: u64, field: &str) -> u64 {
     let Some(pid) = cluster.pid(id) else {
         return 0;
     };
@@ -207,25 +215,71 @@ fn rss_kib(cluster: &LocalCluster, id: u64) -> u64 {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
 }
 
-/// The `chunks`, `rows` and `bytes` of the last snapshot install in a node's log.
+/// The `records`, `chunks`, `rows` and `bytes` of the last snapshot install in a node's log
+/// (fields a binary did not log are null: older ones logged `records` only), `None` if it
+/// logged no install.
 fn installed(log: &str) -> Option<Value> {
     let line = log
         .lines()
         .rev()
         .find(|l| l.contains("installed a snapshot"))?;
+    let line = strip_ansi(line);
     let field = |name: &str| -> Option<u64> {
-        line.split(&format!("{name}="))
+        line.split(&format!(" {name}="))
             .nth(1)?
             .split(|c: char| !c.is_ascii_digit())
             .next()?
             .parse()
             .ok()
     };
-    Some(json!({"chunks": field("chunks")?, "rows": field("rows")?, "bytes": field("bytes")?}))
+    Some(json!({
+        "records": field("records"),
+        "chunks": field("chunks"),
+        "rows": field("rows"),
+        "bytes": field("bytes"),
+    }))
+}
+
+/// `line` without terminal colour codes (`ESC [ ... m`), which older binaries wrote to logs.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_line_is_read_with_or_without_colours_and_fields() {
+        let plain = "2026-12-05T00:49:20Z INFO chat4all_raft::sm::partition: installed a snapshot group=g1 last_log_id=Some(LogId { index: 382 }) records=3056 chunks=48 rows=3056 bytes=200378864";
+        assert_eq!(
+            installed(&format!("other\n{plain}\nlater")),
+            Some(json!({"records": 3056, "chunks": 48, "rows": 3056, "bytes": 200378864}))
+        );
+        let coloured = "\u{1b}[32m INFO\u{1b}[0m installed a snapshot \u{1b}[3mgroup\u{1b}[0m\u{1b}[2m=\u{1b}[0mg1 \u{1b}[3mrecords\u{1b}[0m\u{1b}[2m=\u{1b}[0m3056";
+        assert_eq!(
+            installed(coloured),
+            Some(json!({"records": 3056, "chunks": null, "rows": null, "bytes": null}))
+        );
+        assert_eq!(installed("no install here"), None);
+    }
 }
