@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chat4all_raft::groups::{Group, GroupState, Groups, GroupsHandler, RaftSettings, raft_config};
-use chat4all_raft::transport::{RpcClient, RpcHandler, RpcHeader, TransportError};
+use chat4all_raft::transport::{RpcClient, RpcHandler, RpcHeader, RpcKind, TransportError};
 use chat4all_raft::types::{
     AppendBatch, Command, CommandResponse, GroupId, NodeId, NodeInfo, PartitionCommand,
     PartitionResponse, ProducerBatch,
@@ -27,6 +27,11 @@ const PARTITION: GroupId = GroupId(7);
 struct MemNet {
     handlers: RwLock<BTreeMap<SocketAddr, Arc<dyn RpcHandler>>>,
     cut: Mutex<HashSet<(SocketAddr, SocketAddr)>>,
+    /// Requests of a kind to a node that never get sent, as on a link so busy that they miss
+    /// their deadline.
+    starved: Mutex<Vec<(SocketAddr, RpcKind)>>,
+    /// How long each snapshot chunk takes to cross.
+    chunk_delay: Mutex<Duration>,
 }
 
 impl MemNet {
@@ -40,6 +45,10 @@ impl MemNet {
 
     fn heal(&self) {
         self.cut.lock().expect("lock").clear();
+    }
+
+    fn starve(&self, node: SocketAddr, kind: RpcKind) {
+        self.starved.lock().expect("lock").push((node, kind));
     }
 }
 
@@ -68,6 +77,23 @@ impl RpcClient for MemClient {
                     "link {} -> {addr} is cut",
                     self.me
                 )));
+            }
+            if self
+                .net
+                .starved
+                .lock()
+                .map_err(|_| TransportError::Closed)?
+                .contains(&(addr, header.kind))
+            {
+                return Err(TransportError::NotSent(format!("{addr}: link busy")));
+            }
+            if header.kind == RpcKind::SnapshotChunk {
+                let delay = *self
+                    .net
+                    .chunk_delay
+                    .lock()
+                    .map_err(|_| TransportError::Closed)?;
+                tokio::time::sleep(delay).await;
             }
             let handler = self
                 .net
@@ -403,19 +429,22 @@ async fn a_minority_side_cannot_elect_or_commit() -> anyhow::Result<()> {
 /// snapshot, then from the log after it. Building a snapshot only marks the point; the data
 /// is read from the leader's live state when the follower needs it. Every replica ends with the
 /// same dense offsets, and the follower's records came through a snapshot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_follower_behind_a_purged_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
-    let net = Arc::new(MemNet::default());
-    let nodes = cluster(&net).await?;
+/// Isolates a follower, appends 40 records without it, has both other nodes snapshot and
+/// purge their logs, and appends 5 more: the follower can only catch up from a snapshot once
+/// healed. Returns the follower, the other two, and the lowest snapshot index of the two.
+async fn leave_one_behind_a_purged_log(
+    net: &MemNet,
+    nodes: &[Node],
+) -> anyhow::Result<(usize, Vec<usize>, u64)> {
     let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    append_on_leader(&nodes, &[0, 1, 2], &["a0", "a1"], None).await?;
-    converged(&nodes, 2).await?;
+    append_on_leader(nodes, &[0, 1, 2], &["a0", "a1"], None).await?;
+    converged(nodes, 2).await?;
 
-    let behind = (leader(&nodes, &[0, 1, 2]).await? + 1) % 3;
+    let behind = (leader(nodes, &[0, 1, 2]).await? + 1) % 3;
     net.isolate(nodes[behind].addr, &all);
     let rest: Vec<usize> = (0..3).filter(|&i| i != behind).collect();
     for i in 0..40 {
-        append_on_leader(&nodes, &rest, &[&format!("b{i}")], None).await?;
+        append_on_leader(nodes, &rest, &[&format!("b{i}")], None).await?;
     }
     // Both nodes that kept up snapshot and purge: whichever of them leads after the healing
     // (the returning node's candidacies can move the leadership), it no longer has the log
@@ -445,20 +474,31 @@ async fn a_follower_behind_a_purged_log_catches_up_from_a_snapshot() -> anyhow::
         upto = upto.min(at);
     }
     for i in 0..5 {
-        append_on_leader(&nodes, &rest, &[&format!("c{i}")], None).await?;
+        append_on_leader(nodes, &rest, &[&format!("c{i}")], None).await?;
     }
+    Ok((behind, rest, upto))
+}
 
-    net.heal();
-    let v = converged(&nodes, 47).await?;
-    let expected: Vec<(u64, String)> = ["a0", "a1"]
+/// The 47 records of [`leave_one_behind_a_purged_log`] at their offsets.
+fn expected_after_purge() -> Vec<(u64, String)> {
+    ["a0", "a1"]
         .iter()
         .map(|s| s.to_string())
         .chain((0..40).map(|i| format!("b{i}")))
         .chain((0..5).map(|i| format!("c{i}")))
         .enumerate()
         .map(|(o, s)| (o as u64, s))
-        .collect();
-    assert_eq!(v, expected);
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_a_purged_log_catches_up_from_a_snapshot() -> anyhow::Result<()> {
+    let net = Arc::new(MemNet::default());
+    let nodes = cluster(&net).await?;
+    let (behind, _, upto) = leave_one_behind_a_purged_log(&net, &nodes).await?;
+
+    net.heal();
+    assert_eq!(converged(&nodes, 47).await?, expected_after_purge());
     let follower = group(&nodes[behind])?.raft;
     eventually(
         "the follower reports the snapshot it caught up from",
@@ -471,5 +511,63 @@ async fn a_follower_behind_a_purged_log_catches_up_from_a_snapshot() -> anyhow::
         },
     )
     .await?;
+    Ok(())
+}
+
+/// A replica that catches up from a snapshot does not stand for election while the snapshot
+/// streams in, even when the leader's heartbeats to it are starved and the transfer takes
+/// several election timeouts (each chunk takes 500 ms here). Its candidacy could not win
+/// (its log is behind), but the higher term would depose the leader that is sending, and the
+/// next leader would start the transfer over: a large partition never got across that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_receiving_a_slow_snapshot_without_heartbeats_does_not_depose_its_leader()
+-> anyhow::Result<()> {
+    let net = Arc::new(MemNet::default());
+    let nodes = cluster(&net).await?;
+    let (behind, rest, upto) = leave_one_behind_a_purged_log(&net, &nodes).await?;
+    *net.chunk_delay.lock().expect("lock") = Duration::from_millis(500);
+
+    net.heal();
+    let follower = group(&nodes[behind])?;
+    eventually("a snapshot streams to the follower", || {
+        follower.holding_elections_for_snapshot()
+    })
+    .await?;
+    // From here on the follower hears of the leader only through the chunks.
+    net.starve(nodes[behind].addr, RpcKind::AppendEntries);
+    let sender = leader(&nodes, &rest).await?;
+    let term = group(&nodes[sender])?.raft.metrics().borrow().current_term;
+
+    let start = Instant::now();
+    let installed = || {
+        follower
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some_and(|s| s.index >= upto)
+    };
+    while !installed() {
+        let m = group(&nodes[sender])?.raft.metrics().borrow().clone();
+        assert!(
+            m.state.is_leader() && m.current_term == term,
+            "the leader sending the snapshot was deposed: node {} is {:?} in term {} (was {term})",
+            sender + 1,
+            m.state,
+            m.current_term
+        );
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the snapshot never got across"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        start.elapsed() > Duration::from_millis(800),
+        "the transfer took {:?}, less than an election timeout: it tested nothing",
+        start.elapsed()
+    );
+    net.starved.lock().expect("lock").clear();
+    assert_eq!(converged(&nodes, 47).await?, expected_after_purge());
     Ok(())
 }
