@@ -30,6 +30,9 @@ pub(super) struct SyncRounds {
     started: AtomicU64,
     /// Outcome of the rounds, held while a round runs.
     last: tokio::sync::Mutex<RoundOutcome>,
+    /// Whether a round has succeeded since the node started (see
+    /// [`Service::caught_up_with_metadata`]).
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -66,6 +69,19 @@ impl Service {
                 Err(e)
             }
         }
+    }
+
+    /// Whether this node has caught up, once since it started, with every controller entry
+    /// committed before it asked: what `/ready` waits for, so that a restarted node that missed
+    /// topics while it was down (or learns them from a snapshot) is not ready before it knows
+    /// them. Runs a shared round until one succeeds, then answers at once.
+    pub async fn caught_up_with_metadata(&self) -> Result<(), ServiceError> {
+        if self.sync_rounds.caught_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.shared_synced_metadata().await?;
+        self.sync_rounds.caught_up.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The metadata, including every controller entry committed before this call.
