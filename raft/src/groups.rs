@@ -99,8 +99,9 @@ impl Group {
         (since > longer_than).then_some(since)
     }
 
-    /// Keeps this replica from standing for election while a leader streams it a snapshot,
-    /// until [`Group::end_snapshot_hold`] or no chunk for [`SNAPSHOT_HOLD`].
+    /// Keeps this replica from standing for election while a leader streams it a snapshot
+    /// and while it installs it, until [`Group::end_snapshot_hold`] or no chunk for
+    /// [`SNAPSHOT_HOLD`].
     ///
     /// A replica that needs a snapshot cannot win an election (its log ends before the
     /// leader's snapshot point, so every voter that has the leader's log refuses it), but its
@@ -556,7 +557,17 @@ impl Groups {
             meta: req.meta,
             snapshot: Box::new(SnapshotData::Received(path.clone())),
         };
-        let res = group.raft.install_full_snapshot(req.vote, snapshot).await;
+        // The install writes every row (seconds for a large partition): the hold lasts
+        // through it, as the replica still cannot win an election.
+        let install = group.raft.install_full_snapshot(req.vote, snapshot);
+        tokio::pin!(install);
+        let mut refresh = tokio::time::interval(SNAPSHOT_HOLD / 2);
+        let res = loop {
+            tokio::select! {
+                res = &mut install => break res,
+                _ = refresh.tick() => group.hold_elections_for_snapshot(),
+            }
+        };
         group.end_snapshot_hold();
         if res.is_ok() {
             self.inbound.discard(&path);
