@@ -10,7 +10,7 @@
 //! highest with p99 under 50 ms is reported. Then the load test: a constant 167 requests/s
 //! (50% send, 30% history, 20% health) with P95, P99 and the error rate.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -302,6 +302,7 @@ async fn run_step(
     secs: u64,
 ) -> anyhow::Result<Step> {
     *h.lock().unwrap_or_else(|p| p.into_inner()) = hist()?;
+    let counts_before = raft_counts(http, c).await;
     let (cpu_before, started) = (cpu_secs(&c.pids()), Instant::now());
     let (sent_n, errors) = send_at(http, pairs, sent, rate, secs).await;
     // Wait (bounded) for what is still on its way.
@@ -315,6 +316,13 @@ async fn run_step(
     let cpu = cpu_secs(&c.pids()).zip(cpu_before).map(|(b, a)| b - a);
     let cpu_ms_per_msg = cpu.map(|s| round2(s * 1000.0 / sent_n.max(1) as f64));
     let cpu_cores = cpu.map(|s| round2(s / started.elapsed().as_secs_f64()));
+    let per_msg = |n: f64| round2(n / sent_n.max(1) as f64);
+    let counts = raft_counts(http, c).await.delta(&counts_before);
+    let entries_per_msg: BTreeMap<&String, f64> = counts
+        .entries
+        .iter()
+        .map(|(t, n)| (t, per_msg(*n)))
+        .collect();
     let lost = sent
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -332,8 +340,65 @@ async fn run_step(
         ok: p99 < 50.0 && n_errors == 0 && lost == 0 && achieved >= 0.95 * f64::from(rate),
         json: json!({"rate": rate, "achieved": achieved, "sent": sent_n, "errors": errors,
             "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0),
-            "node_cpu_ms_per_msg": cpu_ms_per_msg, "node_cpu_cores": cpu_cores}),
+            "node_cpu_ms_per_msg": cpu_ms_per_msg, "node_cpu_cores": cpu_cores,
+            "raft_entries_per_msg": entries_per_msg, "fsyncs_per_msg": per_msg(counts.fsyncs)}),
     })
+}
+
+/// Raft entries committed so far by topic (each partition's highest commit index over the
+/// nodes, summed), and fsyncs so far over every node, from the nodes' metrics. Nodes that do
+/// not answer count nothing.
+#[derive(Default)]
+struct RaftCounts {
+    entries: BTreeMap<String, f64>,
+    fsyncs: f64,
+}
+
+impl RaftCounts {
+    fn delta(mut self, before: &RaftCounts) -> RaftCounts {
+        for (t, n) in &mut self.entries {
+            *n -= before.entries.get(t).copied().unwrap_or(0.0);
+        }
+        self.fsyncs -= before.fsyncs;
+        self
+    }
+}
+
+async fn raft_counts(http: &reqwest::Client, c: &super::spawn::LocalCluster) -> RaftCounts {
+    let mut commit: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut out = RaftCounts::default();
+    for id in c.live() {
+        let Ok(r) = http.get(format!("{}/metrics", c.url(id))).send().await else {
+            continue;
+        };
+        let text = r.text().await.unwrap_or_default();
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            if series == "chat4all_storage_fsync_seconds_count" {
+                out.fsyncs += value;
+            } else if let Some(labels) = series.strip_prefix("chat4all_partition_commit_index{") {
+                let label = |name: &str| {
+                    labels
+                        .split(',')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                        .map(|v| v.trim_end_matches(['"', '}']).to_string())
+                };
+                if let (Some(t), Some(p)) = (label("topic"), label("partition")) {
+                    let e = commit.entry((t, p)).or_default();
+                    *e = e.max(value);
+                }
+            }
+        }
+    }
+    for ((topic, _), n) in commit {
+        *out.entries.entry(topic).or_default() += n;
+    }
+    out
 }
 
 /// CPU time (user and system, every thread) the processes `pids` used so far, in seconds;
