@@ -142,6 +142,34 @@ async fn a_message_id_is_stored_once_and_refusals_append_nothing() {
     assert_eq!(history, vec![(1, "m1".to_string())]);
 }
 
+/// A `Many` entry (the router's batches) answers and stores exactly what the same writes in
+/// entries of their own do, a message id repeated within the entry included.
+#[tokio::test]
+async fn writes_in_one_many_entry_act_as_in_entries_of_their_own() {
+    let cmds = || {
+        vec![
+            conversation("c", &["ann", "ben"]),
+            send("m1", "ann"),
+            send("m1", "ann"),
+            send("m2", "zed"),
+            send("m3", "ben"),
+        ]
+    };
+    let (_d1, mut alone) = open(PartitionKind::Chat);
+    let separate = apply(&mut alone, 1, cmds()).await;
+    let (_d2, mut together) = open(PartitionKind::Chat);
+    let batched = apply(&mut together, 1, vec![ChatCommand::Many(cmds())]).await;
+    assert_eq!(batched, vec![ChatResponse::Many(separate)]);
+    let records = |sm: &PartitionStateMachine| {
+        sm.read(0, 10, u64::MAX)
+            .expect("read")
+            .expect("in range")
+            .records
+    };
+    assert_eq!(records(&together), records(&alone));
+    assert_eq!(together.state().next_offset, 3);
+}
+
 fn set_status(id: &str, status: MessageStatus, by: Option<&str>) -> ChatCommand {
     ChatCommand::SetStatus {
         message_id: id.into(),
