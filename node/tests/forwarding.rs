@@ -37,7 +37,7 @@ async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_le
         },
     )
     .await;
-    c.signal(leader, Signal::SIGSTOP);
+    c.pause(leader).await;
     let (s, v) = c
         .post(
             via,
@@ -119,7 +119,7 @@ async fn a_node_cut_off_from_every_peer_soon_refuses_at_once_and_writes_nothing(
     c.wait_applied_alike("alone", 0, Duration::from_secs(30))
         .await;
     for &n in &others {
-        c.signal(n, Signal::SIGSTOP);
+        c.pause(n).await;
     }
     let mut answers = Vec::new();
     for i in 0..6 {

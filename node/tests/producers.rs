@@ -112,7 +112,7 @@ async fn a_bumped_epoch_fences_the_old_one_at_once_even_on_a_lagging_leader() {
         // acknowledged, so the old epoch must be refused all the same.
         let leader = c.leader(1, "fence", 0).await;
         let other = (1..=3).find(|&n| n != leader).expect("another node");
-        c.signal(leader, Signal::SIGSTOP);
+        c.pause(leader).await;
         // (An unknown outcome is retried: bumping twice only fences more.)
         let (s, bumped) = eventually("the bump is acknowledged", Duration::from_secs(30), || {
             let c = &c;

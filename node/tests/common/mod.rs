@@ -185,6 +185,21 @@ impl Cluster {
         nix::sys::signal::kill(pid, signal).expect("signal");
     }
 
+    /// SIGSTOPs node `id` and waits (bounded) until every thread of it has stopped. A stop
+    /// signal takes effect only when one of the process's threads handles it, and the others
+    /// run on meanwhile: on a loaded machine a "stopped" leader was seen to commit a write
+    /// sent after `kill` returned.
+    pub async fn pause(&mut self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.node_mut(id).child.as_ref().expect("node running").id();
+        eventually(
+            &format!("every thread of node {id} stopped"),
+            Duration::from_secs(10),
+            || async move { all_threads_stopped(pid).then_some(()) },
+        )
+        .await;
+    }
+
     /// Waits (bounded) until node `id`'s process has exited by itself, and reaps it.
     pub async fn wait_exit(&mut self, id: u64, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.node_mut(id).child.take().expect("node running");
@@ -519,4 +534,21 @@ pub fn offsets(v: &Value) -> Vec<(u64, u64)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    })
 }
