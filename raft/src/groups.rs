@@ -109,26 +109,36 @@ impl Group {
     /// leader starts the transfer over. On a loaded machine a large transfer starves the
     /// replica's heartbeats (measured: a 600 MB partition, 370 transfers begun and none
     /// finished in 13 minutes, the term at 739), so the transfer itself stands in for them.
+    ///
+    /// The election switch is flipped under the same lock as the hold, so the two always
+    /// agree: flipped after the lock, a hold that began just as another ended could leave
+    /// elections off with no hold to turn them on again. (A CI run had a replica that never
+    /// stood for election again in a group after two transfers to it overlapped; this race
+    /// is how that can happen.)
     fn hold_elections_for_snapshot(&self) {
         let mut hold = self.snapshot_hold.lock().unwrap_or_else(|p| p.into_inner());
-        let started = hold.is_none();
-        *hold = Some(Instant::now());
-        drop(hold);
-        if !started {
+        if hold.replace(Instant::now()).is_some() {
             return;
         }
         self.raft.runtime_config().elect(false);
+        drop(hold);
         let (raft, hold, group) = (self.raft.clone(), self.snapshot_hold.clone(), self.id);
         tokio::spawn(async move {
             loop {
-                let last = *hold.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(last) = last else { return };
-                if last.elapsed() >= SNAPSHOT_HOLD {
-                    *hold.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    tracing::warn!(%group, "no snapshot chunk for {SNAPSHOT_HOLD:?}: elections allowed again");
-                    raft.runtime_config().elect(true);
-                    return;
-                }
+                let last = {
+                    let mut h = hold.lock().unwrap_or_else(|p| p.into_inner());
+                    match *h {
+                        None => return,
+                        Some(last) if last.elapsed() >= SNAPSHOT_HOLD => {
+                            *h = None;
+                            raft.runtime_config().elect(true);
+                            drop(h);
+                            tracing::warn!(%group, "no snapshot chunk for {SNAPSHOT_HOLD:?}: elections allowed again");
+                            return;
+                        }
+                        Some(last) => last,
+                    }
+                };
                 tokio::time::sleep_until((last + SNAPSHOT_HOLD).into()).await;
             }
         });
@@ -144,13 +154,8 @@ impl Group {
 
     /// Ends [`Group::hold_elections_for_snapshot`]: the transfer is installed or refused.
     fn end_snapshot_hold(&self) {
-        if self
-            .snapshot_hold
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .is_some()
-        {
+        let mut hold = self.snapshot_hold.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.take().is_some() {
             self.raft.runtime_config().elect(true);
         }
     }
