@@ -19,15 +19,19 @@
 
 use std::fmt;
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use chat4all_storage::{Batch, Cf, Db, View, keys};
+use chat4all_storage::{Cf, Db, View, keys};
 use openraft::{SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::sm::{TAG_INSTALLING, TAG_SNAPSHOT, marker, read_err, snapshot_err, write_err};
+use crate::sm::{
+    AppliedMeta, AppliedState, TAG_APPLIED, TAG_INSTALLING, TAG_SNAPSHOT, decode, encode, marker,
+    read_err, snapshot_err, write_err,
+};
 use crate::types::{GroupId, NodeId, NodeInfo, RaftStorageError};
 
 /// How many bytes of rows a chunk carries by default (`[raft] snapshot_chunk_bytes`).
@@ -179,16 +183,6 @@ impl ChunkReader {
     }
 }
 
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, RaftStorageError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(snapshot_err)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RaftStorageError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(snapshot_err)
-}
-
 /// Where a node stages the snapshots it receives (inside the database's directory, so that
 /// every database has its own).
 pub fn staging_dir(db: &Db) -> PathBuf {
@@ -257,37 +251,26 @@ pub(crate) struct Installed {
     pub bytes: u64,
 }
 
-/// How a state machine writes its own state into an install's last batch, from the snapshot's
-/// header and meta.
-pub(crate) trait Finish:
-    FnMut(&mut Batch<'_>, &[u8], &SnapshotMeta<NodeId, NodeInfo>) -> Result<(), RaftStorageError>
-{
-}
-
-impl<F> Finish for F where
-    F: FnMut(
-        &mut Batch<'_>,
-        &[u8],
-        &SnapshotMeta<NodeId, NodeInfo>,
-    ) -> Result<(), RaftStorageError>
-{
-}
-
 /// How a state machine takes a snapshot: the ranges it replaces (every row of the snapshot
-/// must fall in one) and how it writes its own state from the snapshot's header.
-pub(crate) struct InstallTarget<'a, F> {
+/// must fall in one), and its own state `S`, which the snapshot's header encodes and the
+/// install's last batch stores under the snapshot's meta.
+pub(crate) struct InstallTarget<'a, S> {
     pub db: &'a Db,
     pub group: GroupId,
     pub ranges: &'a [RowRange],
-    /// Adds the state machine's state to the install's last batch, from the header and the
-    /// snapshot's meta.
-    pub finish: F,
+    pub state: PhantomData<S>,
 }
 
-impl<F> InstallTarget<'_, F>
-where
-    F: Finish,
-{
+impl<'a, S: AppliedState> InstallTarget<'a, S> {
+    pub(crate) fn new(db: &'a Db, group: GroupId, ranges: &'a [RowRange]) -> Self {
+        InstallTarget {
+            db,
+            group,
+            ranges,
+            state: PhantomData,
+        }
+    }
+
     /// Installs `data` as the group's state under `meta`. Blocking.
     pub(crate) fn install(
         &mut self,
@@ -373,8 +356,14 @@ where
             snapshot_err(std::io::Error::other("a snapshot without its header chunk"))
         })?;
         let mut b = self.db.batch();
-        (self.finish)(&mut b, &header, &installing.meta)?;
         let g = self.group.0;
+        let mut state: S = decode(&header)?;
+        *state.applied_mut() = AppliedMeta {
+            last_applied: installing.meta.last_log_id,
+            membership: installing.meta.last_membership.clone(),
+        };
+        b.put(Cf::GroupMeta, &keys::group_tag(g, TAG_APPLIED), &state)
+            .map_err(write_err)?;
         b.put(
             Cf::GroupMeta,
             &keys::group_tag(g, TAG_SNAPSHOT),
@@ -392,12 +381,9 @@ where
 
 /// Finishes an install that a crash interrupted, from its staged file; call it when a state
 /// machine opens, before it reads its state. Returns what the install wrote, if there was one.
-pub(crate) fn resume_install<F>(
-    target: &mut InstallTarget<'_, F>,
-) -> Result<Option<Installed>, RaftStorageError>
-where
-    F: Finish,
-{
+pub(crate) fn resume_install<S: AppliedState>(
+    target: &mut InstallTarget<'_, S>,
+) -> Result<Option<Installed>, RaftStorageError> {
     let key = keys::group_tag(target.group.0, TAG_INSTALLING);
     let Some(installing) = target
         .db
@@ -419,16 +405,13 @@ where
 /// Starts installing `source` as an install does, in chunks of `chunk_bytes`, and stops after
 /// `after_chunks` of them as a crash would: what [`resume_install`] must finish.
 #[cfg(test)]
-pub(crate) fn interrupt_install<F>(
-    target: &mut InstallTarget<'_, F>,
+pub(crate) fn interrupt_install<S: AppliedState>(
+    target: &mut InstallTarget<'_, S>,
     meta: &SnapshotMeta<NodeId, NodeInfo>,
     source: &Arc<SnapshotSource>,
     chunk_bytes: usize,
     after_chunks: u64,
-) -> Result<(), RaftStorageError>
-where
-    F: Finish,
-{
+) -> Result<(), RaftStorageError> {
     let path = stage(target.db, target.group, source, chunk_bytes).map_err(snapshot_err)?;
     let installing = target.begin(meta, path)?;
     target

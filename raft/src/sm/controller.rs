@@ -15,10 +15,10 @@ use tokio::sync::watch;
 
 use super::directory::{self, DirectoryCounters, DirectoryReader};
 use super::{
-    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot,
+    AppliedMeta, AppliedState, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, encode, load_snapshot,
     read_err, snapshot_err, snapshot_meta, write_err,
 };
-use crate::snapshot::{Finish, InstallTarget, RowRange, SnapshotData, SnapshotSource};
+use crate::snapshot::{InstallTarget, RowRange, SnapshotData, SnapshotSource};
 use crate::types::{
     Command, CommandResponse, ControllerCommand, ControllerResponse, Entry, GroupId, NodeId,
     NodeInfo, PartitionMeta, RaftStorageError, TopicMeta, TypeConfig,
@@ -39,6 +39,12 @@ pub struct ControllerState {
     pub producer_epochs: BTreeMap<i64, i16>,
     /// The directory's counters and token key (its rows are in RocksDB).
     pub directory: DirectoryCounters,
+}
+
+impl AppliedState for ControllerState {
+    fn applied_mut(&mut self) -> &mut AppliedMeta {
+        &mut self.applied
+    }
 }
 
 impl ControllerState {
@@ -106,29 +112,6 @@ fn snapshot_ranges() -> Vec<RowRange> {
     }]
 }
 
-/// How the controller installs a snapshot: the directory rows, then its state from the
-/// header (a [`ControllerState`]) under the snapshot's meta.
-fn install_target<'a>(db: &'a Db, ranges: &'a [RowRange]) -> InstallTarget<'a, impl Finish + 'a> {
-    InstallTarget {
-        db,
-        group: GroupId::CONTROLLER,
-        ranges,
-        finish: |b: &mut Batch<'_>, header: &[u8], meta: &SnapshotMeta<NodeId, NodeInfo>| {
-            let mut state: ControllerState = decode(header)?;
-            state.applied = AppliedMeta {
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-            };
-            b.put(
-                Cf::GroupMeta,
-                &keys::group_tag(GroupId::CONTROLLER.0, TAG_APPLIED),
-                &state,
-            )
-            .map_err(write_err)
-        },
-    }
-}
-
 fn load(db: &Db) -> Result<ControllerState, RaftStorageError> {
     Ok(db
         .get(
@@ -151,7 +134,9 @@ impl ControllerStateMachine {
     /// Opens the controller state, recovering what was applied before a restart.
     pub fn open(db: Db) -> Result<ControllerStateMachine, RaftStorageError> {
         let ranges = snapshot_ranges();
-        if let Some(done) = crate::snapshot::resume_install(&mut install_target(&db, &ranges))? {
+        if let Some(done) = crate::snapshot::resume_install(
+            &mut InstallTarget::<ControllerState>::new(&db, GroupId::CONTROLLER, &ranges),
+        )? {
             tracing::info!(
                 rows = done.rows,
                 "resumed and finished a controller snapshot install"
@@ -260,7 +245,8 @@ impl RaftStateMachine<TypeConfig> for ControllerStateMachine {
         let (db, m) = (self.db.clone(), meta.clone());
         let done = tokio::task::spawn_blocking(move || {
             let ranges = snapshot_ranges();
-            install_target(&db, &ranges).install(&m, *snapshot)
+            InstallTarget::<ControllerState>::new(&db, GroupId::CONTROLLER, &ranges)
+                .install(&m, *snapshot)
         })
         .await
         .map_err(snapshot_err)??;

@@ -46,6 +46,12 @@ pub(crate) fn read_err(e: StorageError) -> RaftStorageError {
     StorageIOError::read_state_machine(openraft::AnyError::new(&e)).into()
 }
 
+/// A state machine's own state, stored at [`TAG_APPLIED`] with what it has applied: what a
+/// snapshot's header carries and an install stores under the snapshot's meta.
+pub(crate) trait AppliedState: Serialize + DeserializeOwned {
+    fn applied_mut(&mut self) -> &mut AppliedMeta;
+}
+
 pub(crate) fn write_err(e: StorageError) -> RaftStorageError {
     StorageIOError::write_state_machine(openraft::AnyError::new(&e)).into()
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use chat4all_storage::{Batch, Cf, Db, StoredRecord, keys};
+use chat4all_storage::{Cf, Db, StoredRecord, keys};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, LogId, OptionalSend, SnapshotMeta, StoredMembership};
 use serde::{Deserialize, Serialize};
@@ -13,11 +13,11 @@ use tokio::sync::watch;
 
 use super::chat::{self, ChatReader, ChatResponse, InboxWatch};
 use super::{
-    AppliedMeta, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, decode, encode, load_snapshot,
+    AppliedMeta, AppliedState, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, encode, load_snapshot,
     read_err, snapshot_err, snapshot_meta, write_err,
 };
 use crate::producer_state::{self, Decision, ProducerEntry};
-use crate::snapshot::{Finish, InstallTarget, Installed, RowRange, SnapshotData, SnapshotSource};
+use crate::snapshot::{InstallTarget, Installed, RowRange, SnapshotData, SnapshotSource};
 use crate::types::{
     AppendBatch, Command, CommandResponse, Entry, GroupId, NodeId, NodeInfo, PartitionCommand,
     PartitionResponse, RaftStorageError, TypeConfig,
@@ -34,6 +34,12 @@ pub struct PartitionState {
     pub next_offset: u64,
     /// Bytes of the records in `[log_start_offset, next_offset)`, for size retention.
     pub total_bytes: u64,
+}
+
+impl AppliedState for PartitionState {
+    fn applied_mut(&mut self) -> &mut AppliedMeta {
+        &mut self.applied
+    }
 }
 
 /// What a partition keeps besides its log; a property of the topic, the same on every replica.
@@ -112,33 +118,6 @@ fn snapshot_ranges(group: GroupId) -> Vec<RowRange> {
     .collect()
 }
 
-/// How a partition installs a snapshot: its rows, then its state from the header (a
-/// [`PartitionState`]) under the snapshot's meta.
-fn install_target<'a>(
-    db: &'a Db,
-    group: GroupId,
-    ranges: &'a [RowRange],
-) -> InstallTarget<'a, impl Finish + 'a> {
-    InstallTarget {
-        db,
-        group,
-        ranges,
-        finish: move |b: &mut Batch<'_>, header: &[u8], meta: &SnapshotMeta<NodeId, NodeInfo>| {
-            let mut state: PartitionState = decode(header)?;
-            state.applied = AppliedMeta {
-                last_applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-            };
-            b.put(
-                Cf::GroupMeta,
-                &keys::group_tag(group.0, TAG_APPLIED),
-                &state,
-            )
-            .map_err(write_err)
-        },
-    }
-}
-
 /// A partition's applied state and producers as stored.
 fn load(
     db: &Db,
@@ -180,9 +159,9 @@ impl PartitionStateMachine {
         kind: PartitionKind,
     ) -> Result<PartitionStateMachine, RaftStorageError> {
         let ranges = snapshot_ranges(group);
-        if let Some(done) =
-            crate::snapshot::resume_install(&mut install_target(&db, group, &ranges))?
-        {
+        if let Some(done) = crate::snapshot::resume_install(
+            &mut InstallTarget::<PartitionState>::new(&db, group, &ranges),
+        )? {
             tracing::info!(%group, chunks = done.chunks, rows = done.rows, "resumed and finished a snapshot install");
         }
         let (state, producers) = load(&db, group)?;
@@ -545,7 +524,7 @@ impl PartitionStateMachine {
         let (db, group, m) = (self.inner.db.clone(), self.inner.group, meta.clone());
         let done: Installed = tokio::task::spawn_blocking(move || {
             let ranges = snapshot_ranges(group);
-            install_target(&db, group, &ranges).install(&m, data)
+            InstallTarget::<PartitionState>::new(&db, group, &ranges).install(&m, data)
         })
         .await
         .map_err(snapshot_err)??;
@@ -799,7 +778,7 @@ mod tests {
             drop(stale);
             let ranges = snapshot_ranges(G);
             crate::snapshot::interrupt_install(
-                &mut install_target(&db, G, &ranges),
+                &mut InstallTarget::<PartitionState>::new(&db, G, &ranges),
                 &snap.meta,
                 &source,
                 1024,
