@@ -80,7 +80,7 @@ pub enum AnomalyKind {
     /// chat: two messages of a conversation in a user's event stream in another order than its
     /// history.
     ChatEventOrder,
-    /// chat: an event stream's cursors not 1, 2, 3, ... after the one asked for.
+    /// chat: an event stream's cursor that does not move one partition forward and no other.
     ChatEventCursor,
 }
 
@@ -370,7 +370,7 @@ pub enum Anomaly {
         user: String,
         message_id: String,
         node: u32,
-        cursors: Vec<u64>,
+        cursors: Vec<String>,
         read: u64,
     },
     /// chat `chat-event-order`: in the event stream of `user` from `node`, `message_ids[0]`
@@ -381,16 +381,17 @@ pub enum Anomaly {
         conversation: String,
         node: u32,
         message_ids: [String; 2],
-        cursors: [u64; 2],
+        cursors: [String; 2],
         positions: [usize; 2],
         read: u64,
     },
     /// chat `chat-event-cursor`: in the event stream of `user` from `node`, the event after
-    /// cursor `cursors[0]` had cursor `cursors[1]` (not the next number).
+    /// cursor `cursors[0]` had cursor `cursors[1]`, which does not move exactly one
+    /// partition's position forward and leave the others (a repeat, a step back, or garbage).
     ChatEventCursor {
         user: String,
         node: u32,
-        cursors: [u64; 2],
+        cursors: [String; 2],
         read: u64,
     },
 }

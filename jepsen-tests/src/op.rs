@@ -316,8 +316,9 @@ pub struct ChatRead {
 /// One event of a user's stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatEvent {
-    /// Its `id:` (the event's number in the user's inbox).
-    pub cursor: u64,
+    /// Its `id:`: the stream's cursor after it, the next offset to read in each
+    /// `chat.messages` partition, joined by `-`.
+    pub cursor: String,
     /// Its `event:` (`message`, `status`, `conversation_created`, ...).
     pub kind: String,
     /// Its conversation, if it has one.
@@ -328,17 +329,17 @@ pub struct ChatEvent {
     pub message_id: Option<String>,
 }
 
-/// The value of a `chat-events` operation: a user's event stream read from `after` (0: from
+/// The value of a `chat-events` operation: a user's event stream read from `after` (`0`: from
 /// the start) through one node. An `ok` completion has the events received before the reader
 /// stopped (the stream never ends by itself).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatEvents {
-    /// The user whose inbox it is.
+    /// The user whose stream it is.
     pub user: String,
     /// The node streamed from.
     pub node: u32,
     /// The cursor asked for (`?cursor=`).
-    pub after: u64,
+    pub after: String,
     /// The conversations the user is in: every acknowledged message of these must arrive.
     pub conversations: Vec<String>,
     /// On an `ok` completion: the events, in arrival order.

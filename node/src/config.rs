@@ -55,12 +55,14 @@ pub struct ChatConfig {
     /// conversation's messages are ordered within its partition.
     #[serde(default = "default_chat_partitions")]
     pub partitions: u32,
-    /// Partitions of `chat.inbox` (fixed once created); a user's events are in one.
-    #[serde(default = "default_chat_partitions")]
-    pub inbox_partitions: u32,
-    /// Run a member of the `router` consumer group on this node, fanning messages out to
-    /// inboxes. Every node runs one by default; turning it off everywhere stops real-time
-    /// delivery (messages are still stored).
+    /// Partitions of the channel topics `chat.deliveries`, `chat.dlq` and `chat.inbound`
+    /// (fixed once created). Before 2026-12 this was `inbox_partitions`, still accepted.
+    #[serde(default = "default_chat_partitions", alias = "inbox_partitions")]
+    pub channel_partitions: u32,
+    /// Run a member of the `router` consumer group on this node, which marks messages SENT
+    /// and hands them to the channels. Every node runs one by default; turning it off
+    /// everywhere leaves messages PENDING and undelivered to platforms (they are still
+    /// stored and streamed to API users).
     #[serde(default = "default_true")]
     pub router: bool,
 }
@@ -73,7 +75,7 @@ impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
             partitions: default_chat_partitions(),
-            inbox_partitions: default_chat_partitions(),
+            channel_partitions: default_chat_partitions(),
             router: true,
         }
     }

@@ -37,8 +37,8 @@ pub struct Metrics {
     /// `chat4all_chat_messages_accepted_total`: messages stored (not repeats), counted by
     /// the node that accepted the request.
     pub chat_messages_accepted: prometheus::IntCounter,
-    /// `chat4all_chat_delivery_seconds`: from a message's acceptance to its delivery into
-    /// its recipients' inboxes (observed by the router).
+    /// `chat4all_chat_delivery_seconds`: from a message's acceptance to the router reading
+    /// it committed, when it is in its recipients' streams (observed by the router).
     pub chat_delivery: Histogram,
     /// `chat4all_connector_deliveries_total{channel,outcome}`: outbound work by outcome
     /// (`sent`, `retried`, `failed`, `dead_lettered`, `unknown`).
@@ -145,7 +145,7 @@ impl Metrics {
             chat_messages_accepted,
             chat_delivery: histogram(
                 "chat4all_chat_delivery_seconds",
-                "From a message's acceptance to its delivery into its recipients' inboxes",
+                "From a message's acceptance to its delivery into its recipients' event streams",
             )?,
             produce_requests: counter(
                 "chat4all_produce_requests_total",

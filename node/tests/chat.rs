@@ -277,7 +277,7 @@ async fn a_chat_across_nodes_with_one_order_no_duplicates_and_forward_only_statu
         .iter()
         .map(|h| h["status"].as_str().expect("status"))
         .collect();
-    // The router marks it SENT once it is in the inboxes, which may come before or after
+    // The router marks it SENT once it reads it committed, which may come before or after
     // Bob's READ (after it, SENT would go backwards and changes nothing).
     assert!(
         statuses == ["PENDING", "READ"] || statuses == ["PENDING", "SENT", "READ"],

@@ -1,14 +1,15 @@
 //! The chat event streams on a real 3-node cluster, through the REST API only: a receiver on
 //! another node gets every event once, in order, across the SIGKILL of the conversation's
 //! leader and reconnects; the stream over a WebSocket and with a token in the query; and the
-//! sender's own stream with each message's SENT once.
+//! sender's own stream with each message's SENT once; one stream over conversations in
+//! several partitions, resumed mid-way on another node.
 
 mod common;
 
 use std::time::Duration;
 
 use common::chat::{call, cluster, direct, users};
-use common::sse::{EventStream, Sse};
+use common::sse::{EventStream, Sse, advances};
 use common::{error_code as code, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -97,19 +98,21 @@ async fn a_receiver_on_another_node_gets_every_event_once_in_order_across_a_kill
                     .filter(|n| Some(*n) != killed)
                     .find(|n| *n != via_stream)
                     .unwrap_or(via_stream);
-                let last = events.last().map(|e| e.id);
+                let last = events.last().map(|e| e.id.clone());
                 stream = eventually("the stream reopens", Duration::from_secs(30), || async {
-                    EventStream::open(&c, via_stream, &gus.token, last).await
+                    EventStream::open(&c, via_stream, &gus.token, last.as_deref()).await
                 })
                 .await;
             }
         }
     }
-    // Every event once, in order: ids are 1, 2, 3, ... with no gap and no repeat, and the
-    // messages arrive in the order they were sent.
-    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
-    let want: Vec<u64> = (ids[0]..ids[0] + ids.len() as u64).collect();
-    assert_eq!(ids, want, "event ids");
+    // Every event once, in order: each event's cursor is one step past the one before it
+    // (across the reconnects too), and the messages arrive in the order they were sent.
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert!(
+        ids.windows(2).all(|w| advances(w[0], w[1])),
+        "event ids {ids:?}"
+    );
     let want: Vec<String> = (0..total).map(|i| format!("m{i}")).collect();
     assert_eq!(messages(&events), want);
     assert!(killed.is_some());
@@ -158,11 +161,17 @@ async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
             frames.push(serde_json::from_str(&t).expect("JSON frame"));
         }
     }
-    let ids: Vec<u64> = frames
+    let ids: Vec<&str> = frames
         .iter()
-        .map(|f| f["id"].as_u64().expect("id"))
+        .map(|f| f["id"].as_str().expect("id"))
         .collect();
-    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    assert!(ids.windows(2).all(|w| advances(w[0], w[1])), "{ids:?}");
+    assert!(
+        frames
+            .iter()
+            .zip(&ids)
+            .all(|(f, id)| f["data"]["cursor"] == *id)
+    );
     let texts: Vec<&str> = frames
         .iter()
         .filter(|f| f["event"] == "message")
@@ -188,7 +197,8 @@ async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
         .next(Duration::from_secs(10))
         .await
         .expect("an event");
-    assert_eq!(first.id, 1);
+    assert_eq!(first.kind, "conversation_created", "{first:?}");
+    assert_eq!(first.data["cursor"], first.id.as_str());
     // A token in the query is only for the two streams.
     let (s, _, v) = c
         .call_as(
@@ -211,6 +221,17 @@ async fn the_stream_over_a_websocket_and_with_a_token_in_the_query() {
         )
         .await;
     assert_eq!((s, code(&v)), (400, "INVALID_CURSOR"));
+    // So is one with the wrong number of positions (one per `chat.messages` partition).
+    let (s, _, v) = c
+        .call_as(
+            Method::GET,
+            1,
+            &format!("/v1/events?cursor={first_id}-0", first_id = first.id),
+            Some(("authorization", &format!("Bearer {}", ivy.token))),
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&v)), (400, "INVALID_CURSOR"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +270,7 @@ async fn the_sender_sees_each_message_sent_once_on_its_stream() {
         assert_eq!(s, 202, "{v}");
         ids.push(v["message_id"].as_str().expect("id").to_string());
     }
-    // Jo's stream: each message, and once in the inboxes its SENT, once each. The last
+    // Jo's stream: each message, and once the router read it its SENT, once each. The last
     // message's SENT comes after any repeat of the others' (one conversation: one order).
     let mut events: Vec<Sse> = Vec::new();
     let last_sent = |events: &[Sse]| {
@@ -304,4 +325,104 @@ async fn the_sender_sees_each_message_sent_once_on_its_stream() {
             .collect();
         assert_eq!(history, ["PENDING", "SENT"], "{v}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_merges_conversations_of_every_partition_and_resumes_mid_way() {
+    let c = cluster().await;
+    let u = users(&c, &["lu", "max"]).await;
+    let (lu, max) = (&u[0], &u[1]);
+    // Groups of Lu and Max with one message each, until their conversations span at least
+    // two of the three `chat.messages` partitions (ids are random: bounded tries).
+    let mut sent: Vec<(String, String)> = Vec::new();
+    let mut partitions = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        if sent.len() >= 4 && partitions.len() >= 2 {
+            break;
+        }
+        let (s, g) = call(
+            &c,
+            Method::POST,
+            1,
+            "/v1/conversations",
+            lu,
+            Some(&json!({"type": "group", "participants": [max.id], "title": format!("g{i}")})),
+        )
+        .await;
+        assert_eq!(s, 201, "{g}");
+        let gid = g["id"].as_str().expect("id").to_string();
+        let (s, v) = call(
+            &c,
+            Method::POST,
+            1 + i % 3,
+            &format!("/v1/conversations/{gid}/messages"),
+            lu,
+            Some(&json!({"content": format!("x{i}")})),
+        )
+        .await;
+        assert_eq!(s, 202, "{v}");
+        partitions.insert(v["partition"].as_u64().expect("partition"));
+        sent.push((gid, v["message_id"].as_str().expect("id").to_string()));
+    }
+    assert!(partitions.len() >= 2, "all in {partitions:?}");
+
+    // Max reads everything from the start on node 2: each conversation's creation and its
+    // message, one step of one partition's position per event.
+    let read_all = |node: u64, cursor: String, want: usize| {
+        let c = &c;
+        async move {
+            let r = c
+                .http
+                .get(format!("{}/v1/events?cursor={cursor}", c.api(node)))
+                .header("authorization", format!("Bearer {}", max.token))
+                .send()
+                .await
+                .expect("events");
+            assert_eq!(r.status().as_u16(), 200);
+            let mut stream = EventStream::from_response(r);
+            let mut events: Vec<Sse> = Vec::new();
+            while events.len() < want {
+                let e = stream
+                    .next(Duration::from_secs(20))
+                    .await
+                    .unwrap_or_else(|| panic!("the stream stopped after {events:?}"));
+                events.push(e);
+            }
+            events
+        }
+    };
+    let all = read_all(2, "0".into(), 2 * sent.len()).await;
+    let ids: Vec<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    assert!(advances("0-0-0", ids[0]), "{ids:?}");
+    assert!(ids.windows(2).all(|w| advances(w[0], w[1])), "{ids:?}");
+    let what = |e: &Sse| {
+        let id = e.data["message_id"].as_str().unwrap_or("").to_string();
+        // A creation event carries the conversation itself.
+        let conversation = e.data["conversation_id"]
+            .as_str()
+            .or(e.data["conversation"]["id"].as_str())
+            .unwrap_or("");
+        (e.kind.clone(), conversation.to_string(), id)
+    };
+    for (gid, mid) in &sent {
+        let created = all
+            .iter()
+            .position(|e| e.kind == "conversation_created" && what(e).1 == *gid);
+        let message = all
+            .iter()
+            .position(|e| e.kind == "message" && what(e).2 == *mid);
+        assert!(
+            created.is_some() && message.is_some() && created < message,
+            "{gid}: {all:?}"
+        );
+    }
+
+    // Resumed through node 3 from the middle: exactly the events after that point.
+    let half = all.len() / 2;
+    let rest = read_all(3, all[half - 1].id.clone(), all.len() - half).await;
+    let mut got: Vec<_> = rest.iter().map(what).collect();
+    let mut want: Vec<_> = all[half..].iter().map(what).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A cluster whose connectors talk to the fakes, with the bot token in each node's
 /// environment (the channel names it as `env:TEST_TG_TOKEN`).
 async fn cluster(n: u64, fakes: &[&FakePlatform], extra: &str) -> Cluster {
-    let mut toml = String::from("[chat]\npartitions = 3\ninbox_partitions = 3\n\n[connectors]\n");
+    let mut toml = String::from("[chat]\npartitions = 3\nchannel_partitions = 3\n\n[connectors]\n");
     for f in fakes {
         let key = match f.platform() {
             Platform::Telegram => "telegram_base_url",

@@ -1,8 +1,9 @@
 //! Chat and inbox partitions through openraft's state machine interface on a real RocksDB:
 //! a repeated `message_id` is stored once even within one apply call, a refused command
-//! appends nothing, accepted events carry their recipients, an inbox takes each event once
-//! per user (also when a router delivers it again), and a snapshot carries the rows to a fresh
-//! replica that then decides alike.
+//! appends nothing, accepted events carry their recipients and are in their streams (waking
+//! those readers only), an inbox (a delivery queue) takes each event once per user, also when
+//! a router delivers it again, and a snapshot carries the rows to a fresh replica that then
+//! decides alike.
 
 mod common;
 
@@ -309,26 +310,66 @@ async fn notes_live_in_inbox_partitions_only_append_nothing_and_survive_a_snapsh
 }
 
 #[tokio::test]
-async fn an_inbox_reader_is_woken_by_its_own_users_events_only() {
-    let (_d, mut sm) = open(PartitionKind::Inbox);
-    let u1 = sm.watch_inbox("u1");
-    let mut u2 = sm.watch_inbox("u2");
-    apply(&mut sm, 1, vec![deliver(0, 1, &["u2"])]).await;
-    assert!(!u1.has_changed().expect("open"), "u1 woken by u2's event");
-    assert!(u2.has_changed().expect("open"));
-    u2.mark_unchanged();
-    // A repeat the inbox drops wakes nobody; a new event for u1 wakes u1 only.
+async fn a_users_stream_holds_the_events_stamped_for_them_and_wakes_them_only() {
+    let (_d, mut sm) = open(PartitionKind::Chat);
+    let ann = sm.watch_user("ann");
+    let mut cy = sm.watch_user("cy");
+    // Offsets: 0 created (ann, ben), 1 m1, 2 m2.
     apply(
         &mut sm,
-        2,
-        vec![deliver(0, 1, &["u2"]), deliver(0, 2, &["u1"])],
+        1,
+        vec![
+            conversation("c", &["ann", "ben"]),
+            send("m1", "ann"),
+            send("m2", "ben"),
+        ],
     )
     .await;
-    assert!(u1.has_changed().expect("open"));
+    assert!(ann.has_changed().expect("open"));
     assert!(
-        !u2.has_changed().expect("open"),
-        "u2 woken by a dropped repeat"
+        !cy.has_changed().expect("open"),
+        "cy woken by others' events"
     );
-    // The event is readable by the time the reader is woken.
-    assert_eq!(sm.chat().inbox("u1", 0, 10).expect("read").len(), 1);
+    let chat = sm.chat();
+    assert_eq!(chat.stream("ann", 0, 10).expect("read"), vec![0, 1, 2]);
+    assert_eq!(chat.stream("ben", 2, 10).expect("read"), vec![2]);
+    assert_eq!(chat.stream("ann", 0, 2).expect("read"), vec![0, 1]);
+    assert_eq!(chat.stream("an", 0, 10).expect("read"), Vec::<u64>::new());
+    assert_eq!(chat.stream("cy", 0, 10).expect("read"), Vec::<u64>::new());
+
+    // A refused send (cy is not in it) indexes nothing; a repeat adds nothing; cy joins and
+    // sees events from then on, not before.
+    let r = apply(
+        &mut sm,
+        4,
+        vec![
+            send("m3", "cy"),
+            send("m1", "ann"),
+            ChatCommand::AddParticipant {
+                conversation_id: "c".into(),
+                user_id: "cy".into(),
+                by: Some("ann".into()),
+                at_ms: 3,
+                record: record("joined"),
+            },
+            send("m4", "cy"),
+        ],
+    )
+    .await;
+    assert_eq!(r[0], ChatResponse::NotParticipant);
+    assert!(cy.has_changed().expect("open"));
+    cy.mark_unchanged();
+    assert_eq!(sm.chat().stream("cy", 0, 10).expect("read"), vec![3, 4]);
+    assert_eq!(sm.chat().stream("ann", 3, 10).expect("read"), vec![3, 4]);
+
+    // The index travels in a snapshot.
+    let (_d2, replica) = replica_of(&mut sm, PartitionKind::Chat).await;
+    assert_eq!(
+        replica.chat().stream("ann", 0, 10).expect("read"),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(
+        replica.chat().stream("cy", 0, 10).expect("read"),
+        vec![3, 4]
+    );
 }

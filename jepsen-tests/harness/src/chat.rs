@@ -395,7 +395,7 @@ impl Chat {
                 let value = ChatEvents {
                     user: user.id.clone(),
                     node,
-                    after: 0,
+                    after: "0".into(),
                     conversations: conversations.clone(),
                     events: Vec::new(),
                 };
@@ -588,7 +588,7 @@ fn parse_event(block: &str) -> Option<ChatEvent> {
     for line in block.lines() {
         let line = line.trim_end_matches('\r');
         if let Some(v) = line.strip_prefix("id:") {
-            id = v.trim().parse::<u64>().ok();
+            id = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
         } else if let Some(v) = line.strip_prefix("event:") {
             kind = v.trim().to_owned();
         } else if let Some(v) = line.strip_prefix("data:") {
@@ -630,11 +630,11 @@ mod tests {
 
     #[test]
     fn sse_blocks_become_events() {
-        let block = "id: 7\nevent: message\ndata: {\"type\":\"message\",\"message_id\":\"m\",\"conversation_id\":\"d-1\",\"cursor\":7}\n\n";
+        let block = "id: 7-0-2\nevent: message\ndata: {\"type\":\"message\",\"message_id\":\"m\",\"conversation_id\":\"d-1\",\"cursor\":\"7-0-2\"}\n\n";
         assert_eq!(
             parse_event(block),
             Some(ChatEvent {
-                cursor: 7,
+                cursor: "7-0-2".into(),
                 kind: "message".into(),
                 conversation: Some("d-1".into()),
                 message_id: Some("m".into()),

@@ -264,6 +264,23 @@ fn check_read(
     }
 }
 
+/// Whether the stream cursor `next` is one event past `prev`: each is the next offset to read
+/// in every `chat.messages` partition, joined by `-`, and exactly one partition's position moved
+/// forward (by any amount: the partition holds other users' events too) while none moved back.
+/// `prev` may be the start cursor `0`, which stands for every position at 0.
+fn advances(prev: &str, next: &str) -> bool {
+    let parse = |c: &str| -> Option<Vec<u64>> { c.split('-').map(|p| p.parse().ok()).collect() };
+    let (Some(b), Some(mut a)) = (parse(next), parse(prev)) else {
+        return false;
+    };
+    if a == [0] {
+        a = vec![0; b.len()];
+    }
+    a.len() == b.len()
+        && a.iter().zip(&b).filter(|(x, y)| x != y).count() == 1
+        && a.iter().zip(&b).all(|(x, y)| y >= x)
+}
+
 /// Cursors, duplicates, phantoms, lost acknowledged messages and per-conversation order in one
 /// user's event stream.
 fn check_stream(
@@ -275,22 +292,22 @@ fn check_stream(
     found: &mut Vec<Anomaly>,
 ) {
     let (user, node) = (stream.user.clone(), stream.node);
-    let mut previous = stream.after;
+    let mut previous = stream.after.as_str();
     for event in &stream.events {
-        if event.cursor != previous + 1 {
+        if !advances(previous, &event.cursor) {
             found.push(Anomaly::ChatEventCursor {
                 user: user.clone(),
                 node,
-                cursors: [previous, event.cursor],
+                cursors: [previous.to_owned(), event.cursor.clone()],
                 read,
             });
         }
-        previous = event.cursor;
+        previous = &event.cursor;
     }
     // Message events: id -> (conversation, cursors).
-    let mut seen: BTreeMap<&str, (&str, Vec<u64>)> = BTreeMap::new();
+    let mut seen: BTreeMap<&str, (&str, Vec<String>)> = BTreeMap::new();
     // Per conversation, the last message so far with its cursor and history position.
-    let mut last: BTreeMap<&str, (&str, u64, usize)> = BTreeMap::new();
+    let mut last: BTreeMap<&str, (&str, &str, usize)> = BTreeMap::new();
     for event in &stream.events {
         let (Some(id), Some(conversation)) = (&event.message_id, &event.conversation) else {
             continue;
@@ -298,7 +315,7 @@ fn check_stream(
         let entry = seen
             .entry(id)
             .or_insert_with(|| (conversation.as_str(), Vec::new()));
-        entry.1.push(event.cursor);
+        entry.1.push(event.cursor.clone());
         if entry.1.len() > 1 {
             continue;
         }
@@ -326,12 +343,12 @@ fn check_stream(
                 conversation: conversation.clone(),
                 node,
                 message_ids: [before.to_owned(), id.clone()],
-                cursors: [cursor, event.cursor],
+                cursors: [cursor.to_owned(), event.cursor.clone()],
                 positions: [before_position, *position],
                 read,
             });
         }
-        last.insert(conversation, (id, event.cursor, *position));
+        last.insert(conversation, (id, &event.cursor, *position));
     }
     for (id, (_, cursors)) in &seen {
         if cursors.len() > 1 {

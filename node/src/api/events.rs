@@ -1,7 +1,10 @@
-//! `GET /v1/events`: the caller's inbox as Server-Sent Events. Each event's `id` is its
-//! sequence number in the caller's inbox (1, 2, 3, ...); a client that reconnects, to any
-//! node, with `Last-Event-ID` (or `?cursor=`) gets every event after it, once, in order.
-//! Without a cursor the stream starts with the events that arrive after it opened.
+//! `GET /v1/events`: the caller's events as Server-Sent Events: new messages, status changes
+//! and conversation changes of the conversations they are in. Each event's `id` is the
+//! stream's cursor after it: the next offset to read in each `chat.messages` partition,
+//! joined by `-` (such as `12-0-7`). A client that reconnects, to any node, with
+//! `Last-Event-ID` (or `?cursor=`) gets every event after it, once, each conversation's in
+//! order; `cursor=0` starts from the beginning, and no cursor with the events that arrive
+//! after the stream opened.
 //! `GET /v1/ws` is the same stream over a WebSocket: one text frame per event,
 //! `{"id","event","data"}`, resumed with `?cursor=`.
 
@@ -23,32 +26,47 @@ use super::{ApiError, AppState};
 use crate::auth::Caller;
 use crate::service::Service;
 
-/// Events read per inbox request.
+/// Events read per partition per stream read.
 const BATCH: usize = 100;
-/// How long one inbox read waits for an event before asking again (the stream stays open).
+/// How long one stream read waits for an event before asking again (the stream stays open).
 const POLL_MS: u64 = 10_000;
 
 struct Cursor {
     svc: Arc<Service>,
     user: String,
-    after: u64,
-    pending: VecDeque<(u64, StoredRecord)>,
+    /// The next offset to read in each `chat.messages` partition.
+    from: Vec<u64>,
+    /// Events read and not yet sent: `(partition, offset, record)`.
+    pending: VecDeque<(u32, u64, StoredRecord)>,
 }
 
-fn sse_event(seq: u64, record: &StoredRecord) -> Event {
+/// The cursor's text form: the positions joined by `-`.
+fn cursor_text(from: &[u64]) -> String {
+    let parts: Vec<String> = from.iter().map(u64::to_string).collect();
+    parts.join("-")
+}
+
+fn parse_cursor(text: &str) -> Option<Vec<u64>> {
+    text.trim()
+        .split('-')
+        .map(|p| p.parse::<u64>().ok())
+        .collect()
+}
+
+fn sse_event(cursor: &str, record: &StoredRecord) -> Event {
     let mut data: Value = serde_json::from_slice(&record.value.bytes).unwrap_or(Value::Null);
     let kind = data["type"].as_str().unwrap_or("event").to_string();
     if let Value::Object(m) = &mut data {
-        m.insert("cursor".into(), Value::from(seq));
+        m.insert("cursor".into(), Value::from(cursor));
     }
     Event::default()
-        .id(seq.to_string())
+        .id(cursor)
         .event(kind)
         .data(data.to_string())
 }
 
 /// Where a stream starts: `Last-Event-ID` or `?cursor=`, checked; then the first read, which
-/// answers at once, so an unreachable inbox is an HTTP error rather than an empty stream.
+/// answers at once, so an unreadable stream is an HTTP error rather than an empty stream.
 async fn open(
     svc: &AppState,
     caller: &Caller,
@@ -64,37 +82,39 @@ async fn open(
         .filter(|c| !c.is_empty());
     let cursor = match given {
         None => None,
-        Some(c) => Some(c.trim().parse::<u64>().map_err(|_| {
+        Some(c) => Some(parse_cursor(&c).ok_or_else(|| {
             ApiError::bad_request(
                 "INVALID_CURSOR",
-                "Last-Event-ID / `cursor` must be an event id this stream sent",
+                "Last-Event-ID / `cursor` must be an event id this stream sent, or 0",
             )
         })?),
     };
-    let (after, first) = svc.inbox_read(&caller.user_id, cursor, BATCH, 0).await?;
+    let first = svc.stream_read(&caller.user_id, cursor, BATCH, 0).await?;
     Ok(Cursor {
         svc: svc.clone(),
         user: caller.user_id.clone(),
-        after,
-        pending: first.into(),
+        from: first.from,
+        pending: first.events.into(),
     })
 }
 
 impl Cursor {
-    /// The next event, waiting for one; `None` when the inbox cannot be read (the client
-    /// reconnects from its last event id and loses nothing).
-    async fn next(&mut self) -> Option<(u64, StoredRecord)> {
+    /// The next event and the cursor after it, waiting for one; `None` when the stream cannot
+    /// be read (the client reconnects from its last event id and loses nothing).
+    async fn next(&mut self) -> Option<(String, StoredRecord)> {
         loop {
-            if let Some((seq, record)) = self.pending.pop_front() {
-                self.after = seq;
-                return Some((seq, record));
+            if let Some((p, offset, record)) = self.pending.pop_front() {
+                if let Some(f) = self.from.get_mut(p as usize) {
+                    *f = offset + 1;
+                }
+                return Some((cursor_text(&self.from), record));
             }
             match self
                 .svc
-                .inbox_read(&self.user, Some(self.after), BATCH, POLL_MS)
+                .stream_read(&self.user, Some(self.from.clone()), BATCH, POLL_MS)
                 .await
             {
-                Ok((_, events)) => self.pending.extend(events),
+                Ok(page) => self.pending.extend(page.events),
                 Err(e) => {
                     tracing::debug!(user = %self.user, "event stream ends: {e}");
                     return None;
@@ -112,8 +132,8 @@ pub async fn get_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let state = open(&svc, &caller, &headers, &q).await?;
     let stream = futures::stream::unfold(state, |mut st| async move {
-        let (seq, record) = st.next().await?;
-        Some((Ok(sse_event(seq, &record)), st))
+        let (cursor, record) = st.next().await?;
+        Some((Ok(sse_event(&cursor, &record)), st))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
@@ -130,14 +150,17 @@ pub async fn get_ws(
     Ok(upgrade.on_upgrade(move |socket| pump(socket, cursor)))
 }
 
-/// Sends events until the client goes or the inbox cannot be read; answers pings.
+/// Sends events until the client goes or the stream cannot be read; answers pings.
 async fn pump(mut socket: WebSocket, mut cursor: Cursor) {
     loop {
         tokio::select! {
             next = cursor.next() => {
-                let Some((seq, record)) = next else { break };
-                let data: Value = serde_json::from_slice(&record.value.bytes).unwrap_or(Value::Null);
-                let frame = json!({"id": seq, "event": data["type"], "data": data});
+                let Some((cursor, record)) = next else { break };
+                let mut data: Value = serde_json::from_slice(&record.value.bytes).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut data {
+                    m.insert("cursor".into(), Value::from(cursor.as_str()));
+                }
+                let frame = json!({"id": cursor, "event": data["type"], "data": data});
                 if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
                     return;
                 }

@@ -5,8 +5,8 @@
 //! on `GET /v1/events` through a different node than its sender writes to. Messages go out at
 //! a fixed total rate (an open loop: a send starts on schedule whether or not earlier ones
 //! finished), and a message's latency runs from the start of its `POST` to the moment its
-//! receiver's stream delivers it: acceptance by a majority, the router's delivery into the
-//! inbox (another replicated write), and the stream's read. The rates are stepped up; the
+//! receiver's stream delivers it: acceptance by a majority, the apply on the replica the
+//! stream reads, and the stream's read. The rates are stepped up; the
 //! highest with p99 under 50 ms is reported. Then the load test: a constant 167 requests/s
 //! (50% send, 30% history, 20% health) with P95, P99 and the error rate.
 

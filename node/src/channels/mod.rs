@@ -22,7 +22,7 @@ pub mod retry;
 
 pub use config::ConnectorsConfig;
 
-/// Outbound work, keyed by [`delivery_key`]: a `chat.inbox`-like topic, so the router's
+/// Outbound work, keyed by [`delivery_key`]: an inbox-kind topic, so the router's
 /// repeats add nothing (see `chat4all_raft::sm::chat::ChatCommand::Deliver`).
 pub const DELIVERIES_TOPIC: &str = "chat.deliveries";
 /// Deliveries whose last attempt failed, keyed by channel.

@@ -15,10 +15,6 @@ use crate::api::rfc3339;
 /// The topic holding conversations, messages and status changes, keyed by conversation id.
 pub const MESSAGES_TOPIC: &str = "chat.messages";
 
-/// The topic holding each user's real-time events, keyed by user id, written by the `router`
-/// consumer group.
-pub const INBOX_TOPIC: &str = "chat.inbox";
-
 /// Longest message text, in characters (FR-003).
 pub const MAX_CONTENT_CHARS: usize = 10_000;
 

@@ -24,8 +24,10 @@ pub fn partition_kind(name: &str) -> PartitionKind {
     match name {
         OFFSETS_TOPIC => PartitionKind::Compacted,
         crate::chat::MESSAGES_TOPIC => PartitionKind::Chat,
-        // Outbound work is an inbox per channel recipient: the same once-per-event rule.
-        crate::chat::INBOX_TOPIC | crate::channels::DELIVERIES_TOPIC => PartitionKind::Inbox,
+        // Outbound work is an inbox per channel recipient: each event in it once. `chat.inbox`
+        // held users' events before streams read `chat.messages`; nothing writes it now, but
+        // a cluster from before replays its log alike on every replica.
+        crate::channels::DELIVERIES_TOPIC | "chat.inbox" => PartitionKind::Inbox,
         _ => PartitionKind::Log,
     }
 }

@@ -13,26 +13,25 @@ use crate::error::ServiceError;
 use crate::partitioner::partition_for_key;
 
 impl Service {
-    /// `chat.deliveries`, as many partitions as `chat.inbox`.
+    /// `chat.deliveries`, with `[chat] channel_partitions`.
     pub async fn deliveries_topic(&self) -> Result<TopicMeta, ServiceError> {
-        self.ensure_internal_topic(DELIVERIES_TOPIC, self.chat_config.inbox_partitions)
+        self.ensure_internal_topic(DELIVERIES_TOPIC, self.chat_config.channel_partitions)
             .await
     }
 
     /// `chat.deliveries.dlq`.
     pub async fn dlq_topic(&self) -> Result<TopicMeta, ServiceError> {
-        self.ensure_internal_topic(DLQ_TOPIC, self.chat_config.inbox_partitions)
+        self.ensure_internal_topic(DLQ_TOPIC, self.chat_config.channel_partitions)
             .await
     }
 
     /// `chat.inbound`.
     pub async fn inbound_topic(&self) -> Result<TopicMeta, ServiceError> {
-        self.ensure_internal_topic(INBOUND_TOPIC, self.chat_config.inbox_partitions)
+        self.ensure_internal_topic(INBOUND_TOPIC, self.chat_config.channel_partitions)
             .await
     }
 
-    /// Proposes a delivery batch in partition `partition` of `chat.inbox` or
-    /// `chat.deliveries`.
+    /// Proposes a delivery batch in partition `partition` of `topic` (`chat.deliveries`).
     pub async fn deliver_write(
         &self,
         topic: &str,

@@ -1,7 +1,7 @@
 //! Chat commands and reads, on the leader of the conversation's `chat.messages` partition,
 //! forwarded there from any node. Reads confirm the leadership with a quorum first, so they
-//! see every write acknowledged before them; inbox reads, which follow a cursor, are served
-//! by any replica in touch with its leader (see [`Service::inbox_read`]).
+//! see every write acknowledged before them; event stream reads, which follow a cursor, are
+//! served by any replica in touch with its leader (see [`Service::stream_read`]).
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use super::{ForwardRequest, ForwardResponse, Proposed, Service};
-use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC};
+use crate::chat::MESSAGES_TOPIC;
 use crate::error::ServiceError;
 use crate::partitioner::partition_for_key;
 
@@ -39,13 +39,13 @@ pub enum ChatOp {
         /// At most this many.
         limit: usize,
     },
-    /// A user's inbox events after sequence number `after` (`None`: after the last one now,
-    /// so only new events), waiting up to `max_wait_ms` for one.
-    InboxRead {
+    /// A user's events in one partition from offset `from` on (`None`: from the replica's
+    /// high watermark, so only new events), waiting up to `max_wait_ms` for one.
+    StreamRead {
         /// The user.
         user: String,
-        /// Exclusive lower bound on the sequence number.
-        after: Option<u64>,
+        /// The first offset to read.
+        from: Option<u64>,
         /// At most this many.
         limit: usize,
         /// Long-poll time.
@@ -84,11 +84,11 @@ pub enum ChatReply {
     Conversations(Vec<Conversation>),
     /// A note's value, if it is set.
     Note(Option<String>),
-    /// Inbox events `(seq, record)`, and the sequence number they follow.
-    Inbox {
-        /// The sequence number the events follow (the request's, or the last one then).
-        after: u64,
-        /// The events, oldest first.
+    /// A user's events in one partition, `(offset, record)`, and where the read began.
+    Stream {
+        /// The first offset read (the request's, or the high watermark then).
+        from: u64,
+        /// The events, in offset order.
         events: Vec<(u64, StoredRecord)>,
     },
 }
@@ -109,53 +109,95 @@ impl Service {
         ))
     }
 
-    /// The `chat.inbox` topic.
-    pub async fn inbox_topic(&self) -> Result<TopicMeta, ServiceError> {
-        self.ensure_internal_topic(INBOX_TOPIC, self.chat_config.inbox_partitions)
-            .await
-    }
-
-    /// The `chat.inbox` partition of a user, when `chat.inbox` has `partitions` partitions
-    /// (Kafka's partitioner on the user id).
-    pub fn inbox_partition(user: &str, partitions: u32) -> u32 {
-        partition_for_key(user.as_bytes(), partitions)
-    }
-
-    /// Reads `user`'s inbox (see [`ChatOp::InboxRead`]), from this node's replica of the
-    /// user's inbox partition when it has one in touch with the leader, else on the leader.
+    /// Reads `user`'s event stream from `from` (the next offset to read in each `chat.messages`
+    /// partition, or `[0]` for all from the start; `None`: from now on): what every partition has now, or, when none has
+    /// anything, what the first one to get an event has, waiting up to `max_wait_ms`. Each
+    /// partition is read on this node's replica when it has one in touch with the leader,
+    /// else on the leader.
     ///
-    /// No quorum round confirms the leadership first, unlike the other chat reads: an inbox
-    /// is read by sequence number after a cursor the reader holds, and every replica applies
-    /// only committed entries, in log order, so any replica answers with events that will
-    /// never be lost or change, in their order, and none the reader had. A replica behind
-    /// the leader answers late, never wrong; one out of touch (cut off, or a leader that lost
-    /// its majority) is not asked. A reader without a cursor starts at the replica's last
-    /// event, which may be a few events before the leader's.
-    pub async fn inbox_read(
+    /// No quorum round confirms the leadership first, unlike the other chat reads: a stream
+    /// is read by offset after a cursor the reader holds, and every replica applies only
+    /// committed entries, in log order, so any replica answers with events that will never be
+    /// lost or change, in their order, and none the reader had. A replica behind the leader
+    /// answers late, never wrong; one out of touch (cut off, or a leader that lost its
+    /// majority) is not asked. A reader without a cursor starts at the replica's high
+    /// watermark, which may be a few events before the leader's.
+    pub async fn stream_read(
         &self,
         user: &str,
-        after: Option<u64>,
+        from: Option<Vec<u64>>,
         limit: usize,
         max_wait_ms: u64,
-    ) -> Result<(u64, Vec<(u64, StoredRecord)>), ServiceError> {
-        let partitions = self.inbox_topic().await?.partitions.len() as u32;
-        let p = Service::inbox_partition(user, partitions);
-        let op = ChatOp::InboxRead {
-            user: user.to_string(),
-            after,
-            limit,
-            max_wait_ms,
+    ) -> Result<StreamPage, ServiceError> {
+        let partitions = self.chat_topic().await?.partitions.len();
+        let mut from: Vec<Option<u64>> = match from {
+            Some(f) if f.len() == partitions => f.into_iter().map(Some).collect(),
+            // `0` alone: from the beginning.
+            Some(f) if f == [0] => vec![Some(0); partitions],
+            Some(f) => {
+                return Err(ServiceError::Invalid {
+                    code: "INVALID_CURSOR".into(),
+                    message: format!(
+                        "the cursor has {} positions; chat.messages has {partitions} partitions",
+                        f.len()
+                    ),
+                });
+            }
+            None => vec![None; partitions],
         };
-        let meta = self.partition_synced(INBOX_TOPIC, p).await?;
+        let read = |p: usize, from: Option<u64>, max_wait_ms: u64| {
+            let op = ChatOp::StreamRead {
+                user: user.to_string(),
+                from,
+                limit,
+                max_wait_ms,
+            };
+            async move { (p, self.stream_read_in(p as u32, op).await) }
+        };
+        let mut found = vec![Vec::new(); partitions];
+        for (p, r) in futures::future::join_all((0..partitions).map(|p| read(p, from[p], 0))).await
+        {
+            let (start, events) = r?;
+            from[p] = Some(start);
+            found[p] = events;
+        }
+        let from: Vec<u64> = from.into_iter().map(|f| f.unwrap_or(0)).collect();
+        if max_wait_ms > 0 && found.iter().all(Vec::is_empty) {
+            // Wait in every partition; the first to answer with events ends the wait (the
+            // others' reads are dropped, which ends a local wait at once and a forwarded one
+            // at its own deadline).
+            let mut waits: futures::stream::FuturesUnordered<_> = (0..partitions)
+                .map(|p| read(p, Some(from[p]), max_wait_ms))
+                .collect();
+            while let Some((p, r)) = futures::StreamExt::next(&mut waits).await {
+                let (_, events) = r?;
+                if !events.is_empty() {
+                    found[p] = events;
+                    break;
+                }
+            }
+        }
+        Ok(StreamPage {
+            from,
+            events: merge_by_time(found),
+        })
+    }
+
+    async fn stream_read_in(
+        &self,
+        p: u32,
+        op: ChatOp,
+    ) -> Result<(u64, Vec<(u64, StoredRecord)>), ServiceError> {
+        let meta = self.partition_synced(MESSAGES_TOPIC, p).await?;
         let local = self.groups.get(meta.group).filter(|g| g.in_contact());
         let reply = match local {
             Some(g) => read_applied(&g, op).await?,
-            None => self.chat_call(INBOX_TOPIC, p, op, 0).await?,
+            None => self.chat_call(MESSAGES_TOPIC, p, op, 0).await?,
         };
         match reply {
-            ChatReply::Inbox { after, events } => Ok((after, events)),
+            ChatReply::Stream { from, events } => Ok((from, events)),
             other => Err(ServiceError::Internal(format!(
-                "inbox read answered {other:?}"
+                "stream read answered {other:?}"
             ))),
         }
     }
@@ -216,7 +258,7 @@ impl Service {
     }
 
     /// Runs `op` on the leader of partition `partition` of `topic` (`chat.messages` or
-    /// `chat.inbox`).
+    /// `chat.deliveries`).
     pub(super) async fn chat_call(
         &self,
         topic: &str,
@@ -226,7 +268,7 @@ impl Service {
     ) -> Result<ChatReply, ServiceError> {
         let meta = self.partition_synced(topic, partition).await?;
         let wait = match &op {
-            ChatOp::InboxRead { max_wait_ms, .. } => (*max_wait_ms).min(super::fetch::MAX_WAIT_MS),
+            ChatOp::StreamRead { max_wait_ms, .. } => (*max_wait_ms).min(super::fetch::MAX_WAIT_MS),
             _ => 0,
         };
         let deadline = Instant::now() + Duration::from_millis(self.limits.write_timeout_ms + wait);
@@ -282,8 +324,8 @@ impl Service {
                 Proposed::NotLeader(l) => Proposed::NotLeader(l),
             });
         }
-        if matches!(op, ChatOp::InboxRead { .. }) {
-            // No quorum round for an inbox read (see `inbox_read`).
+        if matches!(op, ChatOp::StreamRead { .. }) {
+            // No quorum round for a stream read (see `stream_read`).
             return Ok(Proposed::Done(read_applied(g, op).await?));
         }
         // A read: confirm the leadership with a quorum and wait until everything committed
@@ -355,33 +397,31 @@ async fn read_applied(g: &Group, op: ChatOp) -> Result<ChatReply, ServiceError> 
             }
             ChatReply::History(out)
         }
-        ChatOp::InboxRead {
+        ChatOp::StreamRead {
             user,
-            after,
+            from,
             limit,
             max_wait_ms,
         } => {
-            let after = match after {
-                Some(a) => a,
-                None => chat.inbox_last_seq(&user).map_err(err)?,
-            };
             // Subscribe before the first read, so an event applied in between wakes us; only
             // this user's events do.
-            let mut hw = sm.watch_inbox(&user);
+            let mut woken = sm.watch_user(&user);
+            let from = from.unwrap_or_else(|| sm.state().next_offset);
             let until = tokio::time::Instant::now()
                 + Duration::from_millis(max_wait_ms.min(super::fetch::MAX_WAIT_MS));
             loop {
                 let mut events = Vec::new();
-                for (seq, offset) in chat.inbox(&user, after, limit).map_err(err)? {
+                for offset in chat.stream(&user, from, limit).map_err(err)? {
+                    // Absent when retention removed it.
                     if let Some(r) = record(offset)? {
-                        events.push((seq, r));
+                        events.push((offset, r));
                     }
                 }
                 if !events.is_empty() || tokio::time::Instant::now() >= until {
-                    break ChatReply::Inbox { after, events };
+                    break ChatReply::Stream { from, events };
                 }
-                let seen = *hw.borrow_and_update();
-                let _ = tokio::time::timeout_at(until, hw.wait_for(|&h| h > seen)).await;
+                let seen = *woken.borrow_and_update();
+                let _ = tokio::time::timeout_at(until, woken.wait_for(|&h| h > seen)).await;
             }
         }
         ChatOp::Note { owner, name } => ChatReply::Note(chat.note(&owner, &name).map_err(err)?),
@@ -401,8 +441,73 @@ async fn read_applied(g: &Group, op: ChatOp) -> Result<ChatReply, ServiceError> 
     Ok(reply)
 }
 
+/// A page of a user's event stream: where it began, and the events, each with its partition
+/// and offset.
+#[derive(Debug)]
+pub struct StreamPage {
+    /// The next offset to read in each partition when the page was read.
+    pub from: Vec<u64>,
+    /// The events: each partition's in offset order, the partitions merged by timestamp.
+    pub events: Vec<(u32, u64, StoredRecord)>,
+}
+
+/// Merges per-partition event lists into one, keeping each partition's order and otherwise
+/// taking the earliest timestamp first (ties: the lower partition).
+fn merge_by_time(per_partition: Vec<Vec<(u64, StoredRecord)>>) -> Vec<(u32, u64, StoredRecord)> {
+    let total = per_partition.iter().map(Vec::len).sum();
+    let mut heads: Vec<_> = per_partition
+        .into_iter()
+        .map(|v| v.into_iter().peekable())
+        .collect();
+    let mut out = Vec::with_capacity(total);
+    loop {
+        let next = heads
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(p, it)| it.peek().map(|(_, r)| (r.timestamp_ms, p)))
+            .min();
+        let Some((_, p)) = next else { break };
+        if let Some((offset, r)) = heads[p].next() {
+            out.push((p as u32, offset, r));
+        }
+    }
+    out
+}
+
 fn unreachable_write() -> Result<ChatReply, ServiceError> {
     Err(ServiceError::Internal(
         "a chat write reached the read path".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat4all_storage::{Payload, PayloadFormat};
+
+    fn at(ms: i64) -> StoredRecord {
+        StoredRecord {
+            timestamp_ms: ms,
+            key: None,
+            value: Payload {
+                format: PayloadFormat::Text,
+                bytes: Vec::new(),
+            },
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_merge_keeps_each_partitions_order_and_otherwise_goes_by_time() {
+        // Partition 0's clock went back between its offsets 4 and 5 (a new leader's clock):
+        // its order still wins over the timestamps.
+        let merged = merge_by_time(vec![
+            vec![(4, at(30)), (5, at(10))],
+            vec![],
+            vec![(0, at(20)), (1, at(40))],
+        ]);
+        let order: Vec<(u32, u64)> = merged.iter().map(|(p, o, _)| (*p, *o)).collect();
+        assert_eq!(order, [(2, 0), (0, 4), (0, 5), (2, 1)]);
+        assert!(merge_by_time(vec![vec![], vec![]]).is_empty());
+    }
 }

@@ -53,7 +53,7 @@ pub enum ForwardRequest {
     ControllerReadIndex,
     /// A chat command or read, for the leader of a `chat.messages` partition.
     Chat {
-        /// `chat.messages` or `chat.inbox`.
+        /// `chat.messages` or `chat.deliveries`.
         topic: String,
         /// The partition.
         partition: u32,

@@ -1,13 +1,14 @@
 //! The router: a member of the `router` consumer group on every node. It reads `chat.messages`
-//! and delivers each event to the inboxes of the users the apply stamped on it
-//! ([`RECIPIENTS_HEADER`]), and each message to the `chat.deliveries` queue of every recipient
-//! with an identity on a configured channel. A message with no external recipient is then
-//! marked SENT (itself an event, which is routed in turn) while delivery goes on, at the next
-//! [`TICK`], in one write per partition with the others delivered in that tick; one with
-//! external recipients is marked SENT by the delivery worker when a platform accepts it.
-//! Both kinds of delivery are decided in the target partition's apply, which drops an event
-//! it already has, so a router that restarts and reads an event again adds nothing: each
-//! inbox and each delivery queue holds each event once, in its conversation's order.
+//! and delivers each message to the `chat.deliveries` queue of every recipient with an
+//! identity on a configured channel. Users of the API need no copy: the apply that stores an
+//! event indexes it in the streams of the users it stamped on it ([`RECIPIENTS_HEADER`]), so
+//! a message is in its recipients' streams once committed. A message with no external
+//! recipient is then marked SENT (itself an event) while reading goes on, at the next
+//! [`TICK`], in one write per partition with the others read in that tick; one with external
+//! recipients is marked SENT by the delivery worker when a platform accepts it. A delivery is
+//! decided in the queue partition's apply, which drops an event it already has, so a router
+//! that restarts and reads an event again adds nothing: each delivery queue holds each event
+//! once, in its conversation's order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{DELIVERIES_TOPIC, USER_HEADER, delivery_key};
-use crate::chat::{INBOX_TOPIC, MESSAGES_TOPIC, set_status};
+use crate::chat::{MESSAGES_TOPIC, set_status};
 use crate::consumer::{Consumed, Consumer};
 use crate::error::ServiceError;
 use crate::groups::model::Tp;
@@ -39,25 +40,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Runs the router until `shutdown`, then leaves the group.
 pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     // Start when the first chat request has created `chat.messages` (a cluster that never
-    // chats runs no chat partitions), with `chat.inbox` made before the first member joins.
+    // chats runs no chat partitions).
     if !super::topic_exists(&service, MESSAGES_TOPIC, &shutdown).await {
         return;
-    }
-    loop {
-        let outcome = tokio::select! {
-            r = service.inbox_topic() => r,
-            _ = shutdown.cancelled() => return,
-        };
-        match outcome {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::debug!("router: {INBOX_TOPIC} not ready: {e}");
-                tokio::select! {
-                    _ = tokio::time::sleep(BACKOFF) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
     }
     // A static member per node: a node restarting within the session timeout gets its
     // partitions back without moving them twice.
@@ -94,7 +79,7 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
 /// How often the SENT marks of the messages delivered meanwhile are proposed, and the
 /// positions before them committed. Delivery waits for neither (each is a replicated write):
 /// one mark entry per partition per tick instead of one per poll costs at most this long
-/// before a message reads SENT, and the inboxes drop what a restarted router delivers
+/// before a message reads SENT, and the delivery queues drop what a restarted router delivers
 /// again, so committing less often only means more repeats after a crash, never a lost or
 /// doubled event.
 const TICK: Duration = Duration::from_millis(200);
@@ -139,7 +124,7 @@ async fn step(
                 pending.moved = true;
             }
             Err(e) => {
-                // Read them again rather than skip them; the inboxes drop what they have.
+                // Read them again rather than skip them; the delivery queues drop what they have.
                 rewind(consumer, pending);
                 return Err(e);
             }
@@ -157,7 +142,7 @@ async fn step(
             ))),
         };
         if let Err(e) = marked {
-            // Deliver those messages again (the inboxes drop them) to mark them again.
+            // Deliver those messages again (the delivery queues drop them) to mark them again.
             rewind(consumer, pending);
             return Err(e);
         }
@@ -199,36 +184,19 @@ async fn mark_all(
     futures::future::try_join_all(writes).await.map(|_| ())
 }
 
-/// Delivers a poll's events: one batch per inbox partition (its events in their source
-/// order), all partitions at once. Returns the SENT marks of the delivered messages, by
+/// Delivers a poll's messages to their external recipients: one batch per `chat.deliveries`
+/// partition, all partitions at once. Returns the SENT marks of the messages with none, by
 /// `chat.messages` partition.
 async fn deliver(
     service: &Service,
     records: &[Consumed],
 ) -> Result<BTreeMap<u32, Vec<ChatCommand>>, ServiceError> {
-    let mut deliveries: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut outbound: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut sent: BTreeMap<u32, Vec<ChatCommand>> = BTreeMap::new();
     let mut accepted_at: Vec<i64> = Vec::new();
     let now = now_ms();
-    let inbox_partitions = service.inbox_topic().await?.partitions.len() as u32;
     let external = External::load(service).await?;
     for c in records {
-        let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-        for u in recipients(&c.record) {
-            let p = Service::inbox_partition(&u, inbox_partitions);
-            by_partition.entry(p).or_default().push(u);
-        }
-        let mut record = c.record.clone();
-        record.headers.retain(|(k, _)| k != RECIPIENTS_HEADER);
-        for (p, users) in by_partition {
-            deliveries.entry(p).or_default().push(ChatCommand::Deliver {
-                source_partition: c.partition,
-                source_offset: c.offset,
-                users,
-                record: record.clone(),
-            });
-        }
         let ev: Value = serde_json::from_slice(&c.record.value.bytes).unwrap_or(Value::Null);
         if ev["type"] != "message" {
             continue;
@@ -241,6 +209,8 @@ async fn deliver(
             }
             continue;
         }
+        let mut record = c.record.clone();
+        record.headers.retain(|(k, _)| k != RECIPIENTS_HEADER);
         for (user, key) in targets {
             let p = external.partition(&key);
             let mut r = record.clone();
@@ -253,34 +223,28 @@ async fn deliver(
             });
         }
     }
-    let inbox = deliveries
-        .into_iter()
-        .map(|(p, cmds)| (INBOX_TOPIC, p, cmds));
-    let out = outbound
-        .into_iter()
-        .map(|(p, cmds)| (DELIVERIES_TOPIC, p, cmds));
-    let writes = inbox.chain(out).map(|(topic, p, cmds)| async move {
+    let writes = outbound.into_iter().map(|(p, cmds)| async move {
         match service
-            .deliver_write(topic, p, ChatCommand::Many(cmds))
+            .deliver_write(DELIVERIES_TOPIC, p, ChatCommand::Many(cmds))
             .await?
         {
             ChatResponse::Many(_) => Ok(()),
             other => Err(ServiceError::Internal(format!(
-                "{topic} delivery answered {other:?}"
+                "{DELIVERIES_TOPIC} delivery answered {other:?}"
             ))),
         }
     });
     futures::future::try_join_all(writes).await?;
-    // In the inboxes now: that is the delivery latency.
-    let delivered_at = now_ms();
+    // Read committed, so in the recipients' streams: the delivery latency (observed once the
+    // poll's deliveries are written, so a poll that failed and is read again counts once).
     for t in accepted_at {
-        let waited = (delivered_at - t).max(0) as f64 / 1000.0;
+        let waited = (now - t).max(0) as f64 / 1000.0;
         service.metrics().chat_delivery.observe(waited);
     }
     Ok(sent)
 }
 
-/// PENDING → SENT once the message is in its recipients' inboxes (a no-op if it moved on).
+/// PENDING → SENT once the message is in its recipients' streams (a no-op if it moved on).
 fn mark_sent(ev: &Value, at: i64) -> Option<ChatCommand> {
     let message_id = ev["message_id"].as_str()?;
     let conversation_id = ev["conversation_id"].as_str()?;

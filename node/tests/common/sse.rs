@@ -9,7 +9,8 @@ use super::Cluster;
 /// One event as the client sees it.
 #[derive(Debug, Clone)]
 pub struct Sse {
-    pub id: u64,
+    /// The stream's cursor after this event.
+    pub id: String,
     pub kind: String,
     pub data: Value,
 }
@@ -26,14 +27,14 @@ impl EventStream {
         c: &Cluster,
         node: u64,
         token: &str,
-        last_id: Option<u64>,
+        last_id: Option<&str>,
     ) -> Option<EventStream> {
         let mut req = c
             .http
             .get(format!("{}/v1/events", c.api(node)))
             .header("authorization", format!("Bearer {token}"));
         if let Some(id) = last_id {
-            req = req.header("last-event-id", id.to_string());
+            req = req.header("last-event-id", id);
         }
         let response = req.send().await.ok()?;
         (response.status() == 200).then(|| EventStream::from_response(response))
@@ -55,7 +56,7 @@ impl EventStream {
                 let (mut id, mut kind, mut data) = (None, String::new(), String::new());
                 for line in frame.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
+                        id = Some(v.trim().to_string());
                     } else if let Some(v) = line.strip_prefix("event:") {
                         kind = v.trim().to_string();
                     } else if let Some(v) = line.strip_prefix("data:") {
@@ -80,4 +81,15 @@ impl EventStream {
             }
         }
     }
+}
+
+/// Whether the cursor `next` is one event past `prev`: one partition's position moved forward
+/// and no other moved (so no event was repeated or skipped backwards).
+pub fn advances(prev: &str, next: &str) -> bool {
+    let parse =
+        |c: &str| -> Vec<u64> { c.split('-').map(|p| p.parse().expect("a cursor")).collect() };
+    let (a, b) = (parse(prev), parse(next));
+    a.len() == b.len()
+        && a.iter().zip(&b).filter(|(x, y)| x != y).count() == 1
+        && a.iter().zip(&b).all(|(x, y)| y >= x)
 }

@@ -272,26 +272,27 @@ fn only_the_last_ok_read_of_a_node_counts() {
     assert_eq!(checked(&s).valid, Validity::Valid);
 }
 
-/// An `ok` stream of user `u` (in `C`) from cursor 0: `(cursor, message id)` message events,
-/// after a `conversation_created` event at cursor 1.
-fn stream(s: &mut Script, events: &[(u64, &str)]) -> u64 {
+/// An `ok` stream of user `u` (in `C`, in the first of two partitions) from cursor 0:
+/// `(cursor, message id)` message events, after a `conversation_created` event at cursor
+/// `1-0`.
+fn stream(s: &mut Script, events: &[(&str, &str)]) -> u64 {
     let empty = ChatEvents {
         user: "u".into(),
         node: 2,
-        after: 0,
+        after: "0".into(),
         conversations: vec![C.into()],
         events: Vec::new(),
     };
     let mut full = empty.clone();
     full.events.push(ChatEvent {
-        cursor: 1,
+        cursor: "1-0".into(),
         kind: "conversation_created".into(),
         conversation: Some(C.into()),
         message_id: None,
     });
     for &(cursor, id) in events {
         full.events.push(ChatEvent {
-            cursor,
+            cursor: cursor.into(),
             kind: "message".into(),
             conversation: Some(C.into()),
             message_id: Some(id.into()),
@@ -311,19 +312,38 @@ fn a_stream_with_every_message_once_in_history_order_is_valid() {
     attempt(&mut s, 0, 0, "a", OpType::Ok);
     attempt(&mut s, 1, 1, "b", OpType::Info);
     read(&mut s, 1, C, &["a", "b"]);
-    stream(&mut s, &[(2, "a"), (3, "b")]);
+    // Positions skip the partition's events for other users.
+    stream(&mut s, &[("2-0", "a"), ("5-0", "b")]);
     assert_eq!(checked(&s).valid, Validity::Valid);
 }
 
 #[test]
-fn streams_must_deliver_every_acknowledged_message_once_in_order_with_dense_cursors() {
+fn a_cursor_moves_one_partition_forward_and_no_other() {
+    assert!(advances("0", "1-0"));
+    assert!(advances("0", "0-3"));
+    assert!(advances("1-0", "4-0"));
+    assert!(advances("4-0", "4-2"));
+    assert!(!advances("1-0", "1-0"), "a repeat");
+    assert!(!advances("2-0", "1-1"), "a step back");
+    assert!(!advances("1-0", "2-1"), "two at once");
+    assert!(!advances("1-0", "2-0-0"), "another length");
+    assert!(!advances("1-0", "x"), "garbage");
+    assert!(!advances("7", "1-0"), "a number alone is only 0");
+}
+
+#[test]
+fn streams_must_deliver_every_acknowledged_message_once_in_order_with_advancing_cursors() {
     let mut s = Script::new();
     let a = attempt(&mut s, 0, 0, "a", OpType::Ok);
     attempt(&mut s, 0, 0, "b", OpType::Ok);
     attempt(&mut s, 0, 0, "c", OpType::Ok);
     read(&mut s, 1, C, &["a", "b", "c"]);
-    // `a` missing, `c` before `b`, `c` twice, cursor 4 skipped, and a message nobody sent.
-    let r = stream(&mut s, &[(2, "c"), (3, "b"), (5, "c"), (6, "x")]);
+    // `a` missing, `c` before `b`, `c` twice at a cursor that did not move, and a message
+    // nobody sent.
+    let r = stream(
+        &mut s,
+        &[("2-0", "c"), ("3-0", "b"), ("3-0", "c"), ("4-0", "x")],
+    );
     let verdict = checked(&s);
     assert_eq!(
         verdict.bad,
@@ -353,7 +373,7 @@ fn streams_must_deliver_every_acknowledged_message_once_in_order_with_dense_curs
             conversation: C.into(),
             node: 2,
             message_ids: ["c".into(), "b".into()],
-            cursors: [2, 3],
+            cursors: ["2-0".into(), "3-0".into()],
             positions: [2, 1],
             read: r,
         }]
@@ -364,7 +384,7 @@ fn streams_must_deliver_every_acknowledged_message_once_in_order_with_dense_curs
             user: "u".into(),
             message_id: "c".into(),
             node: 2,
-            cursors: vec![2, 5],
+            cursors: vec!["2-0".into(), "3-0".into()],
             read: r,
         }]
     );
@@ -373,7 +393,7 @@ fn streams_must_deliver_every_acknowledged_message_once_in_order_with_dense_curs
         [Anomaly::ChatEventCursor {
             user: "u".into(),
             node: 2,
-            cursors: [3, 5],
+            cursors: ["3-0".into(), "3-0".into()],
             read: r,
         }]
     );

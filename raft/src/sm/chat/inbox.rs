@@ -1,5 +1,6 @@
-//! Users' inboxes in `chat.inbox` partitions: each event of a conversation delivered once to
-//! each recipient's inbox, numbered per user, whatever the router repeats.
+//! Inboxes in inbox-kind partitions (`chat.deliveries`, one inbox per channel recipient): each
+//! event of a conversation delivered once to each inbox, numbered per inbox, whatever the
+//! router repeats.
 
 use chat4all_storage::{Cf, StorageError, StoredRecord};
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ pub(super) fn note(
     Ok((ChatResponse::Noted, Vec::new()))
 }
 
-/// A user's inbox, in a `chat.inbox` partition.
+/// An inbox (a user's or a channel contact's), in an inbox-kind partition.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct InboxState {
     /// The sequence number of the last event (0: none yet; the first is 1).

@@ -13,11 +13,12 @@ use serde::{Deserialize, Serialize};
 
 mod inbox;
 mod reader;
+pub(crate) mod stream;
 mod watch;
 
 pub use inbox::InboxState;
 pub use reader::{ChatReader, HistoryPage};
-pub use watch::InboxWatch;
+pub use watch::UserWatch;
 
 use super::RowTxn;
 use crate::types::{GroupId, RaftStorageError};
@@ -219,11 +220,12 @@ pub enum ChatCommand {
     /// Several commands in one Raft entry, applied in order exactly as if each were its own
     /// (the router's batches); answered by [`ChatResponse::Many`].
     Many(Vec<ChatCommand>),
-    /// Delivers one `chat.messages` event to the inboxes of `users` (a `chat.inbox` partition
-    /// only): each user whose inbox has not had this event (an event at or below the highest
-    /// `source_offset` delivered from `source_partition`) gets a copy keyed by their id, with
-    /// the next sequence number of their inbox. Repeats from a router that restarted
-    /// therefore add nothing: each event is in each inbox once, in the source's order.
+    /// Delivers one `chat.messages` event to the inboxes of `users` (an inbox-kind partition
+    /// only, such as `chat.deliveries`): each inbox that has not had this event (an event at
+    /// or below the highest `source_offset` delivered from `source_partition`) gets a copy
+    /// keyed by its owner, with the inbox's next sequence number. Repeats from a router that
+    /// restarted therefore add nothing: each event is in each inbox once, in the source's
+    /// order.
     Deliver {
         /// The `chat.messages` partition of the event.
         source_partition: u32,

@@ -1,15 +1,15 @@
-//! Wake-ups for the readers of inboxes, per user. A reader long-polling one user's inbox waits
-//! for that user's events only: waking every reader of a partition on each apply would make
-//! each apply cost as many inbox reads as the partition has connected users.
+//! Wake-ups for the readers of event streams, per user. A reader long-polling one user's
+//! stream waits for that user's events only: waking every reader of a partition on each apply
+//! would make each apply cost as many stream reads as the partition has connected users.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-/// The users someone waits for, each with a counter bumped when their inbox gets events.
+/// The users someone waits for, each with a counter bumped when their stream gets events.
 #[derive(Default)]
-pub struct InboxWatch {
+pub struct UserWatch {
     users: Mutex<Users>,
 }
 
@@ -23,8 +23,8 @@ struct Users {
 /// The smallest map size at which users nobody waits for are swept.
 const MIN_SWEEP: usize = 64;
 
-impl InboxWatch {
-    /// A receiver that sees a change whenever `user`'s inbox gets events after this call.
+impl UserWatch {
+    /// A receiver that sees a change whenever `user`'s stream gets events after this call.
     pub fn subscribe(&self, user: &[u8]) -> watch::Receiver<u64> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         if users.senders.len() >= users.sweep_at.max(MIN_SWEEP) {
@@ -38,7 +38,7 @@ impl InboxWatch {
             .subscribe()
     }
 
-    /// Wakes the readers of these users' inboxes (call once their events are readable).
+    /// Wakes the readers of these users' streams (call once their events are readable).
     pub fn notify<'a>(&self, who: impl IntoIterator<Item = &'a [u8]>) {
         let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         if users.senders.is_empty() {
@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn a_user_is_woken_by_their_own_events_only_and_forgotten_when_nobody_waits() {
-        let w = InboxWatch::default();
+        let w = UserWatch::default();
         let ana = w.subscribe(b"ana");
         let mut bo = w.subscribe(b"bo");
         w.notify([&b"bo"[..], &b"cy"[..]]);

@@ -11,7 +11,7 @@ use openraft::{EntryPayload, LogId, OptionalSend, SnapshotMeta, StoredMembership
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::chat::{self, ChatReader, ChatResponse, InboxWatch};
+use super::chat::{self, ChatReader, ChatResponse, UserWatch};
 use super::{
     AppliedMeta, AppliedState, MarkerSnapshotBuilder, RowTxn, TAG_APPLIED, load_snapshot, read_err,
     write_err,
@@ -53,9 +53,11 @@ pub enum PartitionKind {
     /// `__consumer_offsets`), so the latest value of a key is one lookup, not a log scan.
     Compacted,
     /// The chat domain (`chat.messages`): conversations, messages and their status, decided
-    /// by [`crate::types::PartitionCommand::Chat`] commands.
+    /// by [`crate::types::PartitionCommand::Chat`] commands, and each event indexed in the
+    /// streams of the users it is for.
     Chat,
-    /// Users' inboxes (`chat.inbox`): each user's events, once each, numbered per user.
+    /// Inboxes by key (`chat.deliveries`: one per channel recipient): each event in each
+    /// inbox once, numbered per inbox, however often a router delivers it.
     Inbox,
 }
 
@@ -85,15 +87,15 @@ struct Inner {
     kind: PartitionKind,
     state: RwLock<(PartitionState, HashMap<i64, ProducerEntry>)>,
     hw: watch::Sender<u64>,
-    /// Per-user wake-ups for inbox readers (inbox partitions only).
-    inbox_watch: InboxWatch,
+    /// Per-user wake-ups for stream readers (chat partitions only).
+    user_watch: UserWatch,
 }
 
 /// What one apply call accumulates for chat commands: the row writes, and the users whose
-/// inboxes got events (to wake their readers once the batch is written).
+/// streams got events (to wake their readers once the batch is written).
 struct ChatApply<'a> {
     rows: RowTxn<'a>,
-    inboxes: Vec<Vec<u8>>,
+    woken: Vec<Vec<u8>>,
 }
 
 /// The state machine of one partition; clones share it (openraft owns one, readers the others).
@@ -156,7 +158,7 @@ impl PartitionStateMachine {
                 kind,
                 state: RwLock::new((state, producers)),
                 hw,
-                inbox_watch: InboxWatch::default(),
+                user_watch: UserWatch::default(),
             }),
         })
     }
@@ -184,10 +186,10 @@ impl PartitionStateMachine {
         self.inner.hw.subscribe()
     }
 
-    /// Subscribes to `user`'s inbox in this (inbox) partition: the receiver sees a change
+    /// Subscribes to `user`'s stream in this (chat) partition: the receiver sees a change
     /// whenever events for that user are applied, and not for anyone else's.
-    pub fn watch_inbox(&self, user: &str) -> watch::Receiver<u64> {
-        self.inner.inbox_watch.subscribe(user.as_bytes())
+    pub fn watch_user(&self, user: &str) -> watch::Receiver<u64> {
+        self.inner.user_watch.subscribe(user.as_bytes())
     }
 
     fn lock_read(
@@ -338,10 +340,14 @@ impl PartitionStateMachine {
                 };
                 let (resp, records) =
                     chat::apply(&mut chat_apply.rows, g, inbox, state.next_offset, *cmd)?;
-                if inbox {
-                    // An inbox event's key is its user.
-                    let users = records.iter().filter_map(|r| r.key.as_ref());
-                    chat_apply.inboxes.extend(users.map(|k| k.bytes.clone()));
+                if !inbox {
+                    for (i, r) in records.iter().enumerate() {
+                        let offset = state.next_offset + i as u64;
+                        let users = chat::stream::index(&mut chat_apply.rows, g, offset, r)?;
+                        chat_apply
+                            .woken
+                            .extend(users.into_iter().map(String::into_bytes));
+                    }
                 }
                 for r in records {
                     batch
@@ -533,7 +539,7 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
         let mut batch = db.batch();
         let mut chat_apply = ChatApply {
             rows: RowTxn::new(&db, Cf::ChatRow),
-            inboxes: Vec::new(),
+            woken: Vec::new(),
         };
         let mut responses = Vec::new();
         for entry in entries {
@@ -587,10 +593,10 @@ impl RaftStateMachine<TypeConfig> for PartitionStateMachine {
             *old = hw;
             changed
         });
-        if !chat_apply.inboxes.is_empty() {
+        if !chat_apply.woken.is_empty() {
             self.inner
-                .inbox_watch
-                .notify(chat_apply.inboxes.iter().map(Vec::as_slice));
+                .user_watch
+                .notify(chat_apply.woken.iter().map(Vec::as_slice));
         }
         Ok(responses)
     }

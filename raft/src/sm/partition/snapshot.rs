@@ -78,7 +78,7 @@ impl PartitionStateMachine {
         let hw = state.next_offset;
         *self.inner.state.write().unwrap_or_else(|p| p.into_inner()) = (state, producers);
         self.inner.hw.send_replace(hw);
-        self.inner.inbox_watch.notify_all();
+        self.inner.user_watch.notify_all();
         Ok(())
     }
 }
