@@ -242,8 +242,15 @@ impl Db {
         } else {
             IteratorMode::From(start, Direction::Forward)
         };
+        // Bounds let RocksDB stop at the range's edge. Without them, stepping past the last
+        // row in range walks every deleted key beyond it until a live one: after a Raft log
+        // purge, the next group's thousands of purged entries, until a compaction drops
+        // them. That walk was a quarter of a node's CPU after a minute of chat load.
+        let mut ro = rocksdb::ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        ro.set_iterate_upper_bound(end.to_vec());
         let mut n = 0;
-        for item in self.inner.iterator_cf(self.handle(cf), mode) {
+        for item in self.inner.iterator_cf_opt(self.handle(cf), ro, mode) {
             if n >= limit {
                 break;
             }
@@ -404,6 +411,53 @@ mod tests {
 
     fn open(dir: &Path) -> Db {
         Db::open(&DbConfig::new(dir)).expect("open")
+    }
+
+    /// A scan that reaches the end of its range stops there. Without bounds it stepped on past
+    /// the range over every deleted key until a live one: here, the 20,000 entries of the
+    /// next group's purged log, still in the memtable.
+    #[test]
+    fn a_scan_stops_at_its_range_and_never_walks_deleted_keys_beyond_it() {
+        use rocksdb::perf::{PerfContext, PerfMetric, PerfStatsLevel, set_perf_stats};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open(dir.path());
+        let mut b = db.batch();
+        b.put(Cf::LogEntry, &keys::group_u64(1, 7), &7u64)
+            .expect("put");
+        for i in 0..20_000u64 {
+            b.put(Cf::LogEntry, &keys::group_u64(2, i), &i)
+                .expect("put");
+        }
+        b.put(Cf::LogEntry, &keys::group_u64(2, 20_000), &0u64)
+            .expect("put");
+        db.write(b, false).expect("write");
+        let mut b = db.batch();
+        b.delete_range(
+            Cf::LogEntry,
+            &keys::group_u64(2, 0),
+            &keys::group_u64(2, 20_000),
+        );
+        db.write(b, false).expect("purge");
+
+        set_perf_stats(PerfStatsLevel::EnableCount);
+        let mut ctx = PerfContext::default();
+        ctx.reset();
+        let rows: Vec<(Vec<u8>, u64)> = db
+            .scan(
+                Cf::LogEntry,
+                &keys::group_u64(1, 0),
+                &keys::group_u64(1, u64::MAX),
+                usize::MAX,
+            )
+            .expect("scan");
+        // Range-deleted keys are not counted as skipped: count the memtable steps.
+        let steps = ctx.metric(PerfMetric::NextOnMemtableCount);
+        set_perf_stats(PerfStatsLevel::Disable);
+        assert_eq!(rows.len(), 1);
+        assert!(
+            steps < 100,
+            "the scan stepped {steps} times in the memtable"
+        );
     }
 
     #[test]
