@@ -115,10 +115,11 @@ impl Group {
     /// elections off with no hold to turn them on again. (A CI run had a replica that never
     /// stood for election again in a group after two transfers to it overlapped; this race
     /// is how that can happen.)
-    fn hold_elections_for_snapshot(&self) {
+    /// Returns whether this call began the hold (none was on).
+    fn hold_elections_for_snapshot(&self) -> bool {
         let mut hold = self.snapshot_hold.lock().unwrap_or_else(|p| p.into_inner());
         if hold.replace(Instant::now()).is_some() {
-            return;
+            return false;
         }
         self.raft.runtime_config().elect(false);
         drop(hold);
@@ -142,6 +143,7 @@ impl Group {
                 tokio::time::sleep_until((last + SNAPSHOT_HOLD).into()).await;
             }
         });
+        true
     }
 
     /// Whether a snapshot is streaming in and this replica holds off elections meanwhile.
@@ -540,9 +542,21 @@ impl Groups {
     /// Chunks from a leader older than the vote this replica holds are refused with that vote
     /// (the sender steps down when it sees it).
     async fn receive_snapshot_chunk(&self, group: &Group, req: ChunkRequest) -> Bytes {
+        // Hold elections before looking at the vote and staging the chunk (which takes a
+        // while): with the switch flipped after, a replica whose timer ran out meanwhile stood
+        // for election while the chunk it had accepted was being written (found by the
+        // memory_cluster slow-snapshot test, about 1 run in 8). A chunk refused here ends a
+        // hold it began, not one an earlier chunk of a live transfer holds.
+        let began = group.hold_elections_for_snapshot();
+        let refuse = |r: Bytes| {
+            if began {
+                group.end_snapshot_hold();
+            }
+            r
+        };
         let vote = group.raft.metrics().borrow().vote;
         if req.vote < vote {
-            return reply::<_, ()>(RaftReply::Ok(SnapshotResponse { vote }));
+            return refuse(reply::<_, ()>(RaftReply::Ok(SnapshotResponse { vote })));
         }
         let (inbound, id) = (self.inbound.clone(), group.id);
         let staged =
@@ -550,11 +564,10 @@ impl Groups {
                 .await;
         let (req, path) = match staged {
             Ok(Ok(staged)) => staged,
-            Ok(Err(msg)) => return reply::<(), ()>(RaftReply::BadRequest(msg)),
-            Err(e) => return reply::<(), ()>(RaftReply::BadRequest(e.to_string())),
+            Ok(Err(msg)) => return refuse(reply::<(), ()>(RaftReply::BadRequest(msg))),
+            Err(e) => return refuse(reply::<(), ()>(RaftReply::BadRequest(e.to_string()))),
         };
         group.heard_from_leader();
-        group.hold_elections_for_snapshot();
         let Some(path) = path else {
             return reply::<_, ()>(RaftReply::Ok(SnapshotResponse { vote }));
         };
@@ -570,7 +583,9 @@ impl Groups {
         let res = loop {
             tokio::select! {
                 res = &mut install => break res,
-                _ = refresh.tick() => group.hold_elections_for_snapshot(),
+                _ = refresh.tick() => {
+                    group.hold_elections_for_snapshot();
+                }
             }
         };
         group.end_snapshot_hold();

@@ -549,12 +549,18 @@ async fn a_replica_receiving_a_slow_snapshot_without_heartbeats_does_not_depose_
     };
     while !installed() {
         let m = group(&nodes[sender])?.raft.metrics().borrow().clone();
+        let f = follower.raft.metrics().borrow().clone();
         assert!(
             m.state.is_leader() && m.current_term == term,
-            "the leader sending the snapshot was deposed: node {} is {:?} in term {} (was {term})",
+            "the leader sending the snapshot was deposed: node {} is {:?} in term {} (was \
+             {term}); the follower is {:?} in term {}, snapshot {:?}, holding elections: {}",
             sender + 1,
             m.state,
-            m.current_term
+            m.current_term,
+            f.state,
+            f.current_term,
+            f.snapshot,
+            follower.holding_elections_for_snapshot()
         );
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(30),
