@@ -53,12 +53,18 @@ fn parse_cursor(text: &str) -> Option<Vec<u64>> {
         .collect()
 }
 
-fn sse_event(cursor: &str, record: &StoredRecord) -> Event {
+/// An event's JSON as sent: the stored event with the stream's `cursor` after it.
+fn event_data(cursor: &str, record: &StoredRecord) -> Value {
     let mut data: Value = serde_json::from_slice(&record.value.bytes).unwrap_or(Value::Null);
-    let kind = data["type"].as_str().unwrap_or("event").to_string();
     if let Value::Object(m) = &mut data {
         m.insert("cursor".into(), Value::from(cursor));
     }
+    data
+}
+
+fn sse_event(cursor: &str, record: &StoredRecord) -> Event {
+    let data = event_data(cursor, record);
+    let kind = data["type"].as_str().unwrap_or("event").to_string();
     Event::default()
         .id(cursor)
         .event(kind)
@@ -156,10 +162,7 @@ async fn pump(mut socket: WebSocket, mut cursor: Cursor) {
         tokio::select! {
             next = cursor.next() => {
                 let Some((cursor, record)) = next else { break };
-                let mut data: Value = serde_json::from_slice(&record.value.bytes).unwrap_or(Value::Null);
-                if let Value::Object(m) = &mut data {
-                    m.insert("cursor".into(), Value::from(cursor.as_str()));
-                }
+                let data = event_data(&cursor, &record);
                 let frame = json!({"id": cursor, "event": data["type"], "data": data});
                 if socket.send(Message::Text(frame.to_string().into())).await.is_err() {
                     return;

@@ -109,11 +109,11 @@ impl Service {
         ))
     }
 
-    /// Reads `user`'s event stream from `from` (the next offset to read in each `chat.messages`
-    /// partition, or `[0]` for all from the start; `None`: from now on): what every partition has now, or, when none has
-    /// anything, what the first one to get an event has, waiting up to `max_wait_ms`. Each
-    /// partition is read on this node's replica when it has one in touch with the leader,
-    /// else on the leader.
+    /// Reads `user`'s event stream from `from` (the next offset to read in each
+    /// `chat.messages` partition, or `[0]` for all from the start; `None`: from now on): what
+    /// every partition has now, or, when none has anything, what the first one to get an
+    /// event has, waiting up to `max_wait_ms`. Each partition is read on this node's replica
+    /// when it has one in touch with the leader, else on the leader.
     ///
     /// No quorum round confirms the leadership first, unlike the other chat reads: a stream
     /// is read by offset after a cursor the reader holds, and every replica applies only
@@ -130,7 +130,7 @@ impl Service {
         max_wait_ms: u64,
     ) -> Result<StreamPage, ServiceError> {
         let partitions = self.chat_topic().await?.partitions.len();
-        let mut from: Vec<Option<u64>> = match from {
+        let given: Vec<Option<u64>> = match from {
             Some(f) if f.len() == partitions => f.into_iter().map(Some).collect(),
             // `0` alone: from the beginning.
             Some(f) if f == [0] => vec![Some(0); partitions],
@@ -154,18 +154,16 @@ impl Service {
             };
             async move { (p, self.stream_read_in(p as u32, op).await) }
         };
+        let mut from = vec![0; partitions];
         let mut found = vec![Vec::new(); partitions];
-        for (p, r) in futures::future::join_all((0..partitions).map(|p| read(p, from[p], 0))).await
+        for (p, r) in futures::future::join_all((0..partitions).map(|p| read(p, given[p], 0))).await
         {
-            let (start, events) = r?;
-            from[p] = Some(start);
-            found[p] = events;
+            (from[p], found[p]) = r?;
         }
-        let from: Vec<u64> = from.into_iter().map(|f| f.unwrap_or(0)).collect();
         if max_wait_ms > 0 && found.iter().all(Vec::is_empty) {
             // Wait in every partition; the first to answer with events ends the wait (the
-            // others' reads are dropped, which ends a local wait at once and a forwarded one
-            // at its own deadline).
+            // others' reads are dropped, which ends a local wait at once, and a forwarded one
+            // as soon as the serving node sees its request stream stopped).
             let mut waits: futures::stream::FuturesUnordered<_> = (0..partitions)
                 .map(|p| read(p, Some(from[p]), max_wait_ms))
                 .collect();

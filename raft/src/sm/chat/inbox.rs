@@ -5,7 +5,7 @@
 use chat4all_storage::{Cf, StorageError, StoredRecord};
 use serde::{Deserialize, Serialize};
 
-use super::{ChatReader, ChatResponse, RowTxn, SEQ_HEADER, key};
+use super::{ChatReader, ChatResponse, RowTxn, SEQ_HEADER, after_rows_of, key};
 use crate::types::{GroupId, RaftStorageError};
 
 const INBOX: &[u8] = b"q/";
@@ -104,8 +104,7 @@ impl ChatReader {
         limit: usize,
     ) -> Result<Vec<(u64, u64)>, StorageError> {
         let start = inbox_event_key(self.group, user, after.saturating_add(1));
-        let mut end = key(self.group, INBOX_EVENT, &[user.as_bytes()]);
-        end.push(1);
+        let end = after_rows_of(self.group, INBOX_EVENT, user);
         Ok(self
             .db
             .scan::<u64>(Cf::ChatRow, &start, &end, limit)?

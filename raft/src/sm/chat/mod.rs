@@ -325,6 +325,14 @@ fn key(group: GroupId, prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     keys::group_bytes(group.0, &k)
 }
 
+/// The first key after every `prefix` row of `owner` (`owner\0...` keys): the end of a scan
+/// of that owner's rows.
+fn after_rows_of(g: GroupId, prefix: &[u8], owner: &str) -> Vec<u8> {
+    let mut end = key(g, prefix, &[owner.as_bytes()]);
+    end.push(1);
+    end
+}
+
 fn conversation_key(g: GroupId, id: &str) -> Vec<u8> {
     key(g, CONVERSATION, &[id.as_bytes()])
 }

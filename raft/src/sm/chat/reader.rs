@@ -4,8 +4,8 @@ use chat4all_storage::{Cf, Db, StorageError, keys};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Conversation, HISTORY, MEMBER, MessageState, conversation_key, history_key, key, member_key,
-    message_key, range,
+    Conversation, HISTORY, MEMBER, MessageState, after_rows_of, conversation_key, history_key, key,
+    member_key, message_key, range,
 };
 use crate::types::GroupId;
 
@@ -46,11 +46,7 @@ impl ChatReader {
         limit: usize,
     ) -> Result<Vec<(u64, String)>, StorageError> {
         let lo = history_key(self.group, conversation, floor);
-        let hi = {
-            let mut p = key(self.group, HISTORY, &[conversation.as_bytes()]);
-            p.push(1); // after every `conversation\0<offset>` key
-            p
-        };
+        let hi = after_rows_of(self.group, HISTORY, conversation);
         let decode = |rows: Vec<(Vec<u8>, String)>| {
             rows.into_iter()
                 .filter_map(|(k, id)| {

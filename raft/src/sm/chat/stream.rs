@@ -9,7 +9,7 @@
 
 use chat4all_storage::{Cf, StorageError, StoredRecord};
 
-use super::{ChatReader, RowTxn, key, recipients};
+use super::{ChatReader, RowTxn, after_rows_of, key, recipients};
 use crate::types::{GroupId, RaftStorageError};
 
 const STREAM: &[u8] = b"s/";
@@ -37,8 +37,7 @@ impl ChatReader {
     /// Offsets of `user`'s events in this partition from `from` on, at most `limit`, in order.
     pub fn stream(&self, user: &str, from: u64, limit: usize) -> Result<Vec<u64>, StorageError> {
         let start = stream_key(self.group, user, from);
-        let mut end = key(self.group, STREAM, &[user.as_bytes()]);
-        end.push(1);
+        let end = after_rows_of(self.group, STREAM, user);
         Ok(self
             .db
             .scan::<u64>(Cf::ChatRow, &start, &end, limit)?
