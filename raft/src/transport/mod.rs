@@ -131,6 +131,12 @@ pub enum TransportError {
     /// The stream broke after the request was sent: the peer may have handled it.
     #[error("stream: {0}")]
     Stream(String),
+    /// After the request was sent, the peer's address answered with a QUIC stateless reset:
+    /// the process the connection led to is gone and a new one runs there (a restarted node).
+    /// The old process may have handled the request before it died; the next request opens a
+    /// connection to the new one.
+    #[error("peer restarted: {0}")]
+    PeerRestarted(String),
     /// No answer before the deadline, after the request was sent.
     #[error("no answer before the deadline")]
     Timeout,
@@ -161,6 +167,7 @@ impl TransportError {
             TransportError::Connect(_) => "PEER_UNREACHABLE",
             TransportError::NotSent(_) => "NOT_SENT",
             TransportError::Stream(_) => "STREAM_BROKEN",
+            TransportError::PeerRestarted(_) => "PEER_RESTARTED",
             TransportError::Timeout => "TIMEOUT",
             TransportError::Refused(_) => "PEER_REFUSED",
             TransportError::TooLarge { .. } => "MESSAGE_TOO_LARGE",
@@ -286,26 +293,52 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
-/// The key this node signs QUIC stateless resets with, the same across restarts.
+/// The keys that let a restarted node answer its peers' packets on connections to the process
+/// it replaced with a stateless reset, so the peers drop those connections at once.
 ///
-/// When a node is SIGKILLed and restarted, its peers still hold connections to the old process;
-/// the new one answers their packets with a stateless reset, but peers accept a reset only if its
-/// token is the one the old process announced, and quinn derives tokens from a key it draws at
-/// random per endpoint. With that default, peers kept sending into the dead connection until the
-/// idle timeout (3 s): every Raft RPC to the restarted node timed out meanwhile, it fell behind
-/// and started elections with a stale log, which measurably doubled failover times (1.2 s to
-/// 2.5 s). Deriving the key from the node's private key (secret, stable, already on disk) makes
-/// a restarted node's resets valid, so peers drop the dead connection and reconnect at once.
-fn stateless_reset_key(tls: &TlsFiles) -> Result<Arc<ring::hmac::Key>, TransportError> {
+/// When a node is SIGKILLed and restarted, its peers still hold connections to the old process.
+/// Unless the new process resets them, peers keep sending into them until QUIC's idle timeout
+/// (3 s), and every request on them (Raft RPCs, forwarded client writes) hangs meanwhile. The
+/// new process sends a reset only for a packet whose connection ID it recognizes as one it
+/// could have issued, and the peer accepts the reset only if its token is the one the old
+/// process announced for that ID. quinn draws both keys at random per endpoint by default, so
+/// neither holds across a restart:
+///
+/// - Tokens: with a random reset key, peers ignored the new process's resets. Every Raft RPC
+///   to a restarted node timed out, it fell behind and started elections with a stale log,
+///   which measurably doubled failover times (1.2 s to 2.5 s).
+/// - Connection IDs: quinn's default generator signs each ID with a random key and silently
+///   drops packets whose ID it cannot verify, so with only the reset key stable no reset was
+///   ever sent. A forwarded write then hung on the dead connection until its idle timeout: in
+///   `bench failover`, 5 of 30 leader kills took 2.2-3.1 s instead of about 0.8 s, each right
+///   after the node it forwarded to had been restarted.
+///
+/// Both keys are derived from the node's private key (secret, stable, already on disk).
+struct RestartKeys {
+    reset: Arc<ring::hmac::Key>,
+    connection_ids: u64,
+}
+
+fn restart_keys(tls: &TlsFiles) -> Result<RestartKeys, TransportError> {
     let secret = std::fs::read(&tls.key)
         .map_err(|e| TransportError::Setup(format!("read {}: {e}", tls.key.display())))?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(b"chat4all quic stateless reset key\0");
-    ctx.update(&secret);
-    Ok(Arc::new(ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        ctx.finish().as_ref(),
-    )))
+    let derive = |label: &[u8]| {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(label);
+        ctx.update(&secret);
+        ctx.finish()
+    };
+    let reset = derive(b"chat4all quic stateless reset key\0");
+    let cids = derive(b"chat4all quic connection id key\0");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&cids.as_ref()[..8]);
+    Ok(RestartKeys {
+        reset: Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            reset.as_ref(),
+        )),
+        connection_ids: u64::from_le_bytes(cid_key),
+    })
 }
 
 impl Transport {
@@ -331,7 +364,12 @@ impl Transport {
         enlarge_buffers(&socket);
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Setup("no async runtime for QUIC".into()))?;
-        let endpoint_config = quinn::EndpointConfig::new(stateless_reset_key(&config.tls)?);
+        let keys = restart_keys(&config.tls)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(keys.reset);
+        let cid_key = keys.connection_ids;
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let mut endpoint =
             Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
         endpoint.set_default_client_config(client);
@@ -473,7 +511,12 @@ impl Transport {
                 }
             }
         }
-        .map_err(|e| TransportError::Stream(format!("{addr}: read response: {e}")))?;
+        .map_err(|e| match e {
+            quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::Reset,
+            )) => TransportError::PeerRestarted(format!("{addr}: the connection was reset")),
+            e => TransportError::Stream(format!("{addr}: read response: {e}")),
+        })?;
         match response.split_first() {
             Some((0, rest)) => Ok(Bytes::copy_from_slice(rest)),
             Some((_, reason)) => Err(TransportError::Refused(
