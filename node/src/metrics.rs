@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chat4all_raft::groups::{GroupState, Groups};
 use chat4all_raft::log_store::FsyncObserver;
 use chat4all_raft::sm::controller::ControllerState;
+use chat4all_storage::Cf;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -51,6 +52,19 @@ pub struct Metrics {
     /// `bad_signature`, `bad_payload`, `unknown_channel`).
     pub connector_webhooks: IntCounterVec,
     partition: PartitionGauges,
+    storage: StorageGauges,
+}
+
+/// RocksDB's figures per column family (`cf` label), read when `/metrics` is scraped: what a
+/// read or write has to go through, to tell a slowdown under sustained load from its cause.
+struct StorageGauges {
+    memtable_entries: IntGaugeVec,
+    memtable_deletes: IntGaugeVec,
+    memtable_bytes: IntGaugeVec,
+    l0_files: IntGaugeVec,
+    sst_bytes: IntGaugeVec,
+    pending_compaction_bytes: IntGaugeVec,
+    estimated_keys: IntGaugeVec,
 }
 
 struct PartitionGauges {
@@ -89,6 +103,41 @@ impl Metrics {
             let g = IntGaugeVec::new(Opts::new(name, help), &["topic", "partition"])?;
             registry.register(Box::new(g.clone()))?;
             Ok(g)
+        };
+        let cf_gauge = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["cf"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let storage = StorageGauges {
+            memtable_entries: cf_gauge(
+                "chat4all_storage_memtable_entries",
+                "Entries (deletions included) in a column family's memtables",
+            )?,
+            memtable_deletes: cf_gauge(
+                "chat4all_storage_memtable_deletes",
+                "Point deletions in a column family's memtables",
+            )?,
+            memtable_bytes: cf_gauge(
+                "chat4all_storage_memtable_bytes",
+                "Bytes of a column family's memtables",
+            )?,
+            l0_files: cf_gauge(
+                "chat4all_storage_l0_files",
+                "SST files in level 0 of a column family",
+            )?,
+            sst_bytes: cf_gauge(
+                "chat4all_storage_sst_bytes",
+                "Bytes of a column family's live SST files",
+            )?,
+            pending_compaction_bytes: cf_gauge(
+                "chat4all_storage_pending_compaction_bytes",
+                "RocksDB's estimate of the bytes compaction has yet to rewrite in a column family",
+            )?,
+            estimated_keys: cf_gauge(
+                "chat4all_storage_estimated_keys",
+                "RocksDB's estimate of the live keys in a column family",
+            )?,
         };
         let fetch_waiting = IntGauge::new(
             "chat4all_fetch_waiting",
@@ -209,6 +258,7 @@ impl Metrics {
                     "Log start offset of the partition on this replica",
                 )?,
             },
+            storage,
             registry,
         };
         Ok(Arc::new(m))
@@ -266,6 +316,22 @@ impl Metrics {
                         .set(s.log_start_offset as i64);
                 }
             }
+        }
+        let st = &self.storage;
+        for cf in Cf::ALL {
+            let c = groups.db().cf_stats(cf);
+            let l = [cf.name()];
+            let set = |g: &IntGaugeVec, v: u64| {
+                g.with_label_values(&l)
+                    .set(i64::try_from(v).unwrap_or(i64::MAX))
+            };
+            set(&st.memtable_entries, c.memtable_entries);
+            set(&st.memtable_deletes, c.memtable_deletes);
+            set(&st.memtable_bytes, c.memtable_bytes);
+            set(&st.l0_files, c.l0_files);
+            set(&st.sst_bytes, c.sst_bytes);
+            set(&st.pending_compaction_bytes, c.pending_compaction_bytes);
+            set(&st.estimated_keys, c.estimated_keys);
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {

@@ -364,6 +364,24 @@ async fn health_ready_and_metrics_report_the_node() {
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
+    // RocksDB's figures per column family: the record and its log entry are in memtables
+    // (a fresh node flushes nothing this small).
+    for cf in ["index_entry", "offset_record"] {
+        let needle = format!("chat4all_storage_memtable_entries{{cf=\"{cf}\"}} ");
+        let entries: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metrics lack {needle}:\n{text}"));
+        assert!(entries >= 1, "{needle}{entries}");
+    }
+    for needle in [
+        "chat4all_storage_l0_files{cf=\"chatkey_chatrow\"}",
+        "chat4all_storage_sst_bytes{cf=\"index_entry\"}",
+        "chat4all_storage_pending_compaction_bytes{cf=\"offset_record\"}",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
     // The runtime's 100 ms timer is measured from the start on.
     eventually(
         "a runtime tick measured",

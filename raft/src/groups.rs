@@ -347,6 +347,11 @@ impl Groups {
         })
     }
 
+    /// The database every group on this node keeps its log and state in.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

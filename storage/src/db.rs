@@ -37,7 +37,8 @@ pub enum Cf {
 }
 
 impl Cf {
-    const ALL: [Cf; 8] = [
+    /// Every column family.
+    pub const ALL: [Cf; 8] = [
         Cf::LogEntry,
         Cf::GroupRaftState,
         Cf::GroupMeta,
@@ -81,6 +82,26 @@ impl Cf {
             Cf::ChatRow => "chatkey_chatrow",
         }
     }
+}
+
+/// See [`Db::cf_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CfStats {
+    /// Entries in the memtables (active and immutable), deletions included: what a read
+    /// that reaches the memtables searches.
+    pub memtable_entries: u64,
+    /// Point deletions among them.
+    pub memtable_deletes: u64,
+    /// Bytes of every memtable (active, immutable, pinned).
+    pub memtable_bytes: u64,
+    /// SST files in level 0, each of which a read may have to search.
+    pub l0_files: u64,
+    /// Bytes of the live SST files.
+    pub sst_bytes: u64,
+    /// RocksDB's estimate of the bytes compaction has yet to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// RocksDB's estimate of the live keys.
+    pub estimated_keys: u64,
 }
 
 /// A raw `(key, value)` pair, as stored.
@@ -352,6 +373,30 @@ impl Db {
     pub fn compact_range(&self, cf: Cf, start: &[u8], end: &[u8]) {
         self.inner
             .compact_range_cf(self.handle(cf), Some(start), Some(end));
+    }
+
+    /// RocksDB's own figures for one column family (for metrics): what its reads and writes
+    /// have to go through. Missing properties read as 0.
+    pub fn cf_stats(&self, cf: Cf) -> CfStats {
+        let h = self.handle(cf);
+        let p = |name: &str| {
+            self.inner
+                .property_int_value_cf(h, name)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        CfStats {
+            memtable_entries: p("rocksdb.num-entries-active-mem-table")
+                + p("rocksdb.num-entries-imm-mem-tables"),
+            memtable_deletes: p("rocksdb.num-deletes-active-mem-table")
+                + p("rocksdb.num-deletes-imm-mem-tables"),
+            memtable_bytes: p("rocksdb.cur-size-all-mem-tables"),
+            l0_files: p("rocksdb.num-files-at-level0"),
+            sst_bytes: p("rocksdb.live-sst-files-size"),
+            pending_compaction_bytes: p("rocksdb.estimate-pending-compaction-bytes"),
+            estimated_keys: p("rocksdb.estimate-num-keys"),
+        }
     }
 
     /// Approximate bytes the live SST files take on disk (for metrics and benchmarks).
