@@ -219,12 +219,20 @@ pub struct StorageConfig {
     /// Memtable size per column family, in MiB (RocksDB's default, 64, when absent).
     #[serde(default)]
     pub memtable_mb: Option<usize>,
+    /// The most write-ahead log kept, in MiB (see `DbConfig::max_wal_bytes`): a restart
+    /// replays at most this much.
+    #[serde(default = "default_max_wal_mb")]
+    pub max_wal_mb: u64,
     /// How long opening the database may take before the node gives up and refuses to start,
     /// in ms, plus 1 s per 4 MiB of write-ahead log to replay. RocksDB 11.8 can spin forever
     /// replaying a WAL with a piece cut out of its middle (found by jepsen-tests' corrupt
     /// fault); without a bound such a node would hang at start instead of refusing.
     #[serde(default = "default_open_timeout_ms")]
     pub open_timeout_ms: u64,
+}
+
+fn default_max_wal_mb() -> u64 {
+    chat4all_storage::DEFAULT_MAX_WAL_BYTES >> 20
 }
 
 fn default_open_timeout_ms() -> u64 {
@@ -236,6 +244,7 @@ impl Default for StorageConfig {
         StorageConfig {
             verify_on_start: true,
             memtable_mb: None,
+            max_wal_mb: default_max_wal_mb(),
             open_timeout_ms: default_open_timeout_ms(),
         }
     }
@@ -522,6 +531,12 @@ impl ClusterConfig {
                 "[storage] memtable_mb must be between 1 and 4096, not {mb}"
             )));
         }
+        if !(16..=65_536).contains(&self.storage.max_wal_mb) {
+            return Err(ConfigError::Invalid(format!(
+                "[storage] max_wal_mb must be between 16 and 65536, not {}",
+                self.storage.max_wal_mb
+            )));
+        }
         if !crate::groups::model::SESSION_TIMEOUT_MS.contains(&self.groups.session_timeout_ms) {
             return Err(ConfigError::Invalid(
                 "[groups] session_timeout_ms must be between 1000 and 300000".into(),
@@ -648,6 +663,10 @@ mod tests {
         let parse = toml::from_str::<ClusterConfig>("[[nodes]]\nid = 1\nbogus = 2");
         assert!(parse.is_err(), "unknown keys are refused");
         let mut c = ClusterConfig::single_node();
+        c.storage.max_wal_mb = 8;
+        let err = c.validate().expect_err("a WAL bound under 16 MiB");
+        assert!(err.to_string().contains("max_wal_mb"), "{err}");
+        c.storage.max_wal_mb = 256;
         c.storage.memtable_mb = Some(0);
         let err = c.validate().expect_err("an empty memtable");
         assert!(err.to_string().contains("memtable_mb"), "{err}");

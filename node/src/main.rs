@@ -184,6 +184,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         DbConfig {
             path: me.data_dir.join("db"),
             memtable_bytes: config.storage.memtable_mb.map(|mb| mb << 20),
+            max_wal_bytes: config.storage.max_wal_mb << 20,
         },
         config.storage.open_timeout_ms,
     )

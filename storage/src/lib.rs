@@ -22,7 +22,7 @@ pub mod keys;
 mod record;
 mod view;
 
-pub use db::{Batch, Cf, CfStats, Db, DbConfig, RawRow, Verified};
+pub use db::{Batch, Cf, CfStats, DEFAULT_MAX_WAL_BYTES, Db, DbConfig, RawRow, Verified};
 pub use error::StorageError;
 pub use record::{Payload, PayloadFormat, StoredRecord};
 pub use view::View;
