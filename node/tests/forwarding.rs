@@ -9,6 +9,23 @@ use common::{Cluster, eventually};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
+/// The leader of partition 0 of `topic` and a follower that takes it for the leader (so it
+/// forwards there).
+async fn leader_and_a_follower_that_knows_it(c: &Cluster, topic: &str) -> (u64, u64) {
+    let leader = c.leader(1, topic, 0).await;
+    let via = (1..=3).find(|&n| n != leader).expect("a follower");
+    eventually(
+        "the follower knows the leader",
+        Duration::from_secs(30),
+        || async move {
+            let (_, t) = c.get(via, &format!("/v1/topics/{topic}")).await;
+            (t["partitions"][0]["leader"].as_u64() == Some(leader)).then_some(())
+        },
+    )
+    .await;
+    (leader, via)
+}
+
 #[tokio::test]
 async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_leads() {
     // A long write timeout: the answer must come from the leader change, not the deadline.
@@ -22,21 +39,8 @@ async fn a_write_held_by_a_leader_that_stops_is_answered_unknown_once_another_le
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let leader = c.leader(1, "fwd", 0).await;
-    let via = (1..=3).find(|&n| n != leader).expect("a follower");
     // The follower knows the leader (it forwards there), then the leader freezes.
-    eventually(
-        "the follower knows the leader",
-        Duration::from_secs(30),
-        || {
-            let c = &c;
-            async move {
-                let (_, t) = c.get(via, "/v1/topics/fwd").await;
-                (t["partitions"][0]["leader"].as_u64() == Some(leader)).then_some(())
-            }
-        },
-    )
-    .await;
+    let (leader, via) = leader_and_a_follower_that_knows_it(&c, "fwd").await;
     c.pause(leader).await;
     let (s, v) = c
         .post(
@@ -256,4 +260,45 @@ async fn a_leader_cut_off_from_its_majority_never_acknowledges_and_soon_refuses(
             .is_some_and(|s| s == "before" || s == "after" || s.starts_with("alone-"))
     }));
     eprintln!("answers of the lone leader: {answers:?}");
+}
+
+/// Concurrent writes through a follower travel to the leader together (`ProduceMany`): each
+/// is answered with its own offset, offsets are dense, and the record at each offset is the
+/// one its write sent.
+#[tokio::test]
+async fn concurrent_writes_through_a_follower_each_get_their_own_offset() {
+    let c = Cluster::start(3, "").await;
+    c.create_topic(1, "many", 1, 3, json!({})).await;
+    let (leader, via) = leader_and_a_follower_that_knows_it(&c, "many").await;
+    const WRITES: u64 = 64;
+    let writes = (0..WRITES).map(|i| {
+        let c = &c;
+        async move {
+            let body = json!({"records": [{"value": format!("w{i}"), "partition": 0}]});
+            let (s, v) = c.post(via, "/v1/topics/many/records", &body).await;
+            assert_eq!(s, 200, "write {i}: {v}");
+            (v["offsets"][0]["offset"].as_u64().expect("offset"), i)
+        }
+    });
+    let mut sent_at = std::collections::BTreeMap::new();
+    for (offset, i) in futures::future::join_all(writes).await {
+        assert!(
+            sent_at.insert(offset, json!(format!("w{i}"))).is_none(),
+            "two writes answered offset {offset}"
+        );
+    }
+    assert_eq!(
+        sent_at.keys().copied().collect::<Vec<_>>(),
+        (0..WRITES).collect::<Vec<_>>()
+    );
+    let stored: std::collections::BTreeMap<u64, Value> =
+        c.read_all(leader, "many", 0).await.into_iter().collect();
+    assert_eq!(stored, sent_at);
+    // They went the joined way (one forward kind per message, whatever the batching).
+    let metrics = c.metrics(via).await;
+    assert!(
+        metrics.contains("chat4all_forward_requests_total{kind=\"produce_many\"}")
+            && !metrics.contains("chat4all_forward_requests_total{kind=\"produce\"}"),
+        "{metrics}"
+    );
 }

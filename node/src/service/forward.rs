@@ -30,6 +30,14 @@ pub enum ForwardRequest {
         /// Hops so far.
         hops: u8,
     },
+    /// Append several batches, each as if it came alone (see `forward_batch`); answered
+    /// with one result per batch, in order.
+    ProduceMany {
+        /// The batches, in the order they reached the sender.
+        batches: Vec<ProduceBatch>,
+        /// Hops so far.
+        hops: u8,
+    },
     /// Read from a partition.
     Fetch {
         /// The read.
@@ -85,6 +93,8 @@ pub enum ForwardResponse {
         /// Record count.
         count: u32,
     },
+    /// The result of each batch of a `ProduceMany`, in order: its first offset and count.
+    ProducedMany(Vec<Result<(u64, u32), ServiceError>>),
     /// Records read.
     Fetched(FetchResult),
     /// A controller command's result.
@@ -129,6 +139,7 @@ impl Service {
         }
         let kind = match &req {
             ForwardRequest::Produce { .. } => "produce",
+            ForwardRequest::ProduceMany { .. } => "produce_many",
             ForwardRequest::Fetch { .. } => "fetch",
             ForwardRequest::Controller { .. } => "controller",
             ForwardRequest::Describe { .. } => "describe",
@@ -139,6 +150,7 @@ impl Service {
         let writes = matches!(
             req,
             ForwardRequest::Produce { .. }
+                | ForwardRequest::ProduceMany { .. }
                 | ForwardRequest::Controller { .. }
                 | ForwardRequest::Chat {
                     op: ChatOp::Write(_),
@@ -252,6 +264,14 @@ impl Service {
                 .produce_batch(batch, hops)
                 .await
                 .map(|(base_offset, count)| ForwardResponse::Produced { base_offset, count }),
+            ForwardRequest::ProduceMany { batches, hops } => {
+                // Polled in order, so the batches reach each partition's queue in the order
+                // they reached the sender (unless one waits for metadata first).
+                let appends = batches.into_iter().map(|b| self.produce_batch(b, hops));
+                Ok(ForwardResponse::ProducedMany(
+                    futures::future::join_all(appends).await,
+                ))
+            }
             ForwardRequest::Fetch { req, hops } => {
                 self.fetch(req, hops).await.map(ForwardResponse::Fetched)
             }

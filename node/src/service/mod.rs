@@ -11,6 +11,7 @@ pub mod chat;
 mod directory;
 pub mod fetch;
 mod forward;
+mod forward_batch;
 mod groups;
 mod metadata;
 mod produce;
@@ -69,6 +70,7 @@ pub struct Service {
     metrics: Arc<Metrics>,
     unkeyed: std::sync::atomic::AtomicU32,
     batcher: batcher::Batcher,
+    forwards: forward_batch::ForwardBatcher,
     sync_rounds: metadata::SyncRounds,
     coordinator: groups::Coordinator,
     groups_config: GroupsConfig,
@@ -100,8 +102,9 @@ impl Service {
     ) -> Arc<Service> {
         let limits = config.limits.clone();
         let batcher = batcher::Batcher::new(Duration::from_millis(limits.write_timeout_ms));
-        Arc::new(Service {
+        Arc::new_cyclic(|service| Service {
             batcher,
+            forwards: forward_batch::ForwardBatcher::new(service.clone()),
             node_id,
             members: config.members(),
             groups,

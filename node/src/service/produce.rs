@@ -83,11 +83,16 @@ impl Service {
             }
         };
         let remote = |n: chat4all_raft::types::NodeId| {
-            let req = ForwardRequest::Produce {
-                batch: batch.clone(),
-                hops: hops + 1,
-            };
+            let batch = batch.clone();
             async move {
+                if hops == 0 {
+                    // From this node's own client: joined with the others bound there.
+                    return self.forwards.forward(n, meta.group, batch, deadline).await;
+                }
+                let req = ForwardRequest::Produce {
+                    batch,
+                    hops: hops + 1,
+                };
                 match self.forward(n, meta.group, req, hops, deadline).await? {
                     ForwardResponse::Produced { base_offset, count } => Ok((base_offset, count)),
                     other => Err(ServiceError::Internal(format!(

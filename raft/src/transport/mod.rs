@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 use crate::certs::{self, NODE_SERVER_NAME, TlsFiles};
 
 /// Bumped whenever the framing or a message shape changes incompatibly (3: event streams read
-/// `chat.messages`, a forwarded chat read changed shape).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// `chat.messages`, a forwarded chat read changed shape; 4: forwarded produce requests travel
+/// together, `ProduceMany`).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest request or response accepted (an AppendEntries of up to 512 entries; a
 /// snapshot travels in chunks of `[raft] snapshot_chunk_bytes`).
