@@ -302,6 +302,15 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
     send(&c, 3, &ana, &group, "free text now").await;
     let to_wa = wa.wait_sent(2, WAIT).await;
     assert_eq!(to_wa[1].text, "free text now");
+    // Bo's copy too, before anything else goes to Telegram: deliveries of different
+    // conversations are not ordered with each other. (A CI run found "free text now" third
+    // at Telegram below: either it came after "hello Dee", which this wait rules out, or
+    // something came twice, which the list printed there would show.)
+    let to_tg = tg.wait_sent(2, WAIT).await;
+    assert_eq!(
+        (to_tg[1].to.as_str(), to_tg[1].text.as_str()),
+        ("111", "free text now")
+    );
 
     // WhatsApp reports delivery through a signed status webhook (to another node).
     let wa_hook = webhook_url(&c, 3, "whatsapp", "wa");
@@ -397,7 +406,8 @@ async fn a_conversation_reaches_whatsapp_and_telegram_and_their_webhooks_come_in
     let to_tg = tg.wait_sent(3, WAIT).await;
     assert_eq!(
         (to_tg[2].to.as_str(), to_tg[2].text.as_str()),
-        ("222", "hello Dee")
+        ("222", "hello Dee"),
+        "{to_tg:?}"
     );
 }
 
