@@ -11,8 +11,7 @@
 //! Order is kept: the worker proposes in queue order, and the state machine applies the batches
 //! of an entry in order, each exactly as if it were alone (idempotent-producer rules included).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat4all_raft::types::{
@@ -23,6 +22,7 @@ use openraft::error::ClientWriteError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Proposed;
+use super::coalesce::{self, NotQueued, Queues};
 use crate::error::ServiceError;
 
 /// Entries of one partition in Raft at once. More overlaps the leader's fsync with replication;
@@ -43,7 +43,7 @@ struct Pending {
 
 /// One queue and worker per partition this node has proposed on.
 pub struct Batcher {
-    queues: Mutex<HashMap<GroupId, mpsc::Sender<Pending>>>,
+    queues: Queues<GroupId, Pending>,
     timeout: Duration,
 }
 
@@ -51,7 +51,7 @@ impl Batcher {
     /// A batcher whose entries give up (as `OUTCOME_UNKNOWN`) after `timeout`.
     pub fn new(timeout: Duration) -> Batcher {
         Batcher {
-            queues: Mutex::new(HashMap::new()),
+            queues: Queues::new(QUEUE_DEPTH),
             timeout,
         }
     }
@@ -67,29 +67,30 @@ impl Batcher {
     ) -> Reply {
         let bytes = batch.records.iter().map(|r| r.size_bytes()).sum();
         let (reply, rx) = oneshot::channel();
-        let queue = self.queue(group, raft)?;
-        let left = deadline.saturating_duration_since(Instant::now());
+        let pending = Pending {
+            batch,
+            bytes,
+            reply,
+        };
+        let timeout = self.timeout;
+        let start = |rx| {
+            tokio::spawn(run(group, raft.clone(), rx, timeout));
+        };
         // Not enqueued means not proposed: a definite failure.
-        match tokio::time::timeout(
-            left,
-            queue.send(Pending {
-                batch,
-                bytes,
-                reply,
-            }),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
+        match self.queues.send(group, pending, deadline, start).await {
+            Ok(()) => {}
+            Err(NotQueued::Closed) => {
                 return Err(ServiceError::Unavailable(format!(
                     "group {group} is shutting down"
                 )));
             }
-            Err(_) => {
+            Err(NotQueued::Full) => {
                 return Err(ServiceError::Unavailable(format!(
                     "group {group} is overloaded: too many appends queued"
                 )));
+            }
+            Err(NotQueued::Poisoned) => {
+                return Err(ServiceError::Internal("batcher lock poisoned".into()));
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -104,24 +105,6 @@ impl Batcher {
             ))),
         }
     }
-
-    fn queue(
-        &self,
-        group: GroupId,
-        raft: &Raft<TypeConfig>,
-    ) -> Result<mpsc::Sender<Pending>, ServiceError> {
-        let mut queues = self
-            .queues
-            .lock()
-            .map_err(|_| ServiceError::Internal("batcher lock poisoned".into()))?;
-        if let Some(q) = queues.get(&group).filter(|q| !q.is_closed()) {
-            return Ok(q.clone());
-        }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(group, raft.clone(), rx, self.timeout));
-        queues.insert(group, tx.clone());
-        Ok(tx)
-    }
 }
 
 async fn run(
@@ -131,22 +114,10 @@ async fn run(
     timeout: Duration,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        // Wait for room first: whatever queues up meanwhile joins this entry.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = first.bytes;
-        let mut items = vec![first];
-        while bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.bytes;
-                    items.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+    // Room for an entry first: whatever queues up meanwhile joins it.
+    while let Some((permit, items)) =
+        coalesce::next_run(&mut rx, &permits, MAX_ENTRY_BYTES, |p: &Pending| p.bytes).await
+    {
         let (batches, replies): (Vec<AppendBatch>, Vec<oneshot::Sender<Reply>>) =
             items.into_iter().map(|p| (p.batch, p.reply)).unzip();
         let cmd = match <[AppendBatch; 1]>::try_from(batches) {

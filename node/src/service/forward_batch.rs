@@ -19,13 +19,13 @@
 //! Only requests from this node's own clients (`hops == 0`) are joined; a request forwarded
 //! here that must go on goes alone, as before.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use chat4all_raft::types::{GroupId, NodeId};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::coalesce::{self, NotQueued, Queues};
 use super::{ForwardRequest, ForwardResponse, ProduceBatch, Service};
 use crate::error::ServiceError;
 
@@ -33,7 +33,7 @@ use crate::error::ServiceError;
 /// bigger.
 const IN_FLIGHT: usize = 4;
 /// The most record bytes one message carries.
-const MAX_BYTES: usize = 4 * 1024 * 1024;
+const MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Requests waiting per (leader, group) before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
@@ -41,6 +41,7 @@ type Reply = Result<(u64, u32), ServiceError>;
 
 struct Pending {
     batch: ProduceBatch,
+    bytes: u64,
     deadline: Instant,
     reply: oneshot::Sender<Reply>,
 }
@@ -48,7 +49,7 @@ struct Pending {
 /// One queue and worker per (leader, group) this node has forwarded produce requests to.
 pub struct ForwardBatcher {
     service: Weak<Service>,
-    queues: Mutex<HashMap<(NodeId, GroupId), mpsc::Sender<Pending>>>,
+    queues: Queues<(NodeId, GroupId), Pending>,
 }
 
 impl ForwardBatcher {
@@ -56,7 +57,7 @@ impl ForwardBatcher {
     pub fn new(service: Weak<Service>) -> ForwardBatcher {
         ForwardBatcher {
             service,
-            queues: Mutex::new(HashMap::new()),
+            queues: Queues::new(QUEUE_DEPTH),
         }
     }
 
@@ -71,21 +72,34 @@ impl ForwardBatcher {
         deadline: Instant,
     ) -> Reply {
         let (reply, rx) = oneshot::channel();
-        let queue = self.queue(to, group)?;
-        let left = deadline.saturating_duration_since(Instant::now());
         let pending = Pending {
+            bytes: batch.records.iter().map(|r| r.size_bytes()).sum(),
             batch,
             deadline,
             reply,
         };
+        let start = |rx| {
+            tokio::spawn(run(self.service.clone(), to, group, rx));
+        };
         // Not enqueued means not sent: a definite failure.
-        match tokio::time::timeout(left, queue.send(pending)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ServiceError::Unavailable("node is shutting down".into())),
-            Err(_) => {
+        match self
+            .queues
+            .send((to, group), pending, deadline, start)
+            .await
+        {
+            Ok(()) => {}
+            Err(NotQueued::Closed) => {
+                return Err(ServiceError::Unavailable("node is shutting down".into()));
+            }
+            Err(NotQueued::Full) => {
                 return Err(ServiceError::Unavailable(format!(
                     "too many produce requests queued for node {to}"
                 )));
+            }
+            Err(NotQueued::Poisoned) => {
+                return Err(ServiceError::Internal(
+                    "forward batcher lock poisoned".into(),
+                ));
             }
         }
         // The worker answers every request it took, by the message's deadline at the latest;
@@ -96,40 +110,14 @@ impl ForwardBatcher {
             )))
         })
     }
-
-    fn queue(&self, to: NodeId, group: GroupId) -> Result<mpsc::Sender<Pending>, ServiceError> {
-        let mut queues = self
-            .queues
-            .lock()
-            .map_err(|_| ServiceError::Internal("forward batcher lock poisoned".into()))?;
-        if let Some(q) = queues.get(&(to, group)).filter(|q| !q.is_closed()) {
-            return Ok(q.clone());
-        }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(self.service.clone(), to, group, rx));
-        queues.insert((to, group), tx.clone());
-        Ok(tx)
-    }
 }
 
 async fn run(service: Weak<Service>, to: NodeId, group: GroupId, mut rx: mpsc::Receiver<Pending>) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        // Wait for room first: whatever queues up meanwhile joins this message.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let mut bytes = size(&first.batch);
-        let mut items = vec![first];
-        while bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += size(&p.batch);
-                    items.push(p);
-                }
-                Err(_) => break,
-            }
-        }
+    // Room for a message first: whatever queues up meanwhile joins it.
+    while let Some((permit, items)) =
+        coalesce::next_run(&mut rx, &permits, MAX_BYTES, |p: &Pending| p.bytes).await
+    {
         let Some(service) = service.upgrade() else {
             for p in items {
                 let _ = p.reply.send(Err(ServiceError::Unavailable(
@@ -170,11 +158,4 @@ async fn send(service: &Service, to: NodeId, group: GroupId, items: Vec<Pending>
     for (reply, answer) in replies.into_iter().zip(answers) {
         let _ = reply.send(answer);
     }
-}
-
-fn size(b: &ProduceBatch) -> usize {
-    b.records
-        .iter()
-        .map(|r| usize::try_from(r.size_bytes()).unwrap_or(usize::MAX))
-        .sum()
 }

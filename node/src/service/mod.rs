@@ -8,6 +8,7 @@
 mod batcher;
 mod channels;
 pub mod chat;
+mod coalesce;
 mod directory;
 pub mod fetch;
 mod forward;
