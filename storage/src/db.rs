@@ -413,15 +413,6 @@ impl Db {
             estimated_keys: p("rocksdb.estimate-num-keys"),
         }
     }
-
-    /// Approximate bytes the live SST files take on disk (for metrics and benchmarks).
-    pub fn live_sst_bytes(&self) -> u64 {
-        self.inner
-            .property_int_value("rocksdb.live-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
-    }
 }
 
 impl Batch<'_> {
