@@ -458,44 +458,53 @@ mod tests {
         Db::open(&DbConfig::new(dir)).expect("open")
     }
 
-    /// The write-ahead log stays within its bound although one column family got a single
-    /// write and never fills its memtable (as Raft's vote and applied-state columns): RocksDB
-    /// flushes the columns holding the oldest log file so it can go. Without the bound every
-    /// log file stayed (8 MiB here).
+    /// A column family that got a single write and never fills its memtable (as Raft's vote
+    /// and applied-state columns) does not keep its write-ahead log file alive once the log
+    /// passes its bound: RocksDB flushes the columns holding the oldest file, and the file
+    /// goes. Without the bound that file, and every byte written after, stayed (8 MiB here).
+    ///
+    /// (RocksDB enforces the bound when a write comes in, so how much log is left once the
+    /// writes stop depends on how far flushes kept up: 3.7 MB in one CI run, under 3 MiB
+    /// locally. The file that the small column family pins going is what does not depend on
+    /// timing.)
     #[test]
-    fn the_write_ahead_log_stays_within_its_bound() {
+    fn a_column_family_that_never_fills_does_not_pin_the_write_ahead_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = DbConfig::new(dir.path());
         config.max_wal_bytes = 1 << 20;
         let db = Db::open(&config).expect("open");
+        let wal_files = || -> Vec<(PathBuf, u64)> {
+            std::fs::read_dir(dir.path())
+                .expect("read dir")
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+                .collect()
+        };
         let mut b = db.batch();
         b.put(Cf::GroupMeta, b"applied", &1u64).expect("put");
         db.write(b, false).expect("write");
+        let pinned: Vec<PathBuf> = wal_files().into_iter().map(|(p, _)| p).collect();
+        assert!(!pinned.is_empty(), "no write-ahead log file after a write");
         let value = vec![7u8; 64 << 10];
         for i in 0..128u64 {
             let mut b = db.batch();
             b.put_raw(Cf::OffsetRecord, &keys::group_u64(1, i), &value);
             db.write(b, false).expect("write");
         }
-        let wal_bytes = || -> u64 {
-            std::fs::read_dir(dir.path())
-                .expect("read dir")
-                .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        };
         // Flushes and file deletions run in the background: wait for them (bounded).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while wal_bytes() > 3 << 20 {
+        while pinned.iter().any(|p| p.exists()) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{} bytes of write-ahead log after 8 MiB written with a 1 MiB bound",
-                wal_bytes()
+                "the first write-ahead log file is still there after 8 MiB written with a \
+                 1 MiB bound: {:?}",
+                wal_files()
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let left: u64 = wal_files().iter().map(|(_, n)| n).sum();
+        assert!(left < 8 << 20, "{left} bytes of write-ahead log left");
         let applied: Option<u64> = db.get(Cf::GroupMeta, b"applied").expect("get");
         assert_eq!(applied, Some(1));
     }
