@@ -32,6 +32,13 @@ pub struct Consumed {
     pub record: StoredRecord,
 }
 
+impl Consumed {
+    /// Its topic and partition.
+    pub fn tp(&self) -> Tp {
+        (self.topic.clone(), self.partition)
+    }
+}
+
 /// A consumer group member.
 pub struct Consumer {
     service: Arc<Service>,
@@ -51,6 +58,11 @@ pub struct Consumer {
     next_heartbeat: Instant,
     /// Rotates which partition a poll long-polls on.
     turn: usize,
+    /// Whether a revoked partition's position is committed as it is released: right for a
+    /// caller that handles every record of a poll before it polls again, wrong for one that
+    /// commits each record itself and heartbeats while handling one (see
+    /// [`Consumer::committing_each_record`]).
+    commit_on_revoke: bool,
 }
 
 impl Consumer {
@@ -75,7 +87,22 @@ impl Consumer {
             interval: Duration::from_secs(1),
             next_heartbeat: Instant::now(),
             turn: 0,
+            commit_on_revoke: true,
         }
+    }
+
+    /// For a caller that commits each record with [`Consumer::commit_at`] once it has handled
+    /// it: a partition revoked meanwhile is released with nothing committed for it, as what
+    /// the caller handled is committed already and the position polled runs past records it
+    /// has not handled, which the next owner must read.
+    pub fn committing_each_record(mut self) -> Consumer {
+        self.commit_on_revoke = false;
+        self
+    }
+
+    /// Whether this member owns `tp` now.
+    pub fn owns(&self, tp: &Tp) -> bool {
+        self.positions.contains_key(tp)
     }
 
     /// The partitions this member owns now.
@@ -123,6 +150,7 @@ impl Consumer {
             .cloned()
             .collect();
         if !revoked.is_empty()
+            && self.commit_on_revoke
             && let Err(e) = self.commit_partitions(|tp| revoked.contains(tp)).await
         {
             tracing::warn!(group = %self.group, "commit before release: {e}");
@@ -155,6 +183,17 @@ impl Consumer {
             self.next_heartbeat = Instant::now();
         }
         Ok(())
+    }
+
+    /// Heartbeats if one is due: for a caller that spends a while on one poll's records, so
+    /// that its session does not run out (and its partitions go to another member, who would
+    /// repeat what it is doing) before its next poll. A partition revoked here is released;
+    /// see [`Consumer::owns`].
+    pub async fn heartbeat_if_due(&mut self) -> Result<(), ServiceError> {
+        if Instant::now() < self.next_heartbeat {
+            return Ok(());
+        }
+        self.heartbeat().await
     }
 
     /// Goes back to the last committed position of every owned partition (or where it
@@ -353,6 +392,12 @@ impl Consumer {
         next: u64,
     ) -> Result<(), ServiceError> {
         let tp: Tp = (topic.to_string(), partition);
+        if !self.owns(&tp) {
+            // Revoked, or this member was fenced: the next owner starts at the last commit.
+            return Err(ServiceError::MemberFenced(format!(
+                "{topic}/{partition} is no longer assigned to this member"
+            )));
+        }
         if self.committed.get(&tp) == Some(&next) {
             return Ok(());
         }

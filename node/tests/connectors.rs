@@ -3,8 +3,9 @@
 //! conversation with a WhatsApp and a Telegram participant delivers to both; webhooks are
 //! verified before anything is stored and a repeated one makes one message; rate limits are
 //! retried after the platform's wait; a platform that is down ends in the DLQ and is
-//! redriven once it is back; an unknown outcome is never re-sent; and a node killed during
-//! delivery loses nothing.
+//! redriven once it is back; an unknown outcome is never re-sent; a node killed during
+//! delivery loses nothing; and a partition that moves while its records wait to be retried
+//! goes whole to its next owner.
 
 mod common;
 
@@ -704,4 +705,193 @@ async fn a_node_without_ca_certificates_serves_and_says_why_channels_are_unavail
         .call_bearer(Method::GET, 1, "/v1/channels", &admin, None)
         .await;
     assert_eq!((s, v["channels"].as_array().map(Vec::len)), (200, Some(0)));
+}
+
+/// Each record of `topic`'s partition `p` as `(offset, key, value)`, read through node 1.
+async fn records_of(c: &Cluster, admin: &str, topic: &str, p: u32) -> Vec<(u64, String, Value)> {
+    let path = format!("/v1/topics/{topic}/partitions/{p}/records?offset=0&max_records=1000");
+    let (s, v) = c.call_bearer(Method::GET, 1, &path, admin, None).await;
+    assert_eq!(s, 200, "{v}");
+    v["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            let value = match &r["value"] {
+                Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+            let key = r["key"].as_str().unwrap_or_default().to_string();
+            (r["offset"].as_u64().expect("offset"), key, value)
+        })
+        .collect()
+}
+
+/// Sends `text` with the message id `id` through `node` until it is accepted: a repeat of an
+/// accepted send is answered with the original, so retrying through elections sends it once.
+async fn send_once(c: &Cluster, node: u64, token: &str, conv: &str, id: &str, text: &str) {
+    let path = format!("/v1/conversations/{conv}/messages");
+    let body = json!({"message_id": id, "content": text});
+    eventually(&format!("{id} accepted"), WAIT, || async {
+        let (s, _) = c
+            .call_bearer(Method::POST, node, &path, token, Some(&body))
+            .await;
+        (s == 200 || s == 202).then_some(())
+    })
+    .await;
+}
+
+/// The state of delivery group `deliver.<channel>` as `GET /v1/groups/{group}` shows it.
+async fn delivery_group(c: &Cluster, admin: &str, channel: &str) -> Value {
+    let path = format!("/v1/groups/deliver.{channel}");
+    let (s, v) = c.call_bearer(Method::GET, 1, &path, admin, None).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// The partitions node `id`'s member of `group` (as `delivery_group` answers it) owns.
+fn owned_by(group: &Value, id: u64) -> Vec<u32> {
+    let instance = format!("{}-node-{id}", group["group"].as_str().unwrap_or_default());
+    group["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["instance_id"] == instance.as_str())
+        .flat_map(|m| m["assignment"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["partition"].as_u64().map(|p| p as u32))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_revoked_while_its_records_wait_for_a_retry_goes_whole_to_the_next_owner() {
+    let tg = FakePlatform::start(Platform::Telegram).await;
+    // Retries without end (no dead letters) and no open circuit while the platform is down;
+    // one send a second per member, so records pile up in its polls; short sessions, so a
+    // killed node's member is soon gone.
+    let extra = "max_attempts = 100000\nbreaker_failures = 100000\nbackoff_base_ms = 200\n\
+                 backoff_max_ms = 500\nrate_per_s = 1\n\n[groups]\nsession_timeout_ms = 2000\n";
+    let mut c = cluster(3, &[&tg], extra).await;
+    let (admin, ana, bo_conv) = telegram_contact(&c).await;
+    // Contacts spread over the three `chat.deliveries` partitions (Telegram chat ids 111 and
+    // 201..=205), each in a conversation with ana and sent one message while all is well.
+    let mut convs = vec![("111".to_string(), bo_conv)];
+    for i in 201..=205 {
+        let chat = i.to_string();
+        let u = user(
+            &c,
+            &admin,
+            &format!("u{i}"),
+            None,
+            Some(("TELEGRAM", &chat)),
+        )
+        .await;
+        let body = json!({"type": "direct", "participants": [u]});
+        let (s, v) = c
+            .call_bearer(Method::POST, 1, "/v1/conversations", &ana, Some(&body))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        convs.push((chat, conversation(&v)));
+    }
+    for (chat, conv) in &convs {
+        send(&c, 1, &ana, conv, &format!("hello {chat}")).await;
+    }
+    tg.wait_sent(convs.len(), WAIT).await;
+    let mut partition_of = std::collections::BTreeMap::new();
+    for p in 0..3 {
+        for (_, key, _) in records_of(&c, &admin, "chat.deliveries", p).await {
+            partition_of.insert(key.trim_start_matches("tg/").to_string(), p);
+        }
+    }
+    let used: BTreeSet<u32> = partition_of.values().copied().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "every partition holds a contact: {partition_of:?}"
+    );
+
+    // Node 3 dies; once its member is gone, nodes 1 and 2 own the three partitions.
+    c.kill(3);
+    eventually("nodes 1 and 2 own every partition", WAIT, || async {
+        let g = delivery_group(&c, &admin, "tg").await;
+        let mut owned = owned_by(&g, 1);
+        owned.extend(owned_by(&g, 2));
+        owned.sort();
+        (owned == [0, 1, 2] && owned_by(&g, 3).is_empty()).then_some(())
+    })
+    .await;
+    // Three messages to every contact. Once all are in the delivery queues and a few have
+    // gone out, the platform goes down: each member is left retrying one record with more
+    // of its poll behind it.
+    for i in 1..=3 {
+        for (chat, conv) in &convs {
+            let id = format!("m{i}-{chat}");
+            send_once(&c, 1, &ana, conv, &id, &format!("m{i} {chat}")).await;
+        }
+    }
+    let routed = 4 * convs.len() as u64;
+    eventually("every message routed to a delivery queue", WAIT, || async {
+        (records_in(&c, 1, &admin, "chat.deliveries").await >= routed).then_some(())
+    })
+    .await;
+    tg.wait_sent(convs.len() + 2, WAIT).await;
+    tg.stop().await;
+    // The member with two partitions gives one up when node 3 is back; it is retrying.
+    let g = delivery_group(&c, &admin, "tg").await;
+    let donor = [1, 2]
+        .into_iter()
+        .find(|n| owned_by(&g, *n).len() == 2)
+        .expect("a member owns two partitions");
+    let retried = "chat4all_connector_deliveries_total{channel=\"tg\",outcome=\"retried\"}";
+    eventually(&format!("node {donor} retrying"), WAIT, || async {
+        c.metrics(donor).await.contains(retried).then_some(())
+    })
+    .await;
+    // Node 3 comes back: its member takes a partition from one that waits.
+    c.spawn(3);
+    c.wait_ready(3).await;
+    let q = eventually("node 3's member owns a partition", WAIT, || async {
+        owned_by(&delivery_group(&c, &admin, "tg").await, 3)
+            .first()
+            .copied()
+    })
+    .await;
+    // Nothing goes out meanwhile, so the partition's committed offset must not be past its
+    // first record not sent: what its last owner polled but did not send is not done.
+    let sent: BTreeSet<String> = tg.sent().into_iter().map(|s| s.text).collect();
+    let first_unsent = records_of(&c, &admin, "chat.deliveries", q)
+        .await
+        .into_iter()
+        .find(|(_, _, v)| v["content"].as_str().is_some_and(|t| !sent.contains(t)))
+        .map(|(offset, _, _)| offset)
+        .expect("a record not sent in the moved partition");
+    let g = delivery_group(&c, &admin, "tg").await;
+    let committed = g["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .find(|p| p["topic"] == "chat.deliveries" && p["partition"] == q)
+        .and_then(|p| p["committed_offset"].as_u64());
+    assert!(
+        committed.is_none_or(|o| o <= first_unsent),
+        "partition {q} committed at {committed:?}, past its first unsent record {first_unsent}: {g}"
+    );
+
+    // The platform is back: every contact gets each of its messages once, in order.
+    tg.restart().await;
+    let texts = |chat: &str| -> Vec<String> {
+        tg.sent()
+            .into_iter()
+            .filter(|s| s.to == chat)
+            .map(|s| s.text)
+            .collect()
+    };
+    for (chat, _) in &convs {
+        let mut want = vec![format!("hello {chat}")];
+        want.extend((1..=3).map(|i| format!("m{i} {chat}")));
+        eventually(&format!("{chat}'s messages"), WAIT, || async {
+            (texts(chat).len() >= want.len()).then_some(())
+        })
+        .await;
+        assert_eq!(texts(chat), want, "{:?}", tg.sent());
+    }
 }

@@ -12,6 +12,9 @@
 //!
 //! A record's position is committed right after its outcome is stored, so a node that dies
 //! repeats at most the record it was sending (at least once, see the README per platform).
+//! Nothing else is committed for it: a partition revoked in a rebalance is released with its
+//! last commit, and given up at once, even the record waiting to retry, so its next owner
+//! sends each of its records once and in order.
 
 mod send;
 
@@ -34,6 +37,7 @@ use crate::channels::{
 use crate::chat::{event, set_status};
 use crate::consumer::{Consumed, Consumer};
 use crate::error::ServiceError;
+use crate::groups::model::Tp;
 use crate::partitioner::partition_for_key;
 use crate::retention::now_ms;
 use crate::service::Service;
@@ -106,6 +110,8 @@ struct ChannelWorker {
     stop: CancellationToken,
     breaker: CircuitBreaker,
     bucket: TokenBucket,
+    /// The partition of the record being handled.
+    in_hand: Option<Tp>,
 }
 
 impl ChannelWorker {
@@ -123,6 +129,7 @@ impl ChannelWorker {
             stop,
             breaker,
             bucket,
+            in_hand: None,
         }
     }
 
@@ -148,7 +155,8 @@ impl ChannelWorker {
             &group,
             &[DELIVERIES_TOPIC.to_string()],
             Some(instance),
-        );
+        )
+        .committing_each_record();
         tracing::info!(channel = %self.channel.name, "delivery worker started");
         while !self.stop.is_cancelled() {
             if let Err(e) = self.step(&mut consumer).await {
@@ -171,7 +179,9 @@ impl ChannelWorker {
     }
 
     /// Waits `d` while keeping the group membership alive (a platform's `retry_after` can be
-    /// longer than the session timeout).
+    /// longer than the session timeout), then fails if the partition of the record in hand
+    /// was revoked meanwhile (or the member fenced): the record is its next owner's to send,
+    /// and sending it here too would send it twice, and out of order.
     async fn wait(&self, consumer: &mut Consumer, d: Duration) -> Result<(), ServiceError> {
         let until = Instant::now() + d;
         loop {
@@ -182,6 +192,12 @@ impl ChannelWorker {
             self.pause(left.min(Duration::from_secs(1))).await?;
             if let Err(e) = consumer.heartbeat().await {
                 tracing::debug!(channel = %self.channel.name, "heartbeat: {e}");
+            }
+            if let Some(tp) = self.in_hand.as_ref().filter(|tp| !consumer.owns(tp)) {
+                return Err(ServiceError::MemberFenced(format!(
+                    "{}/{} was revoked while its record waited",
+                    tp.0, tp.1
+                )));
             }
         }
     }
@@ -199,6 +215,18 @@ impl ChannelWorker {
             if !key.starts_with(prefix.as_bytes()) {
                 continue;
             }
+            // Sends can take a while (the rate limit, retries, a slow platform): a session
+            // that ran out would give the partitions to another member, who would send again
+            // what this one sends.
+            if let Err(e) = consumer.heartbeat_if_due().await {
+                tracing::debug!(channel = %self.channel.name, "heartbeat: {e}");
+            }
+            // A partition revoked since the poll: its next owner reads it from the last
+            // commit, and this member must not send what that one sends.
+            if !consumer.owns(&r.tp()) {
+                continue;
+            }
+            self.in_hand = Some(r.tp());
             self.handle(consumer, r).await?;
             // The send is done: a failed commit must not make this member send it again
             // (a rewind would). Only a fenced member gives up; the new owner repeats it.
