@@ -60,8 +60,7 @@ pub struct Consumer {
     turn: usize,
     /// Whether a revoked partition's position is committed as it is released: right for a
     /// caller that handles every record of a poll before it polls again, wrong for one that
-    /// commits each record itself and heartbeats while handling one (see
-    /// [`Consumer::committing_each_record`]).
+    /// finishes with them later (see [`Consumer::with_own_commits`]).
     commit_on_revoke: bool,
 }
 
@@ -91,11 +90,11 @@ impl Consumer {
         }
     }
 
-    /// For a caller that commits each record with [`Consumer::commit_at`] once it has handled
-    /// it: a partition revoked meanwhile is released with nothing committed for it, as what
-    /// the caller handled is committed already and the position polled runs past records it
-    /// has not handled, which the next owner must read.
-    pub fn committing_each_record(mut self) -> Consumer {
+    /// For a caller that commits positions itself once it has handled the records before
+    /// them ([`Consumer::commit_at`], [`Consumer::commit_positions`]): a partition revoked
+    /// meanwhile is released with nothing more committed for it, as the position polled runs
+    /// past records the caller has not finished with, which the next owner must read.
+    pub fn with_own_commits(mut self) -> Consumer {
         self.commit_on_revoke = false;
         self
     }

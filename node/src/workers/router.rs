@@ -47,12 +47,16 @@ pub async fn run(service: Arc<Service>, shutdown: CancellationToken) {
     // A static member per node: a node restarting within the session timeout gets its
     // partitions back without moving them twice.
     let instance = format!("{GROUP}-node-{}", service.node_id());
+    // Positions are committed once the SENT marks before them are in: a partition moved
+    // before then is read again by its next owner (its deliveries are dropped as repeats,
+    // its marks are no-ops), rather than counted as routed with its marks unwritten.
     let mut consumer = Consumer::new(
         service.clone(),
         GROUP,
         &[MESSAGES_TOPIC.to_string()],
         Some(instance),
-    );
+    )
+    .with_own_commits();
     tracing::info!("router started");
     let mut pending = Pending {
         marks: BTreeMap::new(),

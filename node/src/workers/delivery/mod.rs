@@ -156,7 +156,7 @@ impl ChannelWorker {
             &[DELIVERIES_TOPIC.to_string()],
             Some(instance),
         )
-        .committing_each_record();
+        .with_own_commits();
         tracing::info!(channel = %self.channel.name, "delivery worker started");
         while !self.stop.is_cancelled() {
             if let Err(e) = self.step(&mut consumer).await {
