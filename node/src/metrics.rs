@@ -53,6 +53,12 @@ pub struct Metrics {
     pub connector_webhooks: IntCounterVec,
     partition: PartitionGauges,
     storage: StorageGauges,
+    /// `chat4all_transport_requests_total{kind}`: requests this node sent its peers over
+    /// QUIC, copied from the transport's counters when `/metrics` is scraped.
+    transport_requests: IntCounterVec,
+    /// Held while the transport's counters are copied, so two scrapes at once add each
+    /// request once.
+    transport_copy: std::sync::Mutex<()>,
 }
 
 /// RocksDB's figures per column family (`cf` label), read when `/metrics` is scraped: what a
@@ -259,6 +265,13 @@ impl Metrics {
                 )?,
             },
             storage,
+            transport_requests: counter(
+                "chat4all_transport_requests_total",
+                "Requests this node sent to its peers over QUIC, by kind (append_entries \
+                 includes heartbeats; forward counts each forwarded message once)",
+                &["kind"],
+            )?,
+            transport_copy: std::sync::Mutex::new(()),
             registry,
         };
         Ok(Arc::new(m))
@@ -315,6 +328,16 @@ impl Metrics {
                         .with_label_values(&labels)
                         .set(s.log_start_offset as i64);
                 }
+            }
+        }
+        if let Some(t) = groups.transport() {
+            let _one_at_a_time = self
+                .transport_copy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for (kind, n) in t.requests_sent() {
+                let c = self.transport_requests.with_label_values(&[kind.name()]);
+                c.inc_by(n.saturating_sub(c.get()));
             }
         }
         let st = &self.storage;

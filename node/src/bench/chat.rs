@@ -323,6 +323,11 @@ async fn run_step(
         .iter()
         .map(|(t, n)| (t, per_msg(*n)))
         .collect();
+    let requests_per_msg: BTreeMap<&String, f64> = counts
+        .requests
+        .iter()
+        .map(|(k, n)| (k, per_msg(*n)))
+        .collect();
     let lost = sent
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -341,7 +346,8 @@ async fn run_step(
         json: json!({"rate": rate, "achieved": achieved, "sent": sent_n, "errors": errors,
             "not_received": lost, "p50_ms": ms(&hh, 50.0), "p99_ms": p99, "max_ms": ms(&hh, 100.0),
             "node_cpu_ms_per_msg": cpu_ms_per_msg, "node_cpu_cores": cpu_cores,
-            "raft_entries_per_msg": entries_per_msg, "fsyncs_per_msg": per_msg(counts.fsyncs)}),
+            "raft_entries_per_msg": entries_per_msg, "fsyncs_per_msg": per_msg(counts.fsyncs),
+            "quic_requests_per_msg": requests_per_msg}),
     })
 }
 
@@ -352,6 +358,8 @@ async fn run_step(
 struct RaftCounts {
     entries: BTreeMap<String, f64>,
     fsyncs: f64,
+    /// Requests the nodes sent each other over QUIC, by kind.
+    requests: BTreeMap<String, f64>,
 }
 
 impl RaftCounts {
@@ -360,6 +368,9 @@ impl RaftCounts {
             *n -= before.entries.get(t).copied().unwrap_or(0.0);
         }
         self.fsyncs -= before.fsyncs;
+        for (k, n) in &mut self.requests {
+            *n -= before.requests.get(k).copied().unwrap_or(0.0);
+        }
         self
     }
 }
@@ -381,6 +392,11 @@ async fn raft_counts(http: &reqwest::Client, c: &super::spawn::LocalCluster) -> 
             };
             if series == "chat4all_storage_fsync_seconds_count" {
                 out.fsyncs += value;
+            } else if let Some(kind) = series
+                .strip_prefix("chat4all_transport_requests_total{kind=\"")
+                .and_then(|k| k.strip_suffix("\"}"))
+            {
+                *out.requests.entry(kind.to_string()).or_default() += value;
             } else if let Some(labels) = series.strip_prefix("chat4all_partition_commit_index{") {
                 let label = |name: &str| {
                     labels

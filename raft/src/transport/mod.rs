@@ -60,6 +60,30 @@ pub enum RpcKind {
     Forward,
 }
 
+impl RpcKind {
+    /// Every kind.
+    pub const ALL: [RpcKind; 4] = [
+        RpcKind::AppendEntries,
+        RpcKind::Vote,
+        RpcKind::SnapshotChunk,
+        RpcKind::Forward,
+    ];
+
+    /// Its name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RpcKind::AppendEntries => "append_entries",
+            RpcKind::Vote => "vote",
+            RpcKind::SnapshotChunk => "snapshot_chunk",
+            RpcKind::Forward => "forward",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
 /// The header in front of every request.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RpcHeader {
@@ -89,6 +113,11 @@ pub trait RpcClient: Send + Sync + 'static {
         body: Bytes,
         deadline: Duration,
     ) -> BoxFuture<'_, Result<Bytes, TransportError>>;
+
+    /// Requests sent so far, by kind (counted when sent, whatever their outcome).
+    fn requests_sent(&self) -> Vec<(RpcKind, u64)> {
+        Vec::new()
+    }
 }
 
 impl RpcClient for Transport {
@@ -100,6 +129,13 @@ impl RpcClient for Transport {
         deadline: Duration,
     ) -> BoxFuture<'_, Result<Bytes, TransportError>> {
         Box::pin(Transport::call(self, addr, header, body, deadline))
+    }
+
+    fn requests_sent(&self) -> Vec<(RpcKind, u64)> {
+        RpcKind::ALL
+            .into_iter()
+            .map(|k| (k, self.sent[k.slot()].load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -232,6 +268,8 @@ pub struct Transport {
     endpoint: Endpoint,
     peers: Arc<Mutex<HashMap<SocketAddr, Link>>>,
     handshakes: AtomicU64,
+    /// Requests sent, by [`RpcKind::slot`].
+    sent: [AtomicU64; RpcKind::ALL.len()],
     max_message_bytes: usize,
     shutdown: CancellationToken,
 }
@@ -378,6 +416,7 @@ impl Transport {
             endpoint: endpoint.clone(),
             peers: Arc::default(),
             handshakes: AtomicU64::new(0),
+            sent: Default::default(),
             max_message_bytes: config.max_message_bytes,
             shutdown: shutdown.clone(),
         });
@@ -414,6 +453,7 @@ impl Transport {
                 max: self.max_message_bytes,
             });
         }
+        self.sent[header.kind.slot()].fetch_add(1, Ordering::Relaxed);
         let sent = OnceLock::new();
         match tokio::time::timeout(deadline, self.exchange(addr, header, body, &sent)).await {
             Ok(result) => result,
