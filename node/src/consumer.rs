@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chat4all_storage::StoredRecord;
 
 use crate::error::ServiceError;
-use crate::groups::model::{Heartbeat, JOIN_EPOCH, LEAVE_EPOCH, Tp};
+use crate::groups::model::{Heartbeat, JOIN_EPOCH, LEAVE_EPOCH, OffsetReset, Tp};
 use crate::groups::stored::Committed;
 use crate::retention::now_ms;
 use crate::service::{FetchRequest, GroupOp, HeartbeatAnswer, Service};
@@ -62,6 +62,8 @@ pub struct Consumer {
     /// caller that handles every record of a poll before it polls again, wrong for one that
     /// finishes with them later (see [`Consumer::with_own_commits`]).
     commit_on_revoke: bool,
+    /// A partition revoked during [`Consumer::keep_alive`] waits for the next heartbeat.
+    release_pending: bool,
 }
 
 impl Consumer {
@@ -87,6 +89,7 @@ impl Consumer {
             next_heartbeat: Instant::now(),
             turn: 0,
             commit_on_revoke: true,
+            release_pending: false,
         }
     }
 
@@ -112,6 +115,25 @@ impl Consumer {
     /// Heartbeats: joins, reports what it owns (releasing what was revoked) and takes the
     /// assignment the coordinator returns. A fenced member rejoins owning nothing.
     pub async fn heartbeat(&mut self) -> Result<(), ServiceError> {
+        self.heartbeat_holding(false).await
+    }
+
+    /// Heartbeats if one is due, keeping any partition revoked meanwhile until the next
+    /// [`Consumer::heartbeat`]: for a caller in the middle of an effect it cannot take back
+    /// (a platform call), which must keep its session but must not hand its partition over
+    /// before it has stored the outcome. The coordinator waits for the release up to the
+    /// member's rebalance timeout.
+    pub async fn keep_alive(&mut self) -> Result<(), ServiceError> {
+        if Instant::now() < self.next_heartbeat {
+            return Ok(());
+        }
+        self.heartbeat_holding(true).await
+    }
+
+    async fn heartbeat_holding(&mut self, hold: bool) -> Result<(), ServiceError> {
+        if !hold {
+            self.release_pending = false;
+        }
         let joining = self.epoch == JOIN_EPOCH;
         let hb = Heartbeat {
             member_id: self.member_id.clone(),
@@ -148,6 +170,16 @@ impl Consumer {
             .filter(|tp| reply.revoking.contains(*tp))
             .cloned()
             .collect();
+        if hold && !revoked.is_empty() {
+            // Reported as still owned, and released at the next plain heartbeat, which the
+            // caller makes as soon as it is done ([`Consumer::heartbeat_if_due`], `poll`).
+            let keep = |tp: &Tp| reply.assigned.contains(tp) || revoked.contains(tp);
+            self.positions.retain(|tp, _| keep(tp));
+            self.committed.retain(|tp, _| keep(tp));
+            self.rewind_to.retain(|tp, _| keep(tp));
+            self.release_pending = true;
+            return self.take_new(committed, auto_offset_reset).await;
+        }
         if !revoked.is_empty()
             && self.commit_on_revoke
             && let Err(e) = self.commit_partitions(|tp| revoked.contains(tp)).await
@@ -157,29 +189,34 @@ impl Consumer {
         self.positions.retain(|tp, _| reply.assigned.contains(tp));
         self.committed.retain(|tp, _| reply.assigned.contains(tp));
         self.rewind_to.retain(|tp, _| reply.assigned.contains(tp));
-        let released = !reply.revoking.is_empty();
+        if !reply.revoking.is_empty() {
+            // Tell the coordinator right away, so the partitions move without waiting a
+            // heartbeat interval.
+            self.next_heartbeat = Instant::now();
+        }
+        self.take_new(committed, auto_offset_reset).await
+    }
+
+    /// Starts the partitions newly assigned (`committed`: each assigned partition's committed
+    /// offset) at their committed offset, or where `reset` says.
+    async fn take_new(
+        &mut self,
+        committed: Vec<(Tp, Option<u64>)>,
+        reset: OffsetReset,
+    ) -> Result<(), ServiceError> {
         for (tp, c) in committed {
             if self.positions.contains_key(&tp) {
                 continue;
             }
             let pos = match c {
                 Some(o) => Some(o),
-                None => {
-                    self.service
-                        .start_position(&tp.0, tp.1, auto_offset_reset)
-                        .await
-                }
+                None => self.service.start_position(&tp.0, tp.1, reset).await,
             };
             if let Some(o) = c {
                 self.committed.insert(tp.clone(), o);
             }
             self.rewind_to.insert(tp.clone(), pos);
             self.positions.insert(tp, pos);
-        }
-        if released {
-            // Tell the coordinator right away, so the partitions move without waiting a
-            // heartbeat interval.
-            self.next_heartbeat = Instant::now();
         }
         Ok(())
     }
@@ -189,7 +226,7 @@ impl Consumer {
     /// repeat what it is doing) before its next poll. A partition revoked here is released;
     /// see [`Consumer::owns`].
     pub async fn heartbeat_if_due(&mut self) -> Result<(), ServiceError> {
-        if Instant::now() < self.next_heartbeat {
+        if Instant::now() < self.next_heartbeat && !self.release_pending {
             return Ok(());
         }
         self.heartbeat().await
@@ -211,6 +248,7 @@ impl Consumer {
         self.positions.clear();
         self.committed.clear();
         self.rewind_to.clear();
+        self.release_pending = false;
         self.next_heartbeat = Instant::now();
     }
 
@@ -221,7 +259,7 @@ impl Consumer {
         max_records: u32,
         max_wait: Duration,
     ) -> Result<Vec<Consumed>, ServiceError> {
-        if Instant::now() >= self.next_heartbeat {
+        if Instant::now() >= self.next_heartbeat || self.release_pending {
             match self.heartbeat().await {
                 Ok(()) | Err(ServiceError::MemberFenced(_)) => {}
                 Err(e) => return Err(e),

@@ -507,6 +507,31 @@ async fn retries_dead_letters_and_redrive_against_a_failing_platform() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_call_longer_than_the_session_is_not_sent_again() {
+    let tg = FakePlatform::start(Platform::Telegram).await;
+    // A platform call may take 3 s; a member not heard from for 1 s loses its partitions.
+    let extra = "timeout_ms = 3000\n\n[groups]\nsession_timeout_ms = 1000\n";
+    let c = cluster(1, &[&tg], extra).await;
+    let (admin, ana, conv) = telegram_contact(&c).await;
+    send(&c, 1, &ana, &conv, "before").await;
+    tg.wait_sent(1, WAIT).await;
+    // Accepted, but no answer until the call times out: an unknown outcome, never resent,
+    // also when the call outlasts the session (the member heartbeats while it waits).
+    tg.fail_next(vec![FakeFailure::AcceptThenDrop]);
+    let slow = send(&c, 1, &ana, &conv, "slow").await;
+    let e = dead_letter(&c, &admin, "tg", &slow).await;
+    assert_eq!(e["outcome_unknown"], true, "{e}");
+    send(&c, 1, &ana, &conv, "after").await;
+    let sent = eventually("the next message sent", WAIT, || async {
+        let sent = tg.sent();
+        sent.iter().any(|s| s.text == "after").then_some(sent)
+    })
+    .await;
+    let texts: Vec<&str> = sent.iter().map(|s| s.text.as_str()).collect();
+    assert_eq!(texts, ["before", "slow", "after"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_during_delivery_loses_nothing() {
     let tg = FakePlatform::start(Platform::Telegram).await;
     // A slow channel (4 sends/s), so the kill lands while the queue is being worked.

@@ -21,6 +21,9 @@ pub(super) enum Part {
     Template(Template),
 }
 
+/// How often a platform call in progress checks whether a heartbeat is due.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(200);
+
 /// The longest template parameter we send (WhatsApp's body parameters are short texts).
 const MAX_TEMPLATE_PARAMETER_CHARS: usize = 1024;
 
@@ -100,7 +103,7 @@ impl ChannelWorker {
         loop {
             attempt += 1;
             let error = match self
-                .attempt(connector, contact, &parts[sent..], callback)
+                .attempt(consumer, connector, contact, &parts[sent..], callback)
                 .await
             {
                 Ok(ids) => {
@@ -137,6 +140,7 @@ impl ChannelWorker {
     /// before the error.
     async fn attempt(
         &mut self,
+        consumer: &mut Consumer,
         connector: &dyn Connector,
         contact: &str,
         parts: &[Part],
@@ -159,10 +163,13 @@ impl ChannelWorker {
                 tokio::time::sleep(wait).await;
             }
             let started = Instant::now();
-            let res = match part {
-                Part::Text(t) => connector.send_text(contact, t, callback).await,
-                Part::Template(t) => connector.send_template(contact, t, callback).await,
+            let call = async {
+                match part {
+                    Part::Text(t) => connector.send_text(contact, t, callback).await,
+                    Part::Template(t) => connector.send_template(contact, t, callback).await,
+                }
             };
+            let res = self.keeping_alive(consumer, call).await;
             self.service
                 .metrics()
                 .connector_calls
@@ -184,6 +191,28 @@ impl ChannelWorker {
             }
         }
         Ok(ids)
+    }
+
+    /// Runs a platform call while keeping the member's session alive: a call can take up to
+    /// the connector's timeout, and a session that ran out meanwhile would give the partition
+    /// to a member that sends the record again, even one whose outcome is unknown. A
+    /// partition revoked during the call is kept until its outcome is stored.
+    async fn keeping_alive<T>(
+        &self,
+        consumer: &mut Consumer,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                res = &mut call => return res,
+                _ = tokio::time::sleep(KEEP_ALIVE_EVERY) => {
+                    if let Err(e) = consumer.keep_alive().await {
+                        tracing::debug!(channel = %self.channel.name, "heartbeat: {e}");
+                    }
+                }
+            }
+        }
     }
 
     /// Whether the platform reports on our messages by its own id only (Instagram reads), so
