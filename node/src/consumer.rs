@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use chat4all_storage::StoredRecord;
 
 use crate::error::ServiceError;
-use crate::groups::model::{Heartbeat, JOIN_EPOCH, LEAVE_EPOCH, OffsetReset, Tp};
+use crate::groups::model::{Heartbeat, JOIN_EPOCH, LEAVE_EPOCH, Tp};
 use crate::groups::stored::Committed;
 use crate::retention::now_ms;
 use crate::service::{FetchRequest, GroupOp, HeartbeatAnswer, Service};
@@ -162,55 +162,46 @@ impl Consumer {
         self.epoch = reply.member_epoch;
         self.interval = Duration::from_millis(heartbeat_interval_ms);
         self.next_heartbeat = Instant::now() + self.interval;
-        // Revoked partitions: commit how far this member got, then release them (it holds
-        // nothing between polls); the next heartbeat reports them released.
+        // Revoked partitions: commit how far this member got (unless it commits itself), then
+        // release them (it holds nothing between polls); the next heartbeat reports them
+        // released. A holding heartbeat keeps them, reported as owned, until the next plain
+        // one, which the caller makes as soon as it is done ([`Consumer::heartbeat_if_due`],
+        // `poll`).
         let revoked: BTreeSet<Tp> = self
             .positions
             .keys()
             .filter(|tp| reply.revoking.contains(*tp))
             .cloned()
             .collect();
-        if hold && !revoked.is_empty() {
-            // Reported as still owned, and released at the next plain heartbeat, which the
-            // caller makes as soon as it is done ([`Consumer::heartbeat_if_due`], `poll`).
-            let keep = |tp: &Tp| reply.assigned.contains(tp) || revoked.contains(tp);
-            self.positions.retain(|tp, _| keep(tp));
-            self.committed.retain(|tp, _| keep(tp));
-            self.rewind_to.retain(|tp, _| keep(tp));
+        let held = hold && !revoked.is_empty();
+        if held {
             self.release_pending = true;
-            return self.take_new(committed, auto_offset_reset).await;
-        }
-        if !revoked.is_empty()
+        } else if !revoked.is_empty()
             && self.commit_on_revoke
             && let Err(e) = self.commit_partitions(|tp| revoked.contains(tp)).await
         {
             tracing::warn!(group = %self.group, "commit before release: {e}");
         }
-        self.positions.retain(|tp, _| reply.assigned.contains(tp));
-        self.committed.retain(|tp, _| reply.assigned.contains(tp));
-        self.rewind_to.retain(|tp, _| reply.assigned.contains(tp));
-        if !reply.revoking.is_empty() {
+        let keep = |tp: &Tp| reply.assigned.contains(tp) || (held && revoked.contains(tp));
+        self.positions.retain(|tp, _| keep(tp));
+        self.committed.retain(|tp, _| keep(tp));
+        self.rewind_to.retain(|tp, _| keep(tp));
+        if !held && !reply.revoking.is_empty() {
             // Tell the coordinator right away, so the partitions move without waiting a
             // heartbeat interval.
             self.next_heartbeat = Instant::now();
         }
-        self.take_new(committed, auto_offset_reset).await
-    }
-
-    /// Starts the partitions newly assigned (`committed`: each assigned partition's committed
-    /// offset) at their committed offset, or where `reset` says.
-    async fn take_new(
-        &mut self,
-        committed: Vec<(Tp, Option<u64>)>,
-        reset: OffsetReset,
-    ) -> Result<(), ServiceError> {
         for (tp, c) in committed {
             if self.positions.contains_key(&tp) {
                 continue;
             }
             let pos = match c {
                 Some(o) => Some(o),
-                None => self.service.start_position(&tp.0, tp.1, reset).await,
+                None => {
+                    self.service
+                        .start_position(&tp.0, tp.1, auto_offset_reset)
+                        .await
+                }
             };
             if let Some(o) = c {
                 self.committed.insert(tp.clone(), o);
@@ -226,10 +217,16 @@ impl Consumer {
     /// repeat what it is doing) before its next poll. A partition revoked here is released;
     /// see [`Consumer::owns`].
     pub async fn heartbeat_if_due(&mut self) -> Result<(), ServiceError> {
-        if Instant::now() < self.next_heartbeat && !self.release_pending {
+        if !self.heartbeat_due() {
             return Ok(());
         }
         self.heartbeat().await
+    }
+
+    /// Whether the interval is up, or a partition held by [`Consumer::keep_alive`] waits to
+    /// be released.
+    fn heartbeat_due(&self) -> bool {
+        Instant::now() >= self.next_heartbeat || self.release_pending
     }
 
     /// Goes back to the last committed position of every owned partition (or where it
@@ -259,7 +256,7 @@ impl Consumer {
         max_records: u32,
         max_wait: Duration,
     ) -> Result<Vec<Consumed>, ServiceError> {
-        if Instant::now() >= self.next_heartbeat || self.release_pending {
+        if self.heartbeat_due() {
             match self.heartbeat().await {
                 Ok(()) | Err(ServiceError::MemberFenced(_)) => {}
                 Err(e) => return Err(e),

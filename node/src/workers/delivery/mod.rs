@@ -223,10 +223,11 @@ impl ChannelWorker {
             }
             // A partition revoked since the poll: its next owner reads it from the last
             // commit, and this member must not send what that one sends.
-            if !consumer.owns(&r.tp()) {
+            let tp = r.tp();
+            if !consumer.owns(&tp) {
                 continue;
             }
-            self.in_hand = Some(r.tp());
+            self.in_hand = Some(tp);
             self.handle(consumer, r).await?;
             // The send is done: a failed commit must not make this member send it again
             // (a rewind would). Only a fenced member gives up; the new owner repeats it.
