@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod connectors;
 pub mod sse;
 
 use std::net::{TcpListener, UdpSocket};
