@@ -302,15 +302,14 @@ async fn concurrent_writes_through_a_follower_each_get_their_own_offset() {
         "{metrics}"
     );
     // The transport counts what each node sent: the follower's forwards, the leader's appends.
-    let sent = |metrics: &str, kind: &str| -> u64 {
-        let series = format!("chat4all_transport_requests_total{{kind=\"{kind}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    let sent = |metrics: &str, kind: &str| {
+        common::metric(
+            metrics,
+            &format!("chat4all_transport_requests_total{{kind=\"{kind}\"}}"),
+        )
+        .unwrap_or(0.0)
     };
-    assert!(sent(&metrics, "forward") >= 1, "{metrics}");
+    assert!(sent(&metrics, "forward") >= 1.0, "{metrics}");
     let on_leader = c.metrics(leader).await;
-    assert!(sent(&on_leader, "append_entries") >= 1, "{on_leader}");
+    assert!(sent(&on_leader, "append_entries") >= 1.0, "{on_leader}");
 }

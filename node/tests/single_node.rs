@@ -367,13 +367,10 @@ async fn health_ready_and_metrics_report_the_node() {
     // RocksDB's figures per column family: the record and its log entry are in memtables
     // (a fresh node flushes nothing this small).
     for cf in ["index_entry", "offset_record"] {
-        let needle = format!("chat4all_storage_memtable_entries{{cf=\"{cf}\"}} ");
-        let entries: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix(needle.as_str()))
-            .and_then(|v| v.trim().parse().ok())
+        let needle = format!("chat4all_storage_memtable_entries{{cf=\"{cf}\"}}");
+        let entries = common::metric(&text, &needle)
             .unwrap_or_else(|| panic!("metrics lack {needle}:\n{text}"));
-        assert!(entries >= 1, "{needle}{entries}");
+        assert!(entries >= 1.0, "{needle} {entries}");
     }
     for needle in [
         "chat4all_storage_l0_files{cf=\"chatkey_chatrow\"}",

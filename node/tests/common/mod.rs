@@ -45,6 +45,18 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+/// The value of `series` (a metric's name with its labels, as `/metrics` prints them) in the
+/// text of a `/metrics` answer.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// The stable code of an error answer (`""` for anything else).
 pub fn error_code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
@@ -224,9 +236,7 @@ impl Cluster {
             .ok()?;
         let series =
             format!(r#"chat4all_partition_apply_index{{partition="{partition}",topic="{topic}"}}"#);
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .and_then(|v| v.trim().parse().ok())
+        metric(&text, &series)
     }
 
     /// Waits (bounded by `limit`) until every node reports the same applied index for
