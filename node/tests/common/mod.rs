@@ -29,20 +29,42 @@ pub struct Node {
     pub child: Option<Child>,
 }
 
+/// Ports this test process has handed out. A port is free when picked and bound only when
+/// the node starts, so two clusters starting at once in one test binary could both be given
+/// a port the kernel handed out twice, and one test would then talk to the other's node.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<(bool, u16)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A port `bind` finds free that this process has not handed out before.
+fn unused_port(udp: bool, bind: impl Fn() -> u16) -> u16 {
+    for _ in 0..1000 {
+        let port = bind();
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if handed.insert((udp, port)) {
+            return port;
+        }
+    }
+    panic!("no port left that this test process has not handed out already");
+}
+
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    unused_port(false, || {
+        TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    })
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    unused_port(true, || {
+        UdpSocket::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    })
 }
 
 /// The value of `series` (a metric's name with its labels, as `/metrics` prints them) in the
